@@ -1,0 +1,29 @@
+"""message_queue_sqlite: a durable task queue on SQLite that moves to PostgreSQL unchanged.
+
+The original package's API (``task_function``, ``discover_and_mount_ts``, ``init_server``,
+``start_server``, ``stop_server``) and the modern ``MessageQueue`` run on one engine.
+"""
+
+from message_queue_sqlite.api.compat import (
+    Client,
+    Server,
+    discover_and_mount_ts,
+    init_server,
+    start_server,
+    stop_server,
+)
+from message_queue_sqlite.api.queue import MessageQueue, TaskHandle
+from message_queue_sqlite.core.config import Config
+from message_queue_sqlite.core.errors import MessageQueueError, QueueStorageError, TaskFailedError
+from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.registry import TaskRegistry, task_function
+from message_queue_sqlite.core.retry import RetryPolicy
+from message_queue_sqlite.core.status import TaskStatus
+
+__version__ = "3.0.0"
+
+__all__ = [
+    "Client", "Config", "MessageQueue", "MessageQueueError", "QueueStorageError", "RetryPolicy",
+    "Server", "TaskFailedError", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskStatus",
+    "discover_and_mount_ts", "init_server", "start_server", "stop_server", "task_function",
+]

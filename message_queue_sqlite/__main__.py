@@ -1,0 +1,3 @@
+from message_queue_sqlite.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The public API: the modern ``MessageQueue`` and the original package's functions."""

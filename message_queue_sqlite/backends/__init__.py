@@ -1,0 +1,26 @@
+"""Storage backends behind one interface (``base``). Only the API layer picks one."""
+
+from __future__ import annotations
+
+import importlib
+
+from message_queue_sqlite.backends.base import Backend
+from message_queue_sqlite.core.config import Config
+from message_queue_sqlite.core.errors import MissingDependencyError
+
+
+def open_backend(config: Config, shard_count: int | None = None) -> Backend:
+    """The backend ``config`` selects: PostgreSQL for a postgresql:// URL, else SQLite files."""
+    url = config.broker_url
+    if url and url.startswith(("postgresql://", "postgres://")):
+        try:
+            postgres = importlib.import_module("message_queue_sqlite.backends.postgres")
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "the PostgreSQL backend needs psycopg 3: pip install 'message_queue_sqlite[postgres]'"
+                f" ({exc})") from exc
+        return postgres.PostgresBackend(url, config)
+    from message_queue_sqlite.backends.sqlite import SQLiteBackend
+
+    folder = url[len("sqlite://"):] if url and url.startswith("sqlite://") else config.middleware_path
+    return SQLiteBackend(folder, shard_count or config.middleware_num, config.durability)

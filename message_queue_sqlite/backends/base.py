@@ -1,0 +1,196 @@
+"""The storage interface every backend implements, and the records that cross it.
+
+The engine speaks only this interface; all SQL lives in the backends. A backend is a set
+of shards (one SQLite file each, or one PostgreSQL schema) plus a change feed that tells
+idle workers and waiting senders that another process wrote something.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class NewTask:
+    task_id: str
+    task_name: str
+    args: str | None  # JSON text; None when the arguments stay in the sender's memory
+    priority: int
+    sender: str  # node id of the sending queue object
+    notify: bool  # the sender waits for the outcome (a callback is registered)
+    cache_owner: str | None  # node whose memory holds the arguments, if cached
+    max_retries: int
+    retry: str | None  # per-send retry policy (JSON), None: the task's own
+    run_after: float  # epoch seconds; <= now means ready at once
+    created_at: float
+
+
+@dataclass(slots=True)
+class ClaimedTask:
+    shard: int
+    row_id: int
+    task_id: str
+    task_name: str
+    args: str | None
+    priority: int
+    attempt: int  # 1-based; doubles as the fencing token of this lease
+    max_retries: int
+    retry: str | None
+    sender: str
+    notify: bool
+    cache_owner: str | None
+    created_at: float
+    started_at: float
+
+
+@dataclass(slots=True)
+class Completion:
+    """The end of one attempt. ``status`` is FINISHED, FAILED, or SCHEDULED for a retry."""
+
+    row_id: int
+    attempt: int
+    status: int
+    result: str | None  # JSON of the return value, or the error message
+    traceback: str | None
+    started_at: float
+    ended_at: float
+    run_after: float = 0.0
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    shard: int
+    row_id: int
+    task_id: str
+    task_name: str
+    status: int
+    outcome: int | None
+    result: str | None
+    traceback: str | None
+    priority: int
+    attempts: int
+    max_retries: int
+    sender: str | None
+    notify: bool
+    cache_owner: str | None
+    lease_owner: str | None
+    lease_expires: float | None
+    run_after: float
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    requeued: int = 0  # leases expired, task ready again
+    failed: int = 0  # could not run again: crash limit reached, or cached arguments gone
+
+    def __iadd__(self, other: RecoveryReport) -> RecoveryReport:
+        self.requeued += other.requeued
+        self.failed += other.failed
+        return self
+
+
+class Shard(ABC):
+    """One unit of storage. Every method is one short transaction (or none)."""
+
+    index: int
+    name: str
+
+    @abstractmethod
+    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Store tasks durably; returns only after the commit."""
+
+    @abstractmethod
+    def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
+                           lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
+        """Record completions (fenced by attempt) and lease up to ``limit`` ready tasks, in one
+        transaction. Returns the row ids whose completion was rejected as stale, and the claims."""
+
+    @abstractmethod
+    def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
+        """Give leases back at once (graceful stop): the tasks are ready again. A claim that
+        never ``started`` does not count as an attempt."""
+
+    @abstractmethod
+    def renew_leases(self, owner: str, expires: float, now: float) -> int:
+        """Extend every lease ``owner`` holds and refresh its liveness row."""
+
+    @abstractmethod
+    def recover_expired(self, now: float, crash_limit: int) -> RecoveryReport:
+        """Requeue tasks whose lease expired; fail those that cannot run again."""
+
+    @abstractmethod
+    def next_run_after(self) -> float | None:
+        """When the earliest scheduled (delayed or backing-off) task becomes ready."""
+
+    @abstractmethod
+    def fetch_outcomes(self, sender: str, limit: int) -> list[TaskRecord]:
+        """Ended tasks whose sender ``sender`` registered a callback not yet run."""
+
+    @abstractmethod
+    def mark_callbacked(self, row_ids: Sequence[int]) -> None:
+        """Record that the sender's callback ran for these tasks."""
+
+    @abstractmethod
+    def get_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        ...
+
+    @abstractmethod
+    def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
+        ...
+
+    @abstractmethod
+    def count_by_status(self) -> dict[int, int]:
+        ...
+
+    @abstractmethod
+    def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
+        """(created, started, ended) of the newest ended tasks: for latency summaries."""
+
+    @abstractmethod
+    def count_ready(self) -> int:
+        """Tasks waiting to run (ready or scheduled); used to balance sends over shards."""
+
+    @abstractmethod
+    def requeue_failed(self, task_id: str | None, task_name: str | None, now: float) -> int:
+        """Put FAILED tasks back in the queue with a fresh retry budget."""
+
+    @abstractmethod
+    def register_node(self, node: str, pid: int, host: str, expires: float, now: float) -> None:
+        """Announce a live queue object (its cached arguments and leases depend on it)."""
+
+    @abstractmethod
+    def unregister_node(self, node: str, now: float) -> int:
+        """Forget a node that stops; fail its cached tasks that can no longer run."""
+
+    @abstractmethod
+    def purge_ended(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` tasks that ended before ``before``."""
+
+    @abstractmethod
+    def maintain(self) -> None:
+        """Backend upkeep between bursts (e.g. WAL checkpoint)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        ...
+
+
+class Backend(ABC):
+    """The shards of one queue and the feed of changes made by other processes."""
+
+    shards: Sequence[Shard]
+    location: str
+
+    @abstractmethod
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` (from a backend thread) whenever another process may have
+        written to any shard. Idempotent; stops at ``close``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        ...

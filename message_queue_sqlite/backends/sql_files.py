@@ -1,0 +1,39 @@
+"""Loading named SQL blocks and numbered migrations from a backend's package folder."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
+    """Read ``-- name: X`` blocks; the comment lines after a name describe the query."""
+    text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        sql = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
+        sql = sql.strip().rstrip(";").strip()
+        if not sql:
+            raise ValueError(f"query {name!r} in {package}/{filename} is empty")
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice in {package}/{filename}")
+        queries[name] = sql
+    return queries
+
+
+def load_migrations(package: str) -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` for every ``NNNN_name.sql`` in ``package/migrations``, in order."""
+    folder = resources.files(package).joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise ValueError(f"migrations of {package} are not numbered 1..n: {versions}")
+    return found

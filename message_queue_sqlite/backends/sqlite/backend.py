@@ -1,0 +1,290 @@
+"""The SQLite backend: one file per shard, one writer connection per shard per process.
+
+Writes from every thread of a process go through one connection under a lock, so
+threads queue on a cheap in-process lock instead of SQLite's file lock, and each
+transaction opens with ``BEGIN IMMEDIATE`` so a read-then-write never meets
+SQLITE_BUSY halfway (field notes, pitfall 1). Claims are one ``UPDATE ... RETURNING``
+statement, so two processes can never lease the same row (pitfall 2).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from message_queue_sqlite.backends.base import (
+    Backend,
+    ClaimedTask,
+    Completion,
+    NewTask,
+    RecoveryReport,
+    Shard,
+    TaskRecord,
+)
+from message_queue_sqlite.backends.sql_files import load_queries
+from message_queue_sqlite.backends.sqlite.connection import (
+    connect,
+    retry_locked,
+    warn_if_network_filesystem,
+)
+from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
+from message_queue_sqlite.core.errors import QueueStorageError
+
+log = logging.getLogger(__name__)
+
+Q = load_queries(__package__)
+SHARD_FILE = "mq-shard-{index}.db"
+SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
+WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
+MAX_VARIABLES = 500  # ids per IN (...) chunk, well under SQLite's bound-parameter limit
+_inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
+
+
+def shard_path(folder: str, index: int) -> str:
+    return os.path.join(folder, SHARD_FILE.format(index=index))
+
+
+def existing_shard_count(folder: str) -> int:
+    """Shard files present in ``folder`` (0, 1, ... without gaps), for workers and the CLI."""
+    indexes = sorted(int(m.group(1)) for p in glob.glob(os.path.join(folder, "mq-shard-*.db"))
+                     if (m := SHARD_PATTERN.search(p)))
+    count = 0
+    while count in indexes:
+        count += 1
+    return count
+
+
+def _record(shard: int, row: tuple) -> TaskRecord:
+    return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+                      row[8], row[9], row[10], bool(row[11]), row[12], row[13], row[14], row[15],
+                      row[16], row[17], row[18])
+
+
+def _chunks(items: Sequence, size: int = MAX_VARIABLES) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class SQLiteShard(Shard):
+    def __init__(self, path: str, index: int, durability: str):
+        self.path = path
+        self.index = index
+        self.name = os.path.basename(path)
+        self._durability = durability
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = connect(path, durability)
+
+    # -- connection and transactions -------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # forked: the parent's connection is not ours to use
+            if self._conn is not None:
+                _inherited.append(self._conn)
+            self._pid = os.getpid()
+            self._conn = connect(self.path, self._durability)
+        if self._conn is None:
+            raise QueueStorageError(f"shard {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; locked files are retried, any error rolls back."""
+        with self._lock:
+            conn = self._connection()
+            retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), f"{what} on {self.name}")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connection()
+
+    # -- sending ---------------------------------------------------------------------
+    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        now = tasks[0].created_at if tasks else 0.0
+        rows = [(t.task_id, t.task_name, t.args, t.priority, 6 if t.run_after > now else 1,
+                 t.sender, int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after,
+                 t.created_at) for t in tasks]
+        with self._write("enqueue") as conn:
+            if len(rows) == 1:
+                conn.execute(Q["enqueue"], rows[0])
+            else:
+                conn.executemany(Q["enqueue"], rows)
+
+    # -- working ---------------------------------------------------------------------
+    def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
+                           lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
+        rejected: list[int] = []
+        with self._write("complete/claim") as conn:
+            if completions:
+                rejected = self._complete(conn, completions)
+            claimed: list[ClaimedTask] = []
+            if limit > 0:
+                conn.execute(Q["promote_due"], (now,))
+                rows = conn.execute(Q["claim_batch"], (owner, now + lease_seconds, now, limit)).fetchall()
+                index = self.index
+                claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                                       bool(r[9]), r[10], r[11], r[12]) for r in rows]
+                claimed.sort(key=lambda c: (-c.priority, c.row_id))
+        return rejected, claimed
+
+    def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion]) -> list[int]:
+        rows = [(c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at, c.run_after,
+                 c.started_at) for c in completions]
+        conn.execute("SAVEPOINT complete")
+        if conn.executemany(Q["complete"], rows).rowcount == len(rows):
+            conn.execute("RELEASE complete")
+            return []
+        # Some lease was lost (taken over after expiry): redo one by one to learn which.
+        conn.execute("ROLLBACK TO complete")
+        rejected = [row[0] for row in rows if conn.execute(Q["complete"], row).rowcount == 0]
+        conn.execute("RELEASE complete")
+        return rejected
+
+    def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
+        if not claims:
+            return 0
+        rows = [(c.row_id, c.attempt, 0 if started else 1) for c in claims]
+        with self._write("release") as conn:
+            return conn.executemany(Q["release"], rows).rowcount
+
+    def renew_leases(self, owner: str, expires: float, now: float) -> int:
+        with self._write("renew leases") as conn:
+            conn.execute(Q["register_node"], (owner, os.getpid(), os.uname().nodename, expires, now))
+            return conn.execute(Q["renew_leases"], (owner, expires)).rowcount
+
+    def recover_expired(self, now: float, crash_limit: int) -> RecoveryReport:
+        report = RecoveryReport()
+        with self._write("recover expired leases") as conn:
+            report.failed += len(conn.execute(Q["fail_orphaned_cached"], (now,)).fetchall())
+            for (status,) in conn.execute(Q["recover_expired"], (now, crash_limit)).fetchall():
+                if status == 1:
+                    report.requeued += 1
+                else:
+                    report.failed += 1
+            conn.execute(Q["forget_dead_nodes"], (now - 86400.0,))
+        return report
+
+    def next_run_after(self) -> float | None:
+        with self._read() as conn:
+            return conn.execute(Q["next_run_after"]).fetchone()[0]
+
+    # -- outcomes for senders --------------------------------------------------------
+    def fetch_outcomes(self, sender: str, limit: int) -> list[TaskRecord]:
+        with self._read() as conn:
+            return [_record(self.index, r) for r in conn.execute(Q["fetch_outcomes"], (sender, limit))]
+
+    def mark_callbacked(self, row_ids: Sequence[int]) -> None:
+        if row_ids:
+            with self._write("mark callbacked") as conn:
+                conn.executemany(Q["mark_callbacked"], [(i,) for i in row_ids])
+
+    def get_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        with self._read() as conn:
+            found = []
+            for task_id in task_ids:
+                row = conn.execute(Q["get_task"], (task_id,)).fetchone()
+                if row is not None:
+                    found.append(_record(self.index, row))
+            return found
+
+    def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
+        with self._read() as conn:
+            rows = conn.execute(Q["list_tasks"], (status, task_name, limit)).fetchall()
+        return [_record(self.index, r) for r in rows]
+
+    def count_by_status(self) -> dict[int, int]:
+        with self._read() as conn:
+            return dict(conn.execute(Q["count_by_status"]).fetchall())
+
+    def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
+        with self._read() as conn:
+            return conn.execute(Q["ended_timings"], (limit,)).fetchall()
+
+    def count_ready(self) -> int:
+        with self._read() as conn:
+            return conn.execute(Q["count_waiting"]).fetchone()[0]
+
+    def requeue_failed(self, task_id: str | None, task_name: str | None, now: float) -> int:
+        with self._write("requeue failed") as conn:
+            return conn.execute(Q["requeue_failed"], (task_id, task_name, now)).rowcount
+
+    # -- liveness and upkeep ---------------------------------------------------------
+    def register_node(self, node: str, pid: int, host: str, expires: float, now: float) -> None:
+        with self._write("register node") as conn:
+            conn.execute(Q["register_node"], (node, pid, host, expires, now))
+
+    def unregister_node(self, node: str, now: float) -> int:
+        with self._write("unregister node") as conn:
+            conn.execute(Q["unregister_node"], (node,))
+            return len(conn.execute(Q["fail_orphaned_cached"], (now,)).fetchall())
+
+    def purge_ended(self, before: float, limit: int) -> int:
+        with self._write("purge") as conn:
+            return conn.execute(Q["purge_ended"], (before, limit)).rowcount
+
+    def maintain(self) -> None:
+        """Truncate the WAL when it grew past its bound (a long reader starved checkpoints)."""
+        try:
+            size = os.stat(self.path + "-wal").st_size  # stat opens no descriptor on the file
+        except OSError:
+            return
+        if size > WAL_CHECKPOINT_BYTES:
+            with self._lock:
+                busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            log.info("%s: WAL was %d bytes; checkpoint %s", self.name, size,
+                     "deferred (readers busy)" if busy else "done")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+class SQLiteBackend(Backend):
+    """The shard files in one folder."""
+
+    def __init__(self, folder: str, shard_count: int, durability: str = "normal"):
+        self.location = folder
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise QueueStorageError(f"cannot create queue folder {folder!r}: {exc}") from exc
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise QueueStorageError(f"queue folder {folder!r} is not writable")
+        warn_if_network_filesystem(folder)
+        self.shards: list[SQLiteShard] = []
+        try:
+            for index in range(shard_count):
+                self.shards.append(SQLiteShard(shard_path(folder, index), index, durability))
+        except BaseException:
+            self.close()
+            raise
+        self._watcher: ChangeWatcher | None = None
+        self._watch_lock = threading.Lock()
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        with self._watch_lock:
+            if self._watcher is None:
+                self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards], on_change)
+
+    def close(self) -> None:
+        with self._watch_lock:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
+        for shard in self.shards:
+            shard.close()

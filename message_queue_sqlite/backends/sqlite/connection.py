@@ -1,0 +1,176 @@
+"""Opening a shard file: refuse what is not ours, switch to WAL safely, migrate.
+
+Every pitfall in the project's field notes that concerns opening a file is handled
+here: another application's database is never modified, the WAL switch of a fresh
+file is retried while other processes race for it, and the schema is created or
+migrated inside one ``BEGIN IMMEDIATE`` so concurrent openers agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from message_queue_sqlite.backends.sql_files import load_migrations
+from message_queue_sqlite.core.errors import QueueStorageError
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x4D515331  # "MQS1" in the file header: marks a file as this package's
+MIGRATIONS = load_migrations(__package__)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+BUSY_TIMEOUT_S = 5.0  # one wait inside SQLite's busy handler
+LOCK_DEADLINE_S = 120.0  # total time a write keeps retrying a locked file before giving up
+SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+T = TypeVar("T")
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def retry_locked(action: Callable[[], T], what: str, deadline_s: float = LOCK_DEADLINE_S) -> T:
+    """Run ``action`` again with jittered back-off while the file is locked by another process,
+    so "database is locked" never reaches a user unless the lock outlives ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    delay = 0.001
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if not is_locked_error(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise QueueStorageError(
+                    f"{what}: the queue file stayed locked by another process for over "
+                    f"{deadline_s:.0f} s ({exc})"
+                ) from exc
+            log.debug("%s: file locked, retrying in %.3f s", what, delay)
+            time.sleep(random.uniform(delay / 2, delay))  # back-off, not a poll
+            delay = min(delay * 2, 0.2)
+
+
+def _refuse(path: str, why: str) -> QueueStorageError:
+    return QueueStorageError(f"{path} is not a queue file of message_queue_sqlite: {why}; "
+                             "nothing was changed. Point middleware_path at another folder.")
+
+
+def connect(path: str, durability: str) -> sqlite3.Connection:
+    """A configured connection to a verified, migrated shard file."""
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False, cached_statements=256)
+    except sqlite3.Error as exc:
+        raise QueueStorageError(f"cannot open queue file {path}: {exc}") from exc
+    try:
+        _verify_owner(conn, path)
+        _set_wal(conn, path)
+        conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")  # WAL truncated to 64 MiB after checkpoints
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -16000")
+        retry_locked(lambda: _migrate(conn, path), f"migrating {path}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).lower():
+            raise QueueStorageError(f"queue file {path} is read-only: {exc}") from exc
+        raise QueueStorageError(f"cannot use queue file {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _verify_owner(conn: sqlite3.Connection, path: str) -> None:
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    except sqlite3.DatabaseError as exc:
+        raise _refuse(path, f"it is not a SQLite database ({exc})") from exc
+    if app_id == APPLICATION_ID:
+        return
+    if app_id != 0:
+        raise _refuse(path, f"it belongs to another application (application_id={app_id:#x})")
+    if tables:
+        raise _refuse(path, f"it is another application's SQLite database (tables: {', '.join(tables[:5])})")
+
+
+def _set_wal(conn: sqlite3.Connection, path: str) -> None:
+    """Switching a fresh file to WAL needs the write lock; racing openers retry."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    mode = retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0],
+                        f"switching {path} to WAL")
+    if mode.lower() != "wal":
+        raise QueueStorageError(f"queue file {path} cannot use WAL mode (got {mode!r}); "
+                                "is it on a network or read-only file system?")
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION and _owned(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _verify_owner(conn, path)  # another process may have written it meanwhile
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise QueueStorageError(
+                f"queue file {path} has schema version {version}, newer than this package "
+                f"supports ({SCHEMA_VERSION}); upgrade message_queue_sqlite")
+        for number, name, sql in MIGRATIONS:
+            if number > version:
+                log.info("%s: applying migration %04d_%s", path, number, name)
+                for statement in _statements(sql):
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _owned(conn: sqlite3.Connection) -> bool:
+    return conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+def _statements(script: str) -> list[str]:
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement in a migration: {buffer[:80]!r}")
+    return statements
+
+
+def warn_if_network_filesystem(folder: str) -> None:
+    """WAL needs shared memory on one host; NFS/SMB locking corrupts databases."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            entries = [line.split() for line in mounts]
+    except OSError:
+        return
+    real = os.path.realpath(folder)
+    best = ("", "")
+    for parts in entries:
+        inside = real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")
+        if len(parts) >= 3 and inside and len(parts[1]) >= len(best[0]):
+            best = (parts[1], parts[2])
+    if best[1] in {"nfs", "nfs4", "cifs", "smbfs", "smb3", "9p", "fuse.sshfs"}:
+        log.warning("queue folder %s is on a %s network file system; SQLite's WAL locking is "
+                    "unreliable there (risk of corruption). Use a local disk, or PostgreSQL "
+                    "for many machines.", folder, best[1])

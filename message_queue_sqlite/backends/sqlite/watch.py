@@ -1,0 +1,117 @@
+"""Noticing that another process committed to a shard, without polling the database.
+
+On Linux an inotify watch on the queue folder reports every write to a ``-wal`` file at
+once and costs nothing while idle. The watch is on the folder, never on the database
+files: opening and closing a descriptor on a database inode would drop this process's
+POSIX locks on it (sqlite.org/howtocorrupt.html, section 2). Elsewhere a thread polls
+``PRAGMA data_version`` (which changes only when another connection commits).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import select
+import sqlite3
+import struct
+import threading
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+IN_MODIFY = 0x00000002
+IN_CREATE = 0x00000100
+IN_MOVED_TO = 0x00000080
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+POLL_INTERVAL_S = 0.002  # fallback only
+
+
+class ChangeWatcher:
+    """Calls ``on_change`` from its own daemon thread when a shard's WAL is written."""
+
+    def __init__(self, folder: str, db_paths: Sequence[str], on_change: Callable[[], None]):
+        self._folder = folder
+        self._db_paths = list(db_paths)
+        self._wal_names = {os.path.basename(p) + "-wal" for p in db_paths}
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._inotify_fd = self._open_inotify()
+        target = self._run_inotify if self._inotify_fd is not None else self._run_polling
+        self._thread = threading.Thread(target=target, name="mqs-change-watcher", daemon=True)
+        self._thread.start()
+
+    def _open_inotify(self) -> int | None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+            if fd < 0:
+                return None
+            wd = libc.inotify_add_watch(fd, os.fsencode(self._folder),
+                                        IN_MODIFY | IN_CREATE | IN_MOVED_TO)
+            if wd < 0:
+                os.close(fd)
+                return None
+            return fd
+        except (OSError, AttributeError):
+            return None
+
+    def _run_inotify(self) -> None:
+        fd = self._inotify_fd
+        assert fd is not None
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set():
+            poller.poll()
+            if self._stop.is_set():
+                break
+            try:
+                data = os.read(fd, 65536)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    continue
+                raise
+            if self._mentions_wal(data):
+                self._notify()
+        os.close(fd)
+
+    def _mentions_wal(self, data: bytes) -> bool:
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
+            offset += _EVENT.size + length
+            if os.fsdecode(name) in self._wal_names:
+                return True
+        return False
+
+    def _run_polling(self) -> None:
+        conns = [sqlite3.connect(p, check_same_thread=False) for p in self._db_paths]
+        last = [c.execute("PRAGMA data_version").fetchone()[0] for c in conns]
+        while not self._stop.wait(POLL_INTERVAL_S):
+            now = [c.execute("PRAGMA data_version").fetchone()[0] for c in conns]
+            if now != last:
+                last = now
+                self._notify()
+        for c in conns:
+            c.close()
+
+    def _notify(self) -> None:
+        try:
+            self._on_change()
+        except Exception:  # a broken listener must not kill the watcher
+            log.exception("change listener failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)

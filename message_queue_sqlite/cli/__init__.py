@@ -1,0 +1,1 @@
+"""The command line: ``python -m message_queue_sqlite`` (also ``mqs``)."""

@@ -1,0 +1,3 @@
+from .test import test, test1
+
+__all__ = ["test", "test1"]

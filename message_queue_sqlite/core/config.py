@@ -1,0 +1,78 @@
+"""Settings of one queue, shared by the seed-compatible and the modern API."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+BROKER_URL_ENV = "MQS_BROKER_URL"
+DURABILITY_MODES = ("normal", "full")
+
+
+def _default_broker_url() -> str | None:
+    return os.environ.get(BROKER_URL_ENV) or None
+
+
+@dataclass
+class Config:
+    """Where the queue lives and how its workers behave.
+
+    The first three fields are the original package's (same names, same defaults); the
+    rest are new, with defaults that are safe for a single machine.
+    """
+
+    middleware_path: str = "message_queue"
+    """Folder holding the SQLite shard files (created if missing)."""
+    max_workers: int = 5
+    """Worker threads that run tasks in a process that starts the server."""
+    middleware_num: int = 1
+    """Number of shard files tasks are spread over (SQLite); see the README for PostgreSQL."""
+    visibility_timeout: float = 30.0
+    """Seconds a claim (lease) lasts without renewal; a dead worker's tasks run again after it."""
+    durability: str = "normal"
+    """'normal' (WAL + synchronous=NORMAL: survives process crashes) or 'full' (fsync per commit)."""
+    retention: float | None = 7 * 24 * 3600.0
+    """Seconds ended tasks are kept before they are purged; None keeps them forever."""
+    prefetch: int = 128
+    """Most tasks one claim may lease at once; the worker adapts below this to task length."""
+    drain_timeout: float = 30.0
+    """Seconds a graceful stop waits for running tasks before giving their leases back."""
+    crash_limit: int = 5
+    """Lease expiries (worker deaths) after which a task is FAILED instead of run again."""
+    broker_url: str | None = field(default_factory=_default_broker_url)
+    """A ``postgresql://`` URL selects PostgreSQL; None (default) uses SQLite files."""
+
+    def __post_init__(self) -> None:
+        self.middleware_path = os.fspath(self.middleware_path)
+        _require_int("max_workers", self.max_workers, minimum=1)
+        _require_int("middleware_num", self.middleware_num, minimum=1)
+        _require_int("prefetch", self.prefetch, minimum=1)
+        _require_int("crash_limit", self.crash_limit, minimum=1)
+        _require_positive("visibility_timeout", self.visibility_timeout)
+        _require_positive("drain_timeout", self.drain_timeout, allow_zero=True)
+        if self.retention is not None:
+            _require_positive("retention", self.retention, allow_zero=True)
+        if self.durability not in DURABILITY_MODES:
+            raise ValueError(
+                f"Config.durability={self.durability!r} is not a mode; use one of {DURABILITY_MODES}"
+            )
+        if self.broker_url is not None and not str(self.broker_url).startswith(
+            ("postgresql://", "postgres://", "sqlite://")
+        ):
+            raise ValueError(
+                f"Config.broker_url={self.broker_url!r} is not supported; use a "
+                "'postgresql://user@host:port/db' URL, or leave it unset for SQLite files"
+            )
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Config.{name}={value!r} is invalid; it must be an integer >= {minimum}")
+
+
+def _require_positive(name: str, value: object, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)  # type: ignore[operator]
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"Config.{name}={value!r} is invalid; it must be a number of seconds {bound}")

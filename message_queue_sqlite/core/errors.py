@@ -1,0 +1,30 @@
+"""Exceptions the package raises on purpose, each naming what was wrong."""
+
+from __future__ import annotations
+
+
+class MessageQueueError(Exception):
+    """Base class of this package's own errors."""
+
+
+class QueueStorageError(MessageQueueError):
+    """The queue's storage cannot be used: not creatable, not writable, or not ours."""
+
+
+class TaskFailedError(MessageQueueError):
+    """Raised by ``TaskHandle.result()`` when the task ended FAILED.
+
+    Carries the task's error message and the traceback recorded by the worker, so the
+    sender sees what went wrong in the worker process.
+    """
+
+    def __init__(self, task_id: str, task_name: str, message: str, traceback: str | None):
+        super().__init__(f"task {task_name!r} ({task_id}) failed: {message}")
+        self.task_id = task_id
+        self.task_name = task_name
+        self.message = message
+        self.traceback = traceback
+
+
+class MissingDependencyError(MessageQueueError, ImportError):
+    """An optional extra is needed for the chosen feature."""

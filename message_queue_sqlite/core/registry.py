@@ -1,0 +1,149 @@
+"""Marking functions as tasks and finding them by name.
+
+The decorator only marks a function; registries are plain objects built from marked
+functions, so two queues in one process never share hidden state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, TypeVar, overload
+
+from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
+
+F = TypeVar("F", bound=Callable[..., Any])
+MARK = "__mqs_task__"
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What the decorator says about a task."""
+
+    use_cache: bool = False
+    retry: RetryPolicy = NO_RETRY
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    name: str
+    func: Callable[..., Any]
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+    @property
+    def module(self) -> str:
+        return getattr(self.func, "__module__", "?")
+
+
+def make_task_options(
+    use_cache: bool = False,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 300.0,
+    retry_jitter: bool = True,
+    retry_on: tuple[type[BaseException] | str, ...] | type[BaseException] = (Exception,),
+    name: str | None = None,
+) -> TaskOptions:
+    """The one place decorator keywords become ``TaskOptions``."""
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache={use_cache!r} must be True or False")
+    if not isinstance(retry_on, tuple):
+        retry_on = (retry_on,)
+    policy = RetryPolicy(max_retries=retries, backoff=retry_backoff, backoff_max=retry_backoff_max,
+                         jitter=retry_jitter, retry_on=retry_on)
+    return TaskOptions(use_cache=use_cache, retry=policy, name=name)
+
+
+@overload
+def task_function(func: F) -> F: ...
+@overload
+def task_function(func: None = None, **options: Any) -> Callable[[F], F]: ...
+def task_function(func: Any = None, **options: Any) -> Any:
+    """Mark a plain function as a task; it stays directly callable.
+
+    ``@task_function()``, ``@task_function`` and ``@task_function(use_cache=True,
+    retries=3)`` all work. Registration happens later, in ``discover_and_mount_ts`` or
+    ``TaskRegistry.register``.
+    """
+    task_options = make_task_options(**options)
+
+    def mark(f: F) -> F:
+        if not callable(f):
+            raise TypeError(f"@task_function needs a function, got {f!r}")
+        setattr(f, MARK, task_options)
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+class TaskRegistry:
+    """Tasks by name. ``get_all_task_names()`` is the original package's spelling."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskDefinition] = {}
+
+    def register(self, func: Callable[..., Any], options: TaskOptions | None = None,
+                 name: str | None = None) -> TaskDefinition:
+        opts = options or getattr(func, MARK, None) or TaskOptions()
+        task_name = name or opts.name or func.__name__
+        existing = self._tasks.get(task_name)
+        if existing is not None:
+            if existing.func is func:
+                return existing
+            raise ValueError(
+                f"two tasks are named {task_name!r}: one in module {existing.module!r}, "
+                f"one in module {getattr(func, '__module__', '?')!r}; rename one or pass name="
+            )
+        definition = TaskDefinition(task_name, func, opts)
+        self._tasks[task_name] = definition
+        return definition
+
+    def get(self, name: str) -> TaskDefinition | None:
+        return self._tasks.get(name)
+
+    def require(self, name: str) -> TaskDefinition:
+        definition = self._tasks.get(name)
+        if definition is None:
+            raise ValueError(f"unknown task {name!r}; known tasks: {sorted(self._tasks)}")
+        return definition
+
+    def get_all_task_names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[TaskDefinition]:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __repr__(self) -> str:
+        return f"TaskRegistry({self.get_all_task_names()})"
+
+
+def _iter_modules(package: ModuleType) -> Iterator[ModuleType]:
+    yield package
+    path = getattr(package, "__path__", None)
+    if path is None:
+        return
+    for info in pkgutil.walk_packages(path, prefix=package.__name__ + "."):
+        yield importlib.import_module(info.name)
+
+
+def discover_tasks(package_name: str, registry: TaskRegistry | None = None) -> TaskRegistry:
+    """Import every module of ``package_name`` and register the functions marked as tasks."""
+    if not isinstance(package_name, str) or not package_name:
+        raise ValueError(f"package name {package_name!r} must be a dotted module name like 'app.engine'")
+    registry = registry if registry is not None else TaskRegistry()
+    package = importlib.import_module(package_name)
+    for module in _iter_modules(package):
+        for value in list(vars(module).values()):
+            if callable(value) and hasattr(value, MARK):
+                registry.register(value)
+    return registry

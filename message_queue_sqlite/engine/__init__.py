@@ -1,0 +1,1 @@
+"""The engine: sending, worker threads, leases and outcome delivery, over any backend."""

@@ -1,0 +1,31 @@
+"""A wake-up signal that cannot be missed between a check and a wait."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Bell:
+    """Rung by local sends and by the backend's change feed; idle workers wait on it.
+
+    Waiters remember the generation they saw before looking for work, so a ring that
+    lands between the look and the wait still wakes them.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def ring(self) -> None:
+        with self._cv:
+            self._generation += 1
+            self._cv.notify_all()
+
+    def wait(self, seen: int, timeout: float | None) -> bool:
+        """Block until rung after generation ``seen`` or ``timeout`` elapses; True if rung."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._generation != seen, timeout)

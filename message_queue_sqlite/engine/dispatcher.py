@@ -1,0 +1,238 @@
+"""Delivering outcomes to the process that sent the tasks: callbacks and waiting handles.
+
+Outcomes arrive two ways: in memory from this queue object's own workers (no storage
+round trip), or from storage when another process ran the task. Storage is only polled
+while some awaited task is not being run here, and then only when the change feed
+says something changed (with a slow fallback poll). Each task's own callback is kept
+under its own task id, and popped when it runs, so it runs once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from message_queue_sqlite.backends.base import Shard, TaskRecord
+from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.serialization import loads_result
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[dict[str, Any]], Any]
+FALLBACK_POLL_S = 0.1
+FETCH_LIMIT = 1000
+
+
+def outcome_from_record(record: TaskRecord) -> TaskOutcome:
+    status = record.outcome or record.status
+    ok = status == TaskStatus.FINISHED
+    return TaskOutcome(record.task_id, record.task_name, status,
+                       loads_result(record.result) if ok else None,
+                       None if ok else record.result, record.traceback,
+                       record.started_at, record.ended_at, record.attempts)
+
+
+@dataclass
+class _Pending:
+    shard: int
+    callback: Callback | None = None
+    waiters: list[threading.Event] = field(default_factory=list)
+    outcome: TaskOutcome | None = None
+    local: bool = False  # a worker of this queue object holds it now
+
+
+class OutcomeDispatcher:
+    def __init__(self, node: str, shards: Sequence[Shard], on_remote_interest: Callable[[], None]):
+        self._node = node
+        self._shards = shards
+        self._on_remote_interest = on_remote_interest
+        self._lock = threading.Condition(threading.Lock())
+        self._pending: dict[str, _Pending] = {}
+        self._remote = 0  # awaited tasks not held by a local worker
+        self._inbox: deque[tuple[TaskOutcome, int, int]] = deque()  # outcome, shard, row id
+        self._changed = False
+        self._busy = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- registration (sender threads) ------------------------------------------------
+    def expect(self, task_id: str, shard: int, callback: Callback | None) -> None:
+        """Register before the task is stored, so an instant local completion finds it."""
+        with self._lock:
+            self._pending[task_id] = _Pending(shard, callback)
+            self._remote += 1
+            self._ensure_thread()
+        self._on_remote_interest()
+
+    def forget(self, task_id: str) -> None:
+        """The send failed: nothing will come."""
+        with self._lock:
+            entry = self._pending.pop(task_id, None)
+            if entry is not None and not entry.local:
+                self._remote -= 1
+
+    def wait(self, task_id: str, shard: int, timeout: float | None,
+             lookup: Callable[[], TaskRecord | None]) -> TaskOutcome | None:
+        """Block until ``task_id`` ends; None on timeout. ``lookup`` reads storage once after
+        registering, for a task that ended before anyone waited."""
+        event = threading.Event()
+        with self._lock:
+            entry = self._pending.get(task_id)
+            if entry is not None and entry.outcome is not None:
+                return entry.outcome
+            if entry is None:
+                entry = self._pending[task_id] = _Pending(shard)
+                self._remote += 1
+            entry.waiters.append(event)
+            self._ensure_thread()
+        self._on_remote_interest()
+        record = lookup()
+        if record is not None and TaskStatus(record.status).is_terminal:
+            outcome = outcome_from_record(record)
+            with self._lock:
+                self._finish_waiter(task_id, entry, outcome)
+            return outcome
+        if not event.wait(timeout):
+            with self._lock:
+                if event in entry.waiters:
+                    entry.waiters.remove(event)
+            return None
+        return entry.outcome
+
+    def _finish_waiter(self, task_id: str, entry: _Pending, outcome: TaskOutcome) -> None:
+        entry.outcome = outcome
+        for event in entry.waiters:
+            event.set()
+        entry.waiters.clear()
+        if entry.callback is None and self._pending.get(task_id) is entry:
+            del self._pending[task_id]
+            if not entry.local:
+                self._remote -= 1
+
+    # -- local workers ---------------------------------------------------------------
+    def claimed_locally(self, task_ids: Iterable[str]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                entry = self._pending.get(task_id)
+                if entry is not None and not entry.local:
+                    entry.local = True
+                    self._remote -= 1
+
+    def released_locally(self, task_ids: Iterable[str]) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                entry = self._pending.get(task_id)
+                if entry is not None and entry.local:
+                    entry.local = False
+                    self._remote += 1
+
+    def deliver(self, items: Iterable[tuple[TaskOutcome, int, int]]) -> None:
+        with self._lock:
+            self._inbox.extend(items)
+            self._lock.notify_all()
+
+    def storage_changed(self) -> None:
+        """Called by the change feed."""
+        if self._remote:
+            with self._lock:
+                self._changed = True
+                self._lock.notify_all()
+
+    @property
+    def awaiting_remote(self) -> bool:
+        return self._remote > 0
+
+    # -- the delivery thread ---------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="mqs-callbacks", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._inbox or self._changed or self._closing,
+                                    FALLBACK_POLL_S)
+                if self._closing and not self._inbox:
+                    return
+                poll = self._remote > 0
+                self._changed = False
+                batch = list(self._inbox)
+                self._inbox.clear()
+                self._busy = True
+            try:
+                if poll:
+                    batch.extend(self._poll_storage())
+                if batch:
+                    self._run_callbacks(batch)
+            except Exception:
+                log.exception("delivering task outcomes failed; will retry")
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
+
+    def _poll_storage(self) -> list[tuple[TaskOutcome, int, int]]:
+        found: list[tuple[TaskOutcome, int, int]] = []
+        with self._lock:
+            waiting_only: dict[int, list[str]] = defaultdict(list)
+            for task_id, entry in self._pending.items():
+                if not entry.local and entry.callback is None and entry.outcome is None:
+                    waiting_only[entry.shard].append(task_id)
+        for shard in self._shards:
+            for record in shard.fetch_outcomes(self._node, FETCH_LIMIT):
+                found.append((outcome_from_record(record), shard.index, record.row_id))
+            ids = waiting_only.get(shard.index)
+            if ids:
+                for record in shard.get_tasks(ids):
+                    if TaskStatus(record.status).is_terminal:
+                        found.append((outcome_from_record(record), shard.index, record.row_id))
+        return found
+
+    def _run_callbacks(self, batch: list[tuple[TaskOutcome, int, int]]) -> None:
+        called: dict[int, list[int]] = defaultdict(list)
+        for outcome, shard, row_id in batch:
+            with self._lock:
+                entry = self._pending.get(outcome.task_id)
+                if entry is None or entry.outcome is not None and entry.callback is None:
+                    continue
+                callback, entry.callback = entry.callback, None
+                self._finish_waiter(outcome.task_id, entry, outcome)
+            if callback is not None:
+                try:
+                    callback(outcome.as_callback_dict())
+                except Exception:
+                    log.exception("callback of task %s (%s) raised; its outcome stays recorded",
+                                  outcome.task_name, outcome.task_id)
+                called[shard].append(row_id)
+        for shard, row_ids in called.items():
+            self._shards[shard].mark_callbacked(row_ids)
+
+    # -- stopping --------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every outcome delivered so far has had its callback run and recorded."""
+        with self._lock:
+            if self._thread is None:
+                return True
+            self._lock.notify_all()
+            return self._lock.wait_for(lambda: not self._inbox and not self._busy, timeout)
+
+    def close(self, timeout: float = 10.0, final_poll: bool = False) -> None:
+        """Deliver what arrived; with ``final_poll``, also what storage holds for us now."""
+        self.flush(timeout)
+        if final_poll and self._remote > 0:
+            try:
+                self._run_callbacks(self._poll_storage())
+            except Exception:
+                log.exception("final delivery of task outcomes failed")
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)

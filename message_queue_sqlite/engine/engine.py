@@ -1,0 +1,293 @@
+"""One queue object's engine: sending, the worker pool, leases and outcome delivery.
+
+Everything here is per object (no class attributes, no module state), so a process may
+hold two queues, and tests do. Both public APIs are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from message_queue_sqlite.backends.base import Backend, ClaimedTask, Completion, NewTask, TaskRecord
+from message_queue_sqlite.core.config import Config
+from message_queue_sqlite.core.errors import MessageQueueError
+from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.registry import TaskRegistry
+from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
+from message_queue_sqlite.engine.bell import Bell
+from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
+from message_queue_sqlite.engine.leases import Housekeeper
+from message_queue_sqlite.engine.sharding import ShardBalancer
+from message_queue_sqlite.engine.worker import WorkerPool, build_completion, decode_args, execute
+from message_queue_sqlite.serialization import dumps_args
+
+log = logging.getLogger(__name__)
+
+IDLE_RECHECK_S = 1.0  # an idle worker re-checks storage at least this often (missed-event guard)
+
+
+@dataclasses.dataclass(slots=True)
+class SendRequest:
+    """One task to send, as ``Engine.send_many`` takes them."""
+
+    task_name: str
+    args: dict[str, Any]
+    callback: Callback | None = None
+    priority: int = 0
+    use_cache: bool = False
+    retries: int | None = None
+    retry: RetryPolicy | None = None
+    delay: float = 0.0
+
+
+class Engine:
+    def __init__(self, config: Config, backend: Backend, registry: TaskRegistry,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.backend = backend
+        self.registry = registry
+        self.clock = clock
+        self.shards = backend.shards
+        self.node = uuid.uuid4().hex[:16]
+        self.bell = Bell()
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage)
+        self.balancer = ShardBalancer(self.shards)
+        self._ids = itertools.count()
+        self._id_infix = uuid.uuid4().hex[:8]
+        self._lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._pool: WorkerPool | None = None
+        self._stopping_pool: WorkerPool | None = None
+        self.housekeeper = Housekeeper(self)
+        self._watching = False
+        self._node_registered = False
+        self._closed = False
+
+    # -- sending ---------------------------------------------------------------------
+    def new_task_id(self) -> str:
+        """Time-ordered and unique: 12 hex digits of milliseconds, this object's 8, a counter."""
+        return f"{int(time.time() * 1000):012x}{self._id_infix}{next(self._ids):08x}"
+
+    def send(self, request: SendRequest) -> tuple[str, int]:
+        return self.send_many([request])[0]
+
+    def send_many(self, requests: Sequence[SendRequest]) -> list[tuple[str, int]]:
+        """Store tasks durably (one transaction per shard touched) and return (id, shard) each."""
+        self._check_open()
+        now = self.clock()
+        by_shard: dict[int, list[NewTask]] = {}
+        sent: list[tuple[str, int]] = []
+        expected: list[str] = []
+        cached: list[str] = []
+        try:
+            for request in requests:
+                task, cache_args = self._prepare(request, now)
+                shard = self.balancer.pick()
+                if cache_args is not None:
+                    self._ensure_node()
+                    self.cache[task.task_id] = cache_args
+                    cached.append(task.task_id)
+                if request.callback is not None:
+                    self.dispatcher.expect(task.task_id, shard, request.callback)
+                    expected.append(task.task_id)
+                by_shard.setdefault(shard, []).append(task)
+                sent.append((task.task_id, shard))
+            for shard, tasks in by_shard.items():
+                self.shards[shard].enqueue(tasks)
+        except BaseException:
+            for task_id in expected:
+                self.dispatcher.forget(task_id)
+            for task_id in cached:
+                self.cache.pop(task_id, None)
+            raise
+        self.bell.ring()
+        return sent
+
+    def _prepare(self, request: SendRequest, now: float) -> tuple[NewTask, dict[str, Any] | None]:
+        name = request.task_name
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"task name must be a non-empty string, got {name!r}")
+        definition = self.registry.get(name)
+        if definition is None and len(self.registry):
+            raise ValueError(f"unknown task {name!r}; known tasks: {self.registry.get_all_task_names()}")
+        if request.callback is not None and not callable(request.callback):
+            raise TypeError(f"callback of task {name!r} must be callable or None, got {request.callback!r}")
+        priority = request.priority
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority of task {name!r} must be an int (higher runs first), got {priority!r}")
+        if not isinstance(request.args, dict):
+            raise TypeError(f"arguments of task {name!r} must be a dict of keyword arguments, "
+                            f"got {type(request.args).__name__}: {request.args!r}")
+        delay = request.delay
+        if not isinstance(delay, (int, float)) or delay < 0:
+            raise ValueError(f"delay of task {name!r} must be a number of seconds >= 0, got {delay!r}")
+        cached = bool(request.use_cache) or (definition is not None and definition.options.use_cache)
+        retry_json = None
+        if request.retry is not None:
+            max_retries = request.retry.max_retries
+            retry_json = request.retry.to_json()
+        elif request.retries is not None:
+            max_retries = RetryPolicy(max_retries=request.retries).max_retries
+        else:
+            max_retries = definition.options.retry.max_retries if definition else 0
+        task = NewTask(
+            task_id=self.new_task_id(), task_name=name,
+            args=None if cached else dumps_args(name, request.args),
+            priority=priority, sender=self.node,
+            notify=request.callback is not None,
+            cache_owner=self.node if cached else None,
+            max_retries=max_retries, retry=retry_json,
+            run_after=now + delay if delay else 0.0, created_at=now,
+        )
+        return task, (request.args if cached else None)
+
+    # -- running ---------------------------------------------------------------------
+    def run_claim(self, claim: ClaimedTask, started: float) -> tuple[Completion, TaskOutcome | None]:
+        """Run one claimed task to a completion record (never raises)."""
+        started = self.clock()
+        definition = self.registry.get(claim.task_name)
+        if definition is None:
+            ok, value, tb = False, LookupError(
+                f"no task named {claim.task_name!r} is registered in this worker; known tasks: "
+                f"{self.registry.get_all_task_names()}"), None
+        else:
+            try:
+                args = decode_args(claim, self.cache)
+            except Exception as exc:
+                ok, value, tb = False, exc, None
+            else:
+                ok, value, tb = execute(definition.func, args)
+        policy = NO_RETRY if ok or definition is None else self._policy(claim, definition.options.retry)
+        return build_completion(claim, policy, ok, value, tb, started, self.clock())
+
+    @staticmethod
+    def _policy(claim: ClaimedTask, default: RetryPolicy) -> RetryPolicy:
+        policy = RetryPolicy.from_json(claim.retry) if claim.retry else default
+        if policy.max_retries != claim.max_retries:
+            policy = dataclasses.replace(policy, max_retries=claim.max_retries)
+        return policy
+
+    def idle_wait_timeout(self) -> float:
+        """How long an idle worker may wait for a ring: until the next scheduled task is due."""
+        due = [t for t in (s.next_run_after() for s in self.shards) if t is not None]
+        if not due:
+            return IDLE_RECHECK_S
+        return max(0.001, min(IDLE_RECHECK_S, min(due) - self.clock()))
+
+    def start_workers(self, threads: int | None = None) -> None:
+        self._check_open()
+        with self._lock:
+            if self._pool is not None:
+                raise MessageQueueError("workers are already running on this queue object")
+            self._ensure_node_locked()
+            self._watch_storage()
+            self._pool = WorkerPool(self, threads or self.config.max_workers)
+            self._pool.start()
+
+    def hurry(self) -> None:
+        """Make a stop in progress give its leases back now instead of draining."""
+        pool = self._pool or self._stopping_pool
+        if pool is not None:
+            pool.hurry()
+
+    def stop_workers(self, drain_timeout: float | None = None) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._stopping_pool = pool
+        if pool is not None:
+            pool.stop(self.config.drain_timeout if drain_timeout is None else drain_timeout)
+        self.dispatcher.flush(timeout=30)
+
+    @property
+    def workers_running(self) -> bool:
+        return self._pool is not None
+
+    # -- outcomes --------------------------------------------------------------------
+    def find(self, task_id: str, shard: int | None = None) -> TaskRecord | None:
+        shards = [self.shards[shard]] if shard is not None else self.shards
+        for candidate in shards:
+            found = candidate.get_tasks([task_id])
+            if found:
+                return found[0]
+        return None
+
+    def wait_outcome(self, task_id: str, shard: int, timeout: float | None) -> TaskOutcome | None:
+        return self.dispatcher.wait(task_id, shard, timeout, lambda: self.find(task_id, shard))
+
+    # -- liveness and change feed ----------------------------------------------------
+    def _watch_storage(self) -> None:
+        if not self._watching:
+            with self._watch_lock:
+                if not self._watching:
+                    self.backend.watch(self._storage_changed)
+                    self._watching = True
+
+    def _storage_changed(self) -> None:
+        self.bell.ring()
+        self.dispatcher.storage_changed()
+
+    def _ensure_node(self) -> None:
+        if not self._node_registered:
+            with self._lock:
+                self._ensure_node_locked()
+
+    def _ensure_node_locked(self) -> None:
+        if self._node_registered:
+            return
+        now = self.clock()
+        for shard in self.shards:
+            shard.register_node(self.node, os.getpid(), socket.gethostname(),
+                                now + self.config.visibility_timeout, now)
+        self._node_registered = True
+        self.housekeeper.start()
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # -- closing ---------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MessageQueueError("this queue object is closed")
+
+    def close(self) -> None:
+        """Stop workers and deliver their outcomes; then fail this object's cached tasks that
+        can no longer run (their arguments die with it) and tell their callbacks so; release
+        storage. Idempotent."""
+        if self._closed:
+            return
+        self.stop_workers()
+        self._closed = True
+        self.housekeeper.close()
+        if self._node_registered:
+            now = self.clock()
+            for shard in self.shards:
+                try:
+                    failed = shard.unregister_node(self.node, now)
+                except Exception:
+                    log.exception("could not unregister from %s", shard.name)
+                    continue
+                if failed:
+                    log.warning("%d cache-mode task(s) sent by this queue object never ran before "
+                                "it closed; they are FAILED (%s)", failed, shard.name)
+        self.dispatcher.close(final_poll=True)
+        self.cache.clear()
+        self.backend.close()
+
+
+def _close_at_exit(ref: weakref.ref[Engine]) -> None:
+    engine = ref()
+    if engine is not None:
+        try:
+            engine.close()
+        except Exception:
+            log.exception("closing the queue at exit failed")

@@ -1,0 +1,94 @@
+"""Keeping leases alive and reclaiming the ones whose worker died.
+
+A lease is the claim's expiry. While this queue object lives, its housekeeper renews
+every lease it holds (and its liveness row, which cached arguments depend on) every
+third of the visibility timeout, so a long task is never stolen from a live worker.
+Every housekeeper also requeues tasks whose lease expired anywhere: recovery needs no
+cron job and no manual call. Retention purges and WAL upkeep run here too, in small
+batches, so they never hold the queue for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from message_queue_sqlite.backends.base import RecoveryReport
+
+if TYPE_CHECKING:
+    from message_queue_sqlite.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 60.0
+PURGE_BATCH = 500
+PURGE_BATCHES_PER_ROUND = 20
+MAINTAIN_EVERY_S = 10.0
+
+
+class Housekeeper:
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._next_purge = 0.0
+        self._next_maintain = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mqs-housekeeper", daemon=True)
+            self._thread.start()
+
+    @property
+    def interval(self) -> float:
+        return max(0.02, min(self._engine.config.visibility_timeout / 3.0, 5.0))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("housekeeping failed; retrying next round")
+            self._kick.wait(self.interval)  # the renewal period, not a poll for work
+            self._kick.clear()
+
+    def run_once(self) -> RecoveryReport:
+        """Renew, recover, purge, maintain: one round (also called directly by tests and the CLI)."""
+        engine = self._engine
+        now = engine.clock()
+        expires = now + engine.config.visibility_timeout
+        report = RecoveryReport()
+        for shard in engine.shards:
+            shard.renew_leases(engine.node, expires, now)
+            report += shard.recover_expired(now, engine.config.crash_limit)
+        if report.requeued or report.failed:
+            log.warning("lease recovery: %d task(s) requeued, %d failed", report.requeued, report.failed)
+            engine.bell.ring()
+        mono = time.monotonic()
+        retention = engine.config.retention
+        if retention is not None and mono >= self._next_purge:
+            self._next_purge = mono + min(PURGE_EVERY_S, max(retention, self.interval))
+            self._purge(now - engine.config.retention)
+        if mono >= self._next_maintain:
+            self._next_maintain = mono + MAINTAIN_EVERY_S
+            for shard in engine.shards:
+                shard.maintain()
+        return report
+
+    def _purge(self, before: float) -> None:
+        for shard in self._engine.shards:
+            for _ in range(PURGE_BATCHES_PER_ROUND):
+                if shard.purge_ended(before, PURGE_BATCH) < PURGE_BATCH:
+                    break
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)

@@ -1,0 +1,287 @@
+"""Worker threads: claim in batches, run, record outcomes in batches.
+
+One thread at a time claims (and in the same transaction records the completions that
+piled up); the others take work from the local buffer. Batch size adapts to task
+length: short tasks are claimed by the hundred, long ones one per idle thread, so a
+slow task never sits prefetched while another process is idle. A completion is
+committed when the buffer runs dry, when enough pile up, or after a few milliseconds,
+whichever comes first, so callbacks and results are prompt under any load.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from message_queue_sqlite.backends.base import ClaimedTask, Completion
+from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.retry import RetryPolicy
+from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.serialization import dumps_result, loads_args, loads_result
+
+if TYPE_CHECKING:
+    from message_queue_sqlite.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+FLUSH_AFTER_S = 0.005  # oldest unrecorded completion waits at most this long (under load)
+FLUSH_MAX = 256  # completions per transaction
+TARGET_BATCH_S = 0.02  # a claim should hold about this much work per thread
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class WorkerPool:
+    def __init__(self, engine: Engine, threads: int):
+        self._engine = engine
+        self._threads_wanted = threads
+        self._cv = threading.Condition(threading.Lock())
+        self._buffer: list[tuple[int, int, int, ClaimedTask]] = []  # heap: -priority, shard, row id
+        self._running: dict[tuple[int, int], ClaimedTask] = {}
+        self._pending: dict[int, list[tuple[Completion, TaskOutcome | None, ClaimedTask]]] = (
+            defaultdict(list))
+        self._pending_count = 0
+        self._oldest_pending = 0.0
+        self._claiming = False
+        self._stopping = False
+        self._avg_task_s = 0.01
+        self._next_shard = 0
+        self._flush_lock = threading.Lock()
+        self._hurry = threading.Event()
+        self._exited = 0
+        self._threads: list[threading.Thread] = []
+        self.executed = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        for number in range(self._threads_wanted):
+            thread = threading.Thread(target=self._work, name=f"mqs-worker-{number}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, drain_timeout: float) -> None:
+        """Stop claiming; give back what never started; wait for running tasks up to
+        ``drain_timeout``; then give their leases back too (they run again elsewhere)."""
+        with self._cv:
+            self._stopping = True
+            unstarted = [item[3] for item in self._buffer]
+            self._buffer.clear()
+            self._cv.notify_all()
+        self._engine.bell.ring()
+        self._give_back(unstarted, started=False)
+        deadline = time.monotonic() + drain_timeout
+        with self._cv:
+            while self._exited < len(self._threads) and not self._hurry.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(min(left, 0.1))  # re-checks the hurry flag a signal handler may set
+        self._flush()
+        with self._cv:
+            left = list(self._running.values())
+        if left:
+            log.warning("%d task(s) still running after the %.1f s drain timeout; their leases "
+                        "are given back and they will run again", len(left), drain_timeout)
+            self._give_back(left, started=True)
+
+    def hurry(self) -> None:
+        """Cut the drain short (a second stop signal)."""
+        self._hurry.set()
+
+    def _give_back(self, claims: list[ClaimedTask], started: bool) -> None:
+        by_shard: dict[int, list[ClaimedTask]] = defaultdict(list)
+        for claim in claims:
+            by_shard[claim.shard].append(claim)
+        for shard, items in by_shard.items():
+            self._engine.shards[shard].release(items, started)
+        self._engine.dispatcher.released_locally(c.task_id for c in claims if c.sender == self._engine.node)
+
+    # -- the loop --------------------------------------------------------------------
+    def _work(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._cv:
+                self._exited += 1
+                self._cv.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            claim = self._next_claim()
+            if claim is None:
+                return
+            started = time.time()
+            completion, outcome = self._engine.run_claim(claim, started)
+            took = time.time() - started
+            self._avg_task_s += (took - self._avg_task_s) * 0.05
+            self._record(claim, completion, outcome)
+
+    def _next_claim(self) -> ClaimedTask | None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._stopping:
+                        return None
+                    if self._buffer:
+                        claim = heapq.heappop(self._buffer)[3]
+                        self._running[(claim.shard, claim.row_id)] = claim
+                        return claim
+                    if not self._claiming:
+                        self._claiming = True
+                        idle = self._threads_wanted - len(self._running)
+                        break
+                    self._cv.wait()
+            try:
+                self._claim_more(idle)
+            except Exception:
+                log.exception("claiming tasks failed; backing off")
+                self._engine.bell.wait(self._engine.bell.generation, 1.0)  # back-off, then retry
+            finally:
+                with self._cv:
+                    self._claiming = False
+                    self._cv.notify_all()
+
+    def _claim_limit(self, idle: int) -> int:
+        per_thread = max(1, int(TARGET_BATCH_S / max(self._avg_task_s, 1e-6)))
+        return max(1, min(self._engine.config.prefetch, max(idle, 1) * per_thread))
+
+    def _claim_more(self, idle: int) -> None:
+        """Claim from the shards in rotation until something comes, else wait for a ring."""
+        engine = self._engine
+        while not self._stopping:
+            seen = engine.bell.generation
+            shards = engine.shards
+            limit = self._claim_limit(idle)
+            claims: list[ClaimedTask] = []
+            for step in range(len(shards)):
+                index = (self._next_shard + step) % len(shards)
+                claims = self._exchange(index, limit)
+                if claims:
+                    self._next_shard = (index + 1) % len(shards)
+                    break
+            self._flush()  # completions of shards not visited
+            if claims:
+                mine = [c.task_id for c in claims if c.sender == engine.node]
+                if mine:
+                    engine.dispatcher.claimed_locally(mine)
+                with self._cv:
+                    for claim in claims:
+                        heapq.heappush(self._buffer, (-claim.priority, claim.shard, claim.row_id, claim))
+                return
+            engine.bell.wait(seen, engine.idle_wait_timeout())
+
+    def _exchange(self, shard: int, limit: int) -> list[ClaimedTask]:
+        with self._flush_lock:
+            batch = self._take_pending(shard)
+            rejected, claims = self._engine.shards[shard].complete_and_claim(
+                [item[0] for item in batch], self._engine.node, limit,
+                self._engine.config.visibility_timeout, self._engine.clock())
+        self._after_commit(batch, rejected)
+        return claims
+
+    # -- recording completions -------------------------------------------------------
+    def _record(self, claim: ClaimedTask, completion: Completion, outcome: TaskOutcome | None) -> None:
+        with self._cv:
+            self._running.pop((claim.shard, claim.row_id), None)
+            if not self._pending_count:
+                self._oldest_pending = time.monotonic()
+            self._pending[claim.shard].append((completion, outcome, claim))
+            self._pending_count += 1
+            flush_now = (
+                self._pending_count >= FLUSH_MAX
+                or self._stopping
+                or (not self._buffer and self._claiming)
+                or time.monotonic() - self._oldest_pending > FLUSH_AFTER_S
+            )
+        if flush_now:
+            self._flush()
+
+    def _take_pending(self, shard: int) -> list[tuple[Completion, TaskOutcome | None, ClaimedTask]]:
+        with self._cv:
+            batch = self._pending.pop(shard, [])
+            self._pending_count -= len(batch)
+            if self._pending_count:
+                self._oldest_pending = time.monotonic()
+            return batch
+
+    def _flush(self) -> None:
+        for shard in list(self._pending):
+            with self._flush_lock:
+                batch = self._take_pending(shard)
+                if not batch:
+                    continue
+                rejected, _ = self._engine.shards[shard].complete_and_claim(
+                    [item[0] for item in batch], self._engine.node, 0, 0.0, self._engine.clock())
+            self._after_commit(batch, rejected)
+
+    def _after_commit(self, batch: list[tuple[Completion, TaskOutcome | None, ClaimedTask]],
+                      rejected: list[int]) -> None:
+        if not batch:
+            return
+        engine = self._engine
+        lost = set(rejected)
+        if lost:
+            log.warning("%d completion(s) discarded: their leases expired and the tasks were "
+                        "taken over by another attempt", len(lost))
+        self.executed += len(batch)
+        delivered = []
+        for completion, outcome, claim in batch:
+            if completion.row_id in lost:
+                if claim.sender == engine.node:
+                    engine.dispatcher.released_locally([claim.task_id])
+                continue
+            if outcome is not None:
+                if claim.cache_owner is not None:
+                    engine.cache.pop(claim.task_id, None)
+                if claim.sender == engine.node:
+                    delivered.append((outcome, claim.shard, claim.row_id))
+        if delivered:
+            engine.dispatcher.deliver(delivered)
+
+
+def execute(func: Callable[..., Any], args: dict[str, Any]) -> tuple[bool, Any, str | None]:
+    """Run a task function; (ok, value or exception, traceback text)."""
+    try:
+        return True, func(**args), None
+    except BaseException as exc:  # a task must never take its worker thread down
+        return False, exc, traceback.format_exc()
+
+
+def build_completion(claim: ClaimedTask, policy: RetryPolicy, ok: bool, value: Any,
+                     tb: str | None, started: float, ended: float) -> tuple[Completion, TaskOutcome | None]:
+    """Turn what a run produced into the stored completion and, if the task ended, its outcome."""
+    if ok:
+        try:
+            text = dumps_result(value)
+        except TypeError as exc:
+            ok, value, tb = False, exc, None
+        else:
+            stored = value if type(value) in _PLAIN else loads_result(text)
+            outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FINISHED, stored, None,
+                                  None, started, ended, claim.attempt)
+            return Completion(claim.row_id, claim.attempt, TaskStatus.FINISHED, text, None,
+                              started, ended), outcome
+    message = f"{type(value).__name__}: {value}"
+    if policy.should_retry(value, claim.attempt):
+        run_after = ended + policy.delay(claim.attempt)
+        return Completion(claim.row_id, claim.attempt, TaskStatus.SCHEDULED, message, tb,
+                          started, ended, run_after), None
+    outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FAILED, None, message, tb,
+                          started, ended, claim.attempt)
+    return Completion(claim.row_id, claim.attempt, TaskStatus.FAILED, message, tb,
+                      started, ended), outcome
+
+
+def decode_args(claim: ClaimedTask, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if claim.cache_owner is not None:
+        args = cache.get(claim.task_id)
+        if args is None:
+            raise LookupError(f"the cached arguments of task {claim.task_id} are not in this "
+                              "process's memory (cache-mode tasks run only in their sender)")
+        return args
+    return loads_args(claim.args or "{}")

@@ -1,0 +1,3 @@
+from message_queue_sqlite.api.compat import Client
+
+__all__ = ["Client"]

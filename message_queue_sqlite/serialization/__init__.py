@@ -1,0 +1,57 @@
+"""How arguments and results become text in storage: JSON, never pickle by default.
+
+JSON keeps queue files readable by any tool and never runs code on load. Arguments that
+JSON cannot carry (a lock, a socket, an open file) belong to cache mode instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode
+_decode = json.loads
+
+
+def dumps_args(task_name: str, args: Any) -> str:
+    """Encode a task's keyword arguments; the error names the argument that cannot be stored."""
+    if not isinstance(args, dict):
+        raise TypeError(
+            f"arguments of task {task_name!r} must be a dict of keyword arguments, "
+            f"got {type(args).__name__}: {args!r}"
+        )
+    try:
+        return _encode(args)
+    except (TypeError, ValueError) as exc:
+        for key, value in args.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"argument names of task {task_name!r} must be strings, got {key!r}"
+                ) from None
+            try:
+                _encode(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"argument {key!r} of task {task_name!r} cannot be stored as JSON "
+                    f"({type(value).__name__}: {exc}); pass JSON-compatible values, or send "
+                    "with use_cache=True to keep the arguments in this process's memory"
+                ) from None
+        raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON: {exc}") from None
+
+
+def loads_args(text: str) -> dict[str, Any]:
+    return _decode(text)
+
+
+def dumps_result(value: Any) -> str:
+    """Encode a return value; TypeError says why when it cannot be stored."""
+    try:
+        return _encode(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the task's return value ({type(value).__name__}) cannot be stored as JSON: {exc}"
+        ) from None
+
+
+def loads_result(text: str | None) -> Any:
+    return None if text is None else _decode(text)

@@ -1,0 +1,3 @@
+from message_queue_sqlite.task_service.service.services import OutcomeDispatcher
+
+__all__ = ["OutcomeDispatcher"]

@@ -1,0 +1,83 @@
+"""Shared fixtures. No test sleeps to wait for work: ``wait_until`` polls a condition
+against a deadline and fails with a message when it is not met."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from message_queue_sqlite import MessageQueue
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        event.wait(0.005)
+
+
+@pytest.fixture
+def queue_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "queue")
+
+
+@pytest.fixture
+def make_queue(queue_dir: str) -> Iterator[Callable[..., MessageQueue]]:
+    made: list[MessageQueue] = []
+
+    def factory(path: str | None = None, **options: Any) -> MessageQueue:
+        options.setdefault("workers", 2)
+        queue = MessageQueue(path or queue_dir, **options)
+        made.append(queue)
+        return queue
+
+    yield factory
+    for queue in made:
+        queue.close()
+
+
+@pytest.fixture
+def app_package(tmp_path: Path) -> Callable[[dict[str, str]], str]:
+    """Write a package of task modules under a unique name; returns the package name."""
+    created: list[str] = []
+
+    def write(modules: dict[str, str]) -> str:
+        name = f"app_{uuid.uuid4().hex[:8]}"
+        root = tmp_path / "pkgs" / name
+        root.mkdir(parents=True)
+        (root / "__init__.py").write_text("")
+        for module, source in modules.items():
+            path = root / f"{module}.py"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(source))
+        if str(tmp_path / "pkgs") not in sys.path:
+            sys.path.insert(0, str(tmp_path / "pkgs"))
+        created.append(name)
+        return name
+
+    yield write
+    for name in created:
+        for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            del sys.modules[module]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
+    return env
