@@ -37,12 +37,58 @@ def queue_dir(tmp_path: Path) -> str:
     return str(tmp_path / "queue")
 
 
+POSTGRES_DSN = os.environ.get("MQS_TEST_POSTGRES_DSN")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Conformance: tests that take ``backend`` (directly or through ``make_queue``) run on
+    both backends. PostgreSQL runs when MQS_TEST_POSTGRES_DSN is set (CI sets it)."""
+    if request.param == "postgres":
+        if not POSTGRES_DSN:
+            pytest.skip("PostgreSQL tests need MQS_TEST_POSTGRES_DSN (e.g. postgresql://postgres@127.0.0.1/test)")
+        pytest.importorskip("psycopg")
+    return request.param
+
+
 @pytest.fixture
-def make_queue(queue_dir: str) -> Iterator[Callable[..., MessageQueue]]:
+def broker_url(backend: str) -> Iterator[str | None]:
+    """None for SQLite; for PostgreSQL a URL with a schema of this test's own, dropped after
+    the test (after ``make_queue`` closed its queues, as that fixture depends on this one)."""
+    if backend == "sqlite":
+        yield None
+        return
+    url = pg_url_with_fresh_schema()
+    yield url
+    drop_pg_schema(url)
+
+
+def drop_pg_schema(url: str) -> None:
+    """Drop the schema named in ``url`` (a test's own); a lock still held elsewhere is reported
+    rather than waited on forever."""
+    import psycopg
+
+    assert POSTGRES_DSN
+    schema = url.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def pg_url_with_fresh_schema() -> str:
+    assert POSTGRES_DSN
+    separator = "&" if "?" in POSTGRES_DSN else "?"
+    return f"{POSTGRES_DSN}{separator}schema=mqs_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_queue(queue_dir: str, broker_url: str | None) -> Iterator[Callable[..., MessageQueue]]:
     made: list[MessageQueue] = []
 
     def factory(path: str | None = None, **options: Any) -> MessageQueue:
         options.setdefault("workers", 2)
+        if broker_url is not None:
+            options.setdefault("broker_url", broker_url)
         queue = MessageQueue(path or queue_dir, **options)
         made.append(queue)
         return queue

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from conftest import wait_until
+
 from message_queue_sqlite import (
     TaskStatus,
     discover_and_mount_ts,

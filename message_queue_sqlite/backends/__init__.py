@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from message_queue_sqlite.backends.base import Backend
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import MissingDependencyError
@@ -14,12 +12,14 @@ def open_backend(config: Config, shard_count: int | None = None) -> Backend:
     url = config.broker_url
     if url and url.startswith(("postgresql://", "postgres://")):
         try:
-            postgres = importlib.import_module("message_queue_sqlite.backends.postgres")
+            from message_queue_sqlite.backends.postgres import PostgresBackend
         except ImportError as exc:
+            if (exc.name or "").startswith("message_queue_sqlite"):
+                raise  # a bug of ours, not a missing dependency
             raise MissingDependencyError(
                 "the PostgreSQL backend needs psycopg 3: pip install 'message_queue_sqlite[postgres]'"
                 f" ({exc})") from exc
-        return postgres.PostgresBackend(url, config)
+        return PostgresBackend(url, config)
     from message_queue_sqlite.backends.sqlite import SQLiteBackend
 
     folder = url[len("sqlite://"):] if url and url.startswith("sqlite://") else config.middleware_path

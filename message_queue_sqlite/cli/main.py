@@ -95,7 +95,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     else:
         shards = max(1, existing_shard_count(args.path))
         config = Config(middleware_path=args.path, middleware_num=shards, **settings)
-    registry = discover_tasks(args.package)
+    try:
+        registry = discover_tasks(args.package)
+    except ImportError:
+        raise
+    except Exception as exc:  # a task module that does not even import: say which
+        raise MessageQueueError(f"cannot load the tasks of {args.package!r}: "
+                                f"{type(exc).__name__}: {exc}") from exc
     queue = MessageQueue(config=config, registry=registry)
     stop = threading.Event()
     signals = 0

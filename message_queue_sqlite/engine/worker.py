@@ -84,6 +84,9 @@ class WorkerPool:
         self._flush()
         with self._cv:
             left = list(self._running.values())
+            unstarted = [item[3] for item in self._buffer]
+            self._buffer.clear()
+        self._give_back(unstarted, started=False)
         if left:
             log.warning("%d task(s) still running after the %.1f s drain timeout; their leases "
                         "are given back and they will run again", len(left), drain_timeout)
@@ -170,8 +173,12 @@ class WorkerPool:
                 if mine:
                     engine.dispatcher.claimed_locally(mine)
                 with self._cv:
-                    for claim in claims:
-                        heapq.heappush(self._buffer, (-claim.priority, claim.shard, claim.row_id, claim))
+                    stopping = self._stopping
+                    if not stopping:
+                        for claim in claims:
+                            heapq.heappush(self._buffer, (-claim.priority, claim.shard, claim.row_id, claim))
+                if stopping:  # stop() began during the claim: these never start here
+                    self._give_back(claims, started=False)
                 return
             engine.bell.wait(seen, engine.idle_wait_timeout())
 

@@ -127,6 +127,10 @@ class SQLiteShard(Shard):
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
                            lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
+        if not completions:
+            with self._read() as conn:
+                if not conn.execute(Q["probe_claimable"], (owner, now)).fetchone()[0]:
+                    return rejected, []
         with self._write("complete/claim") as conn:
             if completions:
                 rejected = self._complete(conn, completions)
@@ -266,6 +270,8 @@ class SQLiteBackend(Backend):
         if not os.access(folder, os.W_OK | os.X_OK):
             raise QueueStorageError(f"queue folder {folder!r} is not writable")
         warn_if_network_filesystem(folder)
+        self._watcher: ChangeWatcher | None = None
+        self._watch_lock = threading.Lock()
         self.shards: list[SQLiteShard] = []
         try:
             for index in range(shard_count):
@@ -273,8 +279,6 @@ class SQLiteBackend(Backend):
         except BaseException:
             self.close()
             raise
-        self._watcher: ChangeWatcher | None = None
-        self._watch_lock = threading.Lock()
 
     def watch(self, on_change: Callable[[], None]) -> None:
         with self._watch_lock:

@@ -11,6 +11,11 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12);
 -- Scheduled tasks whose run-after time has come become ready.
 UPDATE mqs_tasks SET status = 1 WHERE status = 6 AND run_after <= ?1;
 
+-- name: probe_claimable
+-- Read-only check that a claim would find something (?1 owner, ?2 now), so idle workers never take the write lock for nothing.
+SELECT EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1))
+    OR EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 6 AND run_after <= ?2);
+
 -- name: claim_batch
 -- Lease up to ?4 ready tasks (best priority, then oldest) to owner ?1 until ?2; cached tasks only to their owner.
 UPDATE mqs_tasks

@@ -1,0 +1,361 @@
+"""The PostgreSQL backend: one schema shared by any number of processes and machines.
+
+``middleware_num``: on PostgreSQL a queue is always ONE shard (one ``mqs_tasks`` table in
+the URL's schema), whatever ``middleware_num`` says; a value above 1 is logged and
+ignored. Shards exist on SQLite to spread its single-writer file lock; PostgreSQL has
+row locks, and claims use ``FOR UPDATE SKIP LOCKED`` on a partial index of ready rows,
+so any number of claimers proceed side by side on one table without waiting for each
+other and without ever leasing a row twice. Separate queues use separate schemas
+(``?schema=NAME``).
+
+Change feed: every transaction that makes work ready or ends a task (enqueue,
+completions, release, requeue of failed tasks, lease recovery, cache-mode tasks failed
+because their node left) runs ``pg_notify`` once, just before it commits, on a channel
+of the schema; claims, lease renewals and callback bookkeeping notify nobody. One
+dedicated connection per backend LISTENs (see ``notify.py``).
+
+Connections: one per shard object, guarded by a lock like ``SQLiteShard``'s (worker
+threads of a process already take turns to claim), in autocommit mode with explicit
+short transactions, plus the listening connection: two per queue object, none per call.
+Deadlocks and serialization failures (the transaction was rolled back) are retried with
+back-off; a broken connection is reopened and the call retried, as every write is
+idempotent or fenced on retry: a re-sent batch of tasks skips ids already stored, and a
+claim whose commit may have happened first gives back what it may have leased. A forked
+child never touches its parent's connections: it opens its own.
+
+Durability: ``full`` sets ``synchronous_commit = on`` for the queue's sessions; ``normal``
+keeps the server's setting (on unless the server was configured otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import psycopg
+
+from message_queue_sqlite.backends.base import (
+    Backend,
+    ClaimedTask,
+    Completion,
+    NewTask,
+    RecoveryReport,
+    Shard,
+    TaskRecord,
+)
+from message_queue_sqlite.backends.postgres.connection import Target, connect, open_schema
+from message_queue_sqlite.backends.postgres.notify import ChangeListener
+from message_queue_sqlite.backends.sql_files import load_queries
+from message_queue_sqlite.core.config import Config
+from message_queue_sqlite.core.errors import QueueStorageError
+
+log = logging.getLogger(__name__)
+
+QUERIES = load_queries(__package__)
+RETRY_DEADLINE_S = 30.0  # a call keeps retrying a lost server or a deadlock this long
+_inherited: list[psycopg.Connection] = []  # connections a fork() child must never close or use
+
+T = TypeVar("T")
+
+
+def _record(shard: int, row: tuple) -> TaskRecord:
+    return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+                      row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15],
+                      row[16], row[17], row[18])
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL (SQLite can): keep it visible as an escape."""
+    if value is None or "\x00" not in value:
+        return value
+    return value.replace("\x00", "\\x00")
+
+
+class PostgresShard(Shard):
+    def __init__(self, target: Target, index: int = 0, durability: str = "normal"):
+        self.index = index
+        self.name = f"{target.schema}.mqs_tasks"
+        self._target = target
+        self._durability = durability
+        self._q = {name: target.sql(sql) for name, sql in QUERIES.items()}
+        self._channel = {"channel": target.channel}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._conn: psycopg.Connection | None = open_schema(target, durability)
+
+    # -- connection and retries ------------------------------------------------------
+    def _connection(self) -> psycopg.Connection:
+        if self._closed:
+            raise QueueStorageError(f"shard {self.name} is closed")
+        if self._pid != os.getpid():  # forked: the parent's connection is not ours to use
+            if self._conn is not None:
+                _inherited.append(self._conn)
+            self._conn = None
+            self._pid = os.getpid()
+        if self._conn is None:
+            self._conn = connect(self._target, self._durability)
+        return self._conn
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+    def _run(self, what: str, body: Callable[[psycopg.Connection, bool], T],
+             after_break: Callable[[psycopg.Connection], None] | None = None) -> T:
+        """Run ``body(conn, broke)`` under the lock. A rolled-back transaction (deadlock,
+        serialization failure) is retried; so is a broken connection, on a new one, with
+        ``broke`` True and ``after_break`` run first: the last try may have committed."""
+        deadline = time.monotonic() + RETRY_DEADLINE_S
+        delay = 0.005
+        broke = False
+        with self._lock:
+            while True:
+                try:
+                    conn = self._connection()
+                    if broke and after_break is not None:
+                        after_break(conn)
+                    return body(conn, broke)
+                except psycopg.errors.TransactionRollbackError as exc:
+                    problem: psycopg.Error = exc
+                    log.debug("%s on %s rolled back (%s); retrying", what, self.name, exc)
+                except psycopg.OperationalError as exc:
+                    conn_now = self._conn
+                    if conn_now is not None and not conn_now.closed and not conn_now.broken:
+                        raise QueueStorageError(f"{what} on {self.name} failed: {exc}") from exc
+                    self._discard()
+                    broke = True
+                    problem = exc
+                    log.warning("%s on %s: connection to %s lost (%s); reconnecting",
+                                what, self.name, self._target.location, str(exc).strip())
+                except psycopg.Error as exc:
+                    raise QueueStorageError(f"{what} on {self.name} failed: {exc}") from exc
+                if time.monotonic() + delay > deadline:
+                    raise QueueStorageError(f"{what} on {self.name}: PostgreSQL at "
+                                            f"{self._target.location} still failing after "
+                                            f"{RETRY_DEADLINE_S:.0f} s ({problem})") from problem
+                time.sleep(random.uniform(delay / 2, delay))  # back-off, not a poll
+                delay = min(delay * 2, 1.0)
+
+    def _fetch(self, what: str, query: str, params: dict | None = None) -> list[tuple]:
+        return self._run(what, lambda conn, _broke: conn.execute(self._q[query], params).fetchall())
+
+    def _notify(self, conn: psycopg.Connection) -> None:
+        conn.execute(self._q["notify"], self._channel)
+
+    # -- sending ---------------------------------------------------------------------
+    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        if not tasks:
+            return
+        now = tasks[0].created_at
+        params = {
+            "task_id": [t.task_id for t in tasks],
+            "task_name": [_text(t.task_name) for t in tasks],
+            "args": [t.args for t in tasks],
+            "priority": [t.priority for t in tasks],
+            "status": [6 if t.run_after > now else 1 for t in tasks],
+            "sender": [t.sender for t in tasks],
+            "notify": [bool(t.notify) for t in tasks],
+            "cache_owner": [t.cache_owner for t in tasks],
+            "max_retries": [t.max_retries for t in tasks],
+            "retry": [t.retry for t in tasks],
+            "run_after": [float(t.run_after) for t in tasks],
+            "created_at": [float(t.created_at) for t in tasks],
+            **self._channel,
+        }
+        # one statement (an implicit transaction): committed when it returns
+        self._run("enqueue", lambda conn, broke: conn.execute(
+            self._q["enqueue_again" if broke else "enqueue"], params))
+
+    # -- working ---------------------------------------------------------------------
+    def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
+                           lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
+        if not completions and limit <= 0:
+            return [], []
+        params = {
+            "row_id": [c.row_id for c in completions],
+            "attempt": [c.attempt for c in completions],
+            "status": [int(c.status) for c in completions],
+            "result": [_text(c.result) for c in completions],
+            "traceback": [_text(c.traceback) for c in completions],
+            "ended_at": [float(c.ended_at) for c in completions],
+            "run_after": [float(c.run_after) for c in completions],
+            "started_at": [float(c.started_at) for c in completions],
+            "owner": owner, "expires": now + lease_seconds, "now": now, "limit": max(limit, 0),
+            **self._channel,
+        }
+        query = self._q["complete_and_claim"]
+
+        def body(conn: psycopg.Connection, _broke: bool) -> tuple[set[int], list[tuple]]:
+            rows = conn.execute(query, params).fetchall()
+            applied = set(rows[0][0] or ())
+            claims = [r[3:] for r in rows if r[3] is not None]
+            if rows[0][1] and len(claims) < limit:
+                # tasks just became ready (scheduled, now due): claim them in a second statement
+                again = dict(params, row_id=[], attempt=[], status=[], result=[], traceback=[],
+                             ended_at=[], run_after=[], started_at=[], limit=limit - len(claims))
+                claims += [r[3:] for r in conn.execute(query, again).fetchall() if r[3] is not None]
+            return applied, claims
+
+        def give_back_ambiguous_claim(conn: psycopg.Connection) -> None:
+            if limit > 0:
+                conn.execute(self._q["unclaim_ambiguous"], {"owner": owner, "now": now})
+
+        applied, rows = self._run("complete/claim", body, give_back_ambiguous_claim)
+        rejected = [c.row_id for c in completions if c.row_id not in applied]
+        index = self.index
+        claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                               r[9], r[10], r[11], r[12]) for r in rows]
+        claimed.sort(key=lambda c: (-c.priority, c.row_id))
+        return rejected, claimed
+
+    def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
+        if not claims:
+            return 0
+        params = {"row_id": [c.row_id for c in claims], "attempt": [c.attempt for c in claims],
+                  "unstarted": 0 if started else 1, **self._channel}
+        return self._run("release", lambda conn, _broke: conn.execute(
+            self._q["release"], params).fetchone()[0])
+
+    def renew_leases(self, owner: str, expires: float, now: float) -> int:
+        node = {"node": owner, "pid": os.getpid(), "host": os.uname().nodename,
+                "expires": expires, "now": now}
+
+        def body(conn: psycopg.Connection, _broke: bool) -> int:
+            with conn.transaction():
+                conn.execute(self._q["register_node"], node)
+                return conn.execute(self._q["renew_leases"], {"owner": owner, "expires": expires}).rowcount
+
+        return self._run("renew leases", body)
+
+    def recover_expired(self, now: float, crash_limit: int) -> RecoveryReport:
+        def body(conn: psycopg.Connection, _broke: bool) -> RecoveryReport:
+            report = RecoveryReport()
+            with conn.transaction():
+                report.failed += len(conn.execute(self._q["fail_orphaned_cached"], {"now": now}).fetchall())
+                for (status,) in conn.execute(self._q["recover_expired"],
+                                              {"now": now, "crash_limit": crash_limit}).fetchall():
+                    if status == 1:
+                        report.requeued += 1
+                    else:
+                        report.failed += 1
+                conn.execute(self._q["forget_dead_nodes"], {"before": now - 86400.0})
+                if report.requeued or report.failed:
+                    self._notify(conn)
+            return report
+
+        return self._run("recover expired leases", body)
+
+    def next_run_after(self) -> float | None:
+        return self._fetch("next run time", "next_run_after")[0][0]
+
+    # -- outcomes for senders --------------------------------------------------------
+    def fetch_outcomes(self, sender: str, limit: int) -> list[TaskRecord]:
+        rows = self._fetch("fetch outcomes", "fetch_outcomes", {"sender": sender, "limit": limit})
+        return [_record(self.index, r) for r in rows]
+
+    def mark_callbacked(self, row_ids: Sequence[int]) -> None:
+        if row_ids:
+            self._run("mark callbacked", lambda conn, _broke: conn.execute(
+                self._q["mark_callbacked"], {"row_id": list(row_ids)}))
+
+    def get_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        if not task_ids:
+            return []
+        rows = self._fetch("get tasks", "get_tasks", {"task_id": list(task_ids)})
+        by_id = {r[1]: r for r in rows}
+        return [_record(self.index, by_id[t]) for t in dict.fromkeys(task_ids) if t in by_id]
+
+    def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
+        rows = self._fetch("list tasks", "list_tasks",
+                           {"status": status, "task_name": task_name, "limit": limit})
+        return [_record(self.index, r) for r in rows]
+
+    def count_by_status(self) -> dict[int, int]:
+        return dict(self._fetch("count by status", "count_by_status"))
+
+    def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
+        return self._fetch("ended timings", "ended_timings", {"limit": limit})
+
+    def count_ready(self) -> int:
+        return self._fetch("count waiting", "count_waiting")[0][0]
+
+    def requeue_failed(self, task_id: str | None, task_name: str | None, now: float) -> int:
+        params = {"task_id": task_id, "task_name": task_name, "now": now, **self._channel}
+        return self._run("requeue failed", lambda conn, _broke: conn.execute(
+            self._q["requeue_failed"], params).fetchone()[0])
+
+    # -- liveness and upkeep ---------------------------------------------------------
+    def register_node(self, node: str, pid: int, host: str, expires: float, now: float) -> None:
+        params = {"node": node, "pid": pid, "host": host, "expires": expires, "now": now}
+        self._run("register node", lambda conn, _broke: conn.execute(self._q["register_node"], params))
+
+    def unregister_node(self, node: str, now: float) -> int:
+        def body(conn: psycopg.Connection, _broke: bool) -> int:
+            with conn.transaction():
+                conn.execute(self._q["unregister_node"], {"node": node})
+                failed = len(conn.execute(self._q["fail_orphaned_cached"], {"now": now}).fetchall())
+                if failed:
+                    self._notify(conn)
+            return failed
+
+        return self._run("unregister node", body)
+
+    def purge_ended(self, before: float, limit: int) -> int:
+        return self._run("purge", lambda conn, _broke: conn.execute(
+            self._q["purge_ended"], {"before": before, "limit": limit}).rowcount)
+
+    def maintain(self) -> None:
+        """Nothing to do: autovacuum keeps the table and its indexes in shape (the migration
+        lowers its thresholds for this table, which churns)."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+class PostgresBackend(Backend):
+    """The queue in one schema of a PostgreSQL database: one shard, one change feed."""
+
+    def __init__(self, url: str, config: Config):
+        self._target = Target(url)
+        self.location = self._target.location
+        if config.middleware_num > 1:
+            log.info("PostgreSQL keeps a queue in one table (%s); middleware_num=%d is ignored: "
+                     "claims skip each other's locked rows, so one table serves every worker",
+                     self.location, config.middleware_num)
+        self.shards: list[PostgresShard] = [PostgresShard(self._target, 0, config.durability)]
+        self._listener: ChangeListener | None = None
+        self._watch_lock = threading.Lock()
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        with self._watch_lock:
+            if self._listener is not None and self._listener.pid != os.getpid():
+                self._listener = None  # forked: the parent's thread and connection are not here
+            if self._listener is None:
+                self._listener = ChangeListener(self._target, on_change)
+
+    @property
+    def listening(self) -> threading.Event | None:
+        """Set while the change feed is listening (None before ``watch``)."""
+        return self._listener.listening if self._listener is not None else None
+
+    def close(self) -> None:
+        with self._watch_lock:
+            if self._listener is not None and self._listener.pid == os.getpid():
+                self._listener.close()
+            self._listener = None
+        for shard in self.shards:
+            shard.close()

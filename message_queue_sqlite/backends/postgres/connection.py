@@ -1,0 +1,179 @@
+"""Reaching the queue's schema: parse the URL, connect, refuse what is not ours, migrate.
+
+The URL is a libpq URL with one extra query parameter, ``schema`` (default ``mqs``),
+removed before connecting. Every table lives in that schema. Opening verifies that the
+schema holds only this package's tables (another application's schema is refused and
+left untouched), then creates or migrates it inside one transaction that first takes
+``pg_advisory_xact_lock``, so processes opening a fresh schema at once agree on one
+migration run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+
+from message_queue_sqlite.backends.sql_files import load_migrations
+from message_queue_sqlite.core.errors import QueueStorageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEMA = "mqs"
+VERSION_TABLE = "mqs_schema_version"
+OUR_TABLES = frozenset({"mqs_tasks", "mqs_nodes", VERSION_TABLE})
+MIGRATIONS = load_migrations(__package__)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Defaults added to the connection string unless it sets them: a name that shows in
+# pg_stat_activity, a bounded connect, and TCP keepalives so a dead server or network
+# is noticed by an idle (listening) connection within about a minute.
+CONNECT_DEFAULTS = {
+    "application_name": "message_queue_sqlite",
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
+
+class Target:
+    """Where a queue lives: a libpq connection string and a schema in that database."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schemas = [value for key, value in query if key == "schema"]
+        schema = schemas[-1] if schemas else DEFAULT_SCHEMA
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"schema={schema!r} in the broker URL is not a plain identifier "
+                             "(letters, digits and _, at most 63, not starting with a digit)")
+        self.schema = schema
+        self.quoted_schema = f'"{schema}"'
+        rest = urlencode([(key, value) for key, value in query if key != "schema"])
+        bare = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
+        try:
+            given = pg_conninfo.conninfo_to_dict(bare)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"the broker URL is not a valid PostgreSQL URL: {exc}") from None
+        params = {**CONNECT_DEFAULTS, **{k: str(v) for k, v in given.items() if v is not None}}
+        self.conninfo = pg_conninfo.make_conninfo("", **params)
+        self.location = _location(given, schema)
+        channel = f"mqs_{schema}"
+        if len(channel) > 63:  # a NOTIFY channel is an identifier: at most 63 bytes
+            channel = "mqs_" + hashlib.sha1(schema.encode()).hexdigest()
+        self.channel = channel
+        self.lock_key = int.from_bytes(
+            hashlib.blake2b(f"message_queue_sqlite:{schema}".encode(), digest_size=8).digest(),
+            "big", signed=True)
+
+    def sql(self, text: str) -> str:
+        return text.replace("{schema}", self.quoted_schema)
+
+
+def _location(params: dict[str, object], schema: str) -> str:
+    """postgresql://user@host:port/db?schema=NAME: never the password."""
+    user = params.get("user")
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port")
+    dbname = params.get("dbname") or user or ""
+    netloc = f"{user}@" if user else ""
+    netloc += f"[{host}]" if ":" in str(host) and "," not in str(host) else str(host)
+    if port:
+        netloc += f":{port}"
+    return f"postgresql://{netloc}/{dbname}?schema={schema}"
+
+
+def connect(target: Target, durability: str = "normal") -> psycopg.Connection:
+    """A new autocommit connection; ``full`` durability forces ``synchronous_commit = on``
+    (``normal`` keeps the server's setting, on by default)."""
+    conn = psycopg.connect(target.conninfo, autocommit=True)
+    try:
+        if durability == "full":
+            conn.execute("SET synchronous_commit = on")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_schema(target: Target, durability: str = "normal") -> psycopg.Connection:
+    """A connection to a verified, migrated schema (the first connection of a backend)."""
+    try:
+        conn = connect(target, durability)
+    except psycopg.Error as exc:
+        raise QueueStorageError(f"cannot connect to PostgreSQL at {target.location}: {exc}") from exc
+    try:
+        migrate(conn, target)
+    except psycopg.Error as exc:
+        conn.close()
+        raise QueueStorageError(f"cannot use schema {target.schema!r} at {target.location}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _refuse(target: Target, why: str) -> QueueStorageError:
+    return QueueStorageError(
+        f"schema {target.schema!r} at {target.location} is not a queue schema of "
+        f"message_queue_sqlite: {why}; nothing was changed. Pick another schema with "
+        "?schema=NAME in the broker URL.")
+
+
+def _inspect(conn: psycopg.Connection, target: Target) -> tuple[bool, int]:
+    """(schema exists, applied version); raises when the schema holds foreign tables."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_catalog.pg_class AS c "
+        "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        (target.schema,)).fetchall()
+    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s",
+                          (target.schema,)).fetchone() is not None
+    tables = {r[0] for r in rows}
+    foreign = sorted(tables - OUR_TABLES)
+    if foreign:
+        raise _refuse(target, f"it holds other tables ({', '.join(foreign[:5])})")
+    if not tables:
+        return exists, 0
+    if VERSION_TABLE not in tables:
+        raise _refuse(target, f"it holds tables named like ours ({', '.join(sorted(tables))}) "
+                              f"but no {VERSION_TABLE} table")
+    version = conn.execute(
+        target.sql(f"SELECT coalesce(max(version), 0) FROM {{schema}}.{VERSION_TABLE}")).fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise QueueStorageError(
+            f"schema {target.schema!r} at {target.location} has queue schema version {version}, "
+            f"newer than this package supports ({SCHEMA_VERSION}); upgrade message_queue_sqlite")
+    if version and not tables >= OUR_TABLES:
+        raise _refuse(target, f"tables are missing (found {', '.join(sorted(tables))})")
+    return exists, version
+
+
+def migrate(conn: psycopg.Connection, target: Target) -> None:
+    """Create or upgrade the schema; a no-op read when it is current."""
+    _exists, version = _inspect(conn, target)
+    if version == SCHEMA_VERSION:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (target.lock_key,))
+        exists, version = _inspect(conn, target)  # another opener may have migrated meanwhile
+        if version == SCHEMA_VERSION:
+            return
+        if not exists:
+            conn.execute(target.sql("CREATE SCHEMA {schema}"))
+        conn.execute(target.sql(
+            f"CREATE TABLE IF NOT EXISTS {{schema}}.{VERSION_TABLE} ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"))
+        for number, name, sql in MIGRATIONS:
+            if number > version:
+                log.info("%s: applying migration %04d_%s", target.location, number, name)
+                conn.execute(target.sql(sql))  # no parameters: one message, many statements
+                conn.execute(target.sql(f"INSERT INTO {{schema}}.{VERSION_TABLE} (version, name) "
+                                        "VALUES (%s, %s)"), (number, name))

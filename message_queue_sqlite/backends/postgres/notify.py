@@ -1,0 +1,107 @@
+"""The change feed: one dedicated connection LISTENs on the schema's channel.
+
+Every transaction that makes work ready or ends a task (enqueue, completions, release,
+requeue, lease recovery, orphaned cache-mode tasks) runs ``pg_notify`` once before it
+commits; PostgreSQL delivers it at commit. This thread waits on the listening socket
+(and a wake-up pipe for ``close``) with ``poll``, so it costs nothing while idle. If the
+connection breaks it reconnects with back-off, calling ``on_change`` after each attempt
+(a slow poll while PostgreSQL is away) and once more when listening again, since
+notifications sent meanwhile are lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import threading
+from collections.abc import Callable
+
+import psycopg
+from psycopg import pq
+
+from message_queue_sqlite.backends.postgres.connection import Target, connect
+
+log = logging.getLogger(__name__)
+
+PING_AFTER_S = 30.0  # a silent connection is checked this often (keepalives also watch it)
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 5.0
+
+
+class ChangeListener:
+    """Calls ``on_change`` from its own daemon thread for each notification on the channel."""
+
+    def __init__(self, target: Target, on_change: Callable[[], None]):
+        self._target = target
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self.pid = os.getpid()
+        self.listening = threading.Event()  # set while LISTEN is active (tests wait on it)
+        self._thread = threading.Thread(target=self._run, name="mqs-pg-listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST_S
+        while not self._stop.is_set():
+            conn: psycopg.Connection | None = None
+            try:
+                conn = connect(self._target)
+                conn.add_notify_handler(lambda _n: self._notify())  # those read during a ping
+                conn.execute(f'LISTEN "{self._target.channel}"')
+                self.listening.set()
+                delay = BACKOFF_FIRST_S
+                self._notify()  # whatever was sent while we were not listening
+                self._listen(conn)
+            except (psycopg.Error, OSError) as exc:
+                if not self._stop.is_set():
+                    log.warning("PostgreSQL change feed on %s lost (%s); reconnecting in %.2f s, "
+                                "polling meanwhile", self._target.location, exc, delay)
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    conn.close()
+            if self._stop.is_set():
+                break
+            self._notify()  # fallback: let workers and waiters look for themselves
+            self._stop.wait(random.uniform(delay / 2, delay))  # back-off before reconnecting
+            delay = min(delay * 2, BACKOFF_MAX_S)
+        os.close(self._wake_r)
+
+    def _listen(self, conn: psycopg.Connection) -> None:
+        pgconn = conn.pgconn
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set():
+            ready = poller.poll(PING_AFTER_S * 1000)
+            if self._stop.is_set():
+                return
+            if not ready:
+                conn.execute("SELECT 1")  # raises if the server went away silently
+                continue
+            pgconn.consume_input()
+            if pgconn.status != pq.ConnStatus.OK:
+                raise psycopg.OperationalError("the listening connection was closed by the server")
+            got = False
+            while pgconn.notifies() is not None:
+                got = True
+            if got:
+                self._notify()
+
+    def _notify(self) -> None:
+        try:
+            self._on_change()
+        except Exception:  # a broken listener must not kill the feed
+            log.exception("change listener failed")
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        os.close(self._wake_w)

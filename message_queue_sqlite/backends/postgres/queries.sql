@@ -1,0 +1,197 @@
+-- Every statement the PostgreSQL backend runs. Each block: "-- name: NAME", one line that
+-- says what it is for, then the SQL. {schema} is replaced by the quoted schema name;
+-- parameters are named (%(name)s, psycopg server-side binding). Batches travel as arrays
+-- (unnest), so a batch of any size is one statement and one round trip.
+
+-- name: enqueue
+-- Store a batch of new tasks, in array order (ids follow it: FIFO within a priority), and notify listeners at commit.
+WITH inserted AS (
+    INSERT INTO {schema}.mqs_tasks (task_id, task_name, args, priority, status, sender, notify, cache_owner,
+                                    max_retries, retry, run_after, created_at)
+    SELECT * FROM unnest(%(task_id)s::text[], %(task_name)s::text[], %(args)s::text[], %(priority)s::bigint[],
+                         %(status)s::integer[], %(sender)s::text[], %(notify)s::boolean[],
+                         %(cache_owner)s::text[], %(max_retries)s::bigint[], %(retry)s::text[],
+                         %(run_after)s::float8[], %(created_at)s::float8[])
+    RETURNING 1)
+SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM inserted) AS c;
+
+-- name: enqueue_again
+-- The same, after a connection broke during the commit: rows that did commit are kept once.
+WITH inserted AS (
+    INSERT INTO {schema}.mqs_tasks (task_id, task_name, args, priority, status, sender, notify, cache_owner,
+                                    max_retries, retry, run_after, created_at)
+    SELECT * FROM unnest(%(task_id)s::text[], %(task_name)s::text[], %(args)s::text[], %(priority)s::bigint[],
+                         %(status)s::integer[], %(sender)s::text[], %(notify)s::boolean[],
+                         %(cache_owner)s::text[], %(max_retries)s::bigint[], %(retry)s::text[],
+                         %(run_after)s::float8[], %(created_at)s::float8[])
+    ON CONFLICT (task_id) DO NOTHING
+    RETURNING 1)
+SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM inserted) AS c;
+
+-- name: complete_and_claim
+-- One statement, so one transaction and one round trip: end a batch of attempts unless their lease was lost since (fenced by attempt), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. Listeners are notified once when a completion applied or a task became ready. Row 1 always comes: applied completion ids, promoted count; then one claimed task per row (NULLs when none).
+WITH done AS (
+    UPDATE {schema}.mqs_tasks AS t
+       SET status = c.status,
+           outcome = CASE WHEN c.status IN (3, 4) THEN c.status END,
+           result = c.result, traceback = c.traceback,
+           ended_at = CASE WHEN c.status IN (3, 4) THEN c.ended_at END,
+           run_after = c.run_after, started_at = c.started_at, lease_owner = NULL, lease_expires = NULL
+      FROM unnest(%(row_id)s::bigint[], %(attempt)s::integer[], %(status)s::integer[], %(result)s::text[],
+                  %(traceback)s::text[], %(ended_at)s::float8[], %(run_after)s::float8[],
+                  %(started_at)s::float8[])
+           AS c (id, attempt, status, result, traceback, ended_at, run_after, started_at)
+     WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2
+    RETURNING t.id),
+promoted AS (
+    UPDATE {schema}.mqs_tasks SET status = 1
+     WHERE id IN (SELECT id FROM {schema}.mqs_tasks
+                   WHERE status = 6 AND run_after <= %(now)s
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING 1),
+claimed AS (
+    UPDATE {schema}.mqs_tasks
+       SET status = 2, lease_owner = %(owner)s, lease_expires = %(expires)s, attempts = attempts + 1,
+           started_at = %(now)s
+     WHERE id IN (SELECT id FROM {schema}.mqs_tasks
+                   WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = %(owner)s)
+                   ORDER BY priority DESC, id LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING id, task_id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
+              cache_owner, created_at, started_at),
+summary AS (
+    SELECT a.ids, p.n,
+           CASE WHEN a.ids IS NOT NULL OR p.n > 0 THEN pg_notify(%(channel)s, '') END AS signal
+      FROM (SELECT array_agg(id) AS ids FROM done) AS a, (SELECT count(*) AS n FROM promoted) AS p)
+SELECT s.ids, s.n, s.signal, c.*
+  FROM summary AS s LEFT JOIN claimed AS c ON TRUE;
+
+-- name: notify
+-- Tell every listener of this schema that something changed (delivered at commit; once per transaction).
+SELECT pg_notify(%(channel)s, '');
+
+-- name: unclaim_ambiguous
+-- After a connection broke during a claim's commit: give back what that claim (owner, start time) may have leased.
+UPDATE {schema}.mqs_tasks
+   SET status = 1, attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL
+ WHERE status = 2 AND lease_owner = %(owner)s AND started_at = %(now)s;
+
+-- name: release
+-- Give leases back at once (graceful stop); %(unstarted)s is 1 when the tasks never started, so that claim is not counted; listeners are notified once if any applied.
+WITH released AS (
+    UPDATE {schema}.mqs_tasks AS t
+       SET status = 1, attempts = t.attempts - %(unstarted)s, lease_owner = NULL, lease_expires = NULL
+      FROM unnest(%(row_id)s::bigint[], %(attempt)s::integer[]) AS c (id, attempt)
+     WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2
+    RETURNING 1)
+SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM released) AS c;
+
+-- name: renew_leases
+-- Extend every lease held by owner to expires.
+UPDATE {schema}.mqs_tasks SET lease_expires = %(expires)s WHERE status = 2 AND lease_owner = %(owner)s;
+
+-- name: fail_orphaned_cached
+-- Cached tasks whose owning node is gone can never run: FAILED, with the reason.
+UPDATE {schema}.mqs_tasks
+   SET status = 4, outcome = 4, ended_at = %(now)s, lease_owner = NULL, lease_expires = NULL,
+       result = 'the process that sent this cache-mode task ended before it ran; its arguments lived only in that process''s memory'
+ WHERE id IN (SELECT t.id FROM {schema}.mqs_tasks AS t
+               WHERE t.cache_owner IS NOT NULL AND t.status IN (1, 2, 6)
+                 AND NOT EXISTS (SELECT 1 FROM {schema}.mqs_nodes AS n
+                                  WHERE n.node_id = t.cache_owner AND n.expires_at > %(now)s)
+                 FOR UPDATE SKIP LOCKED)
+RETURNING id;
+
+-- name: recover_expired
+-- Leases that expired (their worker died): run again, or FAILED once the crash limit is reached; rows a worker is completing right now are skipped.
+UPDATE {schema}.mqs_tasks
+   SET crashes = crashes + 1,
+       status = CASE WHEN crashes + 1 >= %(crash_limit)s THEN 4 ELSE 1 END,
+       outcome = CASE WHEN crashes + 1 >= %(crash_limit)s THEN 4 END,
+       ended_at = CASE WHEN crashes + 1 >= %(crash_limit)s THEN %(now)s END,
+       result = CASE WHEN crashes + 1 >= %(crash_limit)s
+                THEN 'the worker running this task died ' || (crashes + 1) || ' times (lease expired); crash limit reached'
+                ELSE result END,
+       lease_owner = NULL, lease_expires = NULL
+ WHERE id IN (SELECT id FROM {schema}.mqs_tasks
+               WHERE status = 2 AND lease_expires < %(now)s
+                 FOR UPDATE SKIP LOCKED)
+RETURNING status;
+
+-- name: next_run_after
+-- When the earliest scheduled task becomes ready.
+SELECT min(run_after) FROM {schema}.mqs_tasks WHERE status = 6;
+
+-- name: fetch_outcomes
+-- Ended tasks of a sender whose callback has not run yet.
+SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND notify AND status IN (3, 4) LIMIT %(limit)s;
+
+-- name: mark_callbacked
+-- The sender's callback ran for these tasks.
+UPDATE {schema}.mqs_tasks SET status = 5 WHERE id = ANY(%(row_id)s::bigint[]) AND status IN (3, 4);
+
+-- name: get_tasks
+-- Tasks by their public ids.
+SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks WHERE task_id = ANY(%(task_id)s::text[]);
+
+-- name: list_tasks
+-- Newest tasks, optionally of a status (3 or 4 also match CALLBACKED rows with that outcome) and a name.
+SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks
+ WHERE (%(status)s::integer IS NULL OR status = %(status)s::integer
+        OR (status = 5 AND outcome = %(status)s::integer))
+   AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: count_by_status
+-- Number of tasks in each status.
+SELECT status, count(*) FROM {schema}.mqs_tasks GROUP BY status;
+
+-- name: ended_timings
+-- Created, started and ended times of the newest ended tasks (latency summaries).
+SELECT created_at, started_at, ended_at FROM {schema}.mqs_tasks
+ WHERE status IN (3, 4, 5) AND ended_at IS NOT NULL ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: count_waiting
+-- Tasks waiting to run (ready or scheduled), counted on their partial indexes.
+SELECT (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 1)
+     + (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 6);
+
+-- name: requeue_failed
+-- FAILED tasks (by id and/or name) run again with a fresh retry budget; cached ones cannot. Listeners are notified once if any.
+WITH requeued AS (
+    UPDATE {schema}.mqs_tasks
+       SET status = 1, outcome = NULL, result = NULL, traceback = NULL, attempts = 0, crashes = 0,
+           ended_at = NULL, started_at = NULL, run_after = %(now)s
+     WHERE (status = 4 OR (status = 5 AND outcome = 4)) AND cache_owner IS NULL
+       AND (%(task_id)s::text IS NULL OR task_id = %(task_id)s::text)
+       AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+    RETURNING 1)
+SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM requeued) AS c;
+
+-- name: register_node
+-- A queue object is alive until expires (its cached arguments and leases depend on it).
+INSERT INTO {schema}.mqs_nodes (node_id, pid, host, started_at, expires_at)
+VALUES (%(node)s, %(pid)s, %(host)s, %(now)s, %(expires)s)
+ON CONFLICT (node_id) DO UPDATE SET expires_at = excluded.expires_at;
+
+-- name: unregister_node
+-- A queue object stopped.
+DELETE FROM {schema}.mqs_nodes WHERE node_id = %(node)s;
+
+-- name: forget_dead_nodes
+-- Drop liveness rows long expired.
+DELETE FROM {schema}.mqs_nodes WHERE expires_at < %(before)s;
+
+-- name: purge_ended
+-- Delete up to %(limit)s tasks that ended before %(before)s (retention), oldest first; rows in use elsewhere wait for the next round.
+DELETE FROM {schema}.mqs_tasks WHERE id IN (
+    SELECT id FROM {schema}.mqs_tasks
+     WHERE status IN (3, 4, 5) AND ended_at < %(before)s
+     ORDER BY ended_at LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED);

@@ -1,0 +1,225 @@
+"""The SQLite files: refusing what is not ours, schema and migrations, indexes, shards."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from message_queue_sqlite import Config, MessageQueue, QueueStorageError, TaskStatus, init_server
+from message_queue_sqlite.backends.sqlite.backend import Q
+from message_queue_sqlite.backends.sqlite.connection import APPLICATION_ID, SCHEMA_VERSION
+from message_queue_sqlite.core.registry import TaskRegistry
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_file_layout_wal_and_schema_version(tmp_path):
+    with MessageQueue(str(tmp_path / "q"), shards=2) as mq:
+        mq.send("t", {})
+    for index in range(2):
+        conn = sqlite3.connect(tmp_path / "q" / f"mq-shard-{index}.db")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        conn.close()
+
+
+def test_another_applications_database_is_refused_untouched(tmp_path):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    foreign = folder / "mq-shard-0.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+    conn.execute("INSERT INTO invoices (amount) VALUES (9.5)")
+    conn.commit()
+    conn.close()
+    before = _digest(foreign)
+    with pytest.raises(QueueStorageError, match=r"another application's SQLite database \(tables: invoic"):
+        init_server(TaskRegistry(), Config(middleware_path=str(folder)))
+    assert _digest(foreign) == before
+    assert sorted(p.name for p in folder.iterdir()) == ["mq-shard-0.db"]
+
+
+def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    junk = folder / "mq-shard-0.db"
+    junk.write_bytes(b"this is a text file, not a database\n" * 200)
+    before = _digest(junk)
+    with pytest.raises(QueueStorageError, match="not a SQLite database"):
+        MessageQueue(str(folder))
+    assert _digest(junk) == before
+
+
+def test_queue_path_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(QueueStorageError, match="cannot create queue folder"):
+        init_server(TaskRegistry(), Config(middleware_path=str(blocker / "sub")))
+
+
+def test_newer_schema_is_refused(tmp_path):
+    folder = tmp_path / "q"
+    MessageQueue(str(folder)).close()
+    conn = sqlite3.connect(folder / "mq-shard-0.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(QueueStorageError, match="newer than this package supports"):
+        MessageQueue(str(folder))
+
+
+def test_concurrent_openers_of_a_fresh_file_agree(tmp_path):
+    folder = str(tmp_path / "q")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def open_one():
+        try:
+            barrier.wait()
+            MessageQueue(folder).close()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("query", ["claim_batch", "get_task", "fetch_outcomes", "renew_leases",
+                                   "promote_due", "purge_ended"])
+def test_hot_queries_use_an_index(tmp_path, query):
+    with MessageQueue(str(tmp_path / "q")) as mq:
+        conn = mq.engine.shards[0]._connection()
+        sql = Q[query]
+        rows = conn.execute("EXPLAIN QUERY PLAN " + sql, [None] * _arity(sql))
+        plan = " ".join(str(row[-1]) for row in rows)
+    assert "SCAN mqs_tasks" not in plan.replace("SCAN mqs_tasks USING", "USING"), plan
+
+
+def _arity(sql: str) -> int:
+    import re
+
+    return max(int(n) for n in re.findall(r"\?(\d+)", sql))
+
+
+def test_claim_is_log_n_a_large_backlog_uses_the_ready_index(tmp_path):
+    with MessageQueue(str(tmp_path / "q")) as mq:
+        conn = mq.engine.shards[0]._connection()
+        plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + Q["claim_batch"], ("o", 0, 0, 1))]
+    assert any("mqs_tasks_ready" in step for step in plan), plan
+
+
+def test_sends_spread_over_shards_by_load(tmp_path):
+    folder = str(tmp_path / "q")
+    with MessageQueue(folder, shards=3) as mq:
+        for _ in range(30):
+            mq.send("t", {})
+        counts = [s.count_ready() for s in mq.engine.shards]
+    assert counts == [10, 10, 10]
+    # A shard that already holds a backlog (from another sender) gets the new tasks last.
+    with MessageQueue(folder, shards=3) as mq:
+        mq.engine.shards[0].enqueue([])  # no-op
+        extra = MessageQueue(folder, shards=1)
+        for _ in range(20):
+            extra.send("t", {})
+        extra.close()
+        mq.engine.balancer._next_refresh = 0  # count now rather than on the next timed refresh
+        for _ in range(30):
+            mq.send("t", {})
+        counts = [s.count_ready() for s in mq.engine.shards]
+    assert counts == [30, 25, 25]
+
+
+def test_workers_serve_every_shard(tmp_path):
+    with MessageQueue(str(tmp_path / "q"), shards=4, workers=2) as mq:
+        @mq.task
+        def where():
+            return "ok"
+
+        handles = [mq.send(where) for _ in range(40)]
+        assert {h._shard for h in handles} == {0, 1, 2, 3}
+        mq.start()
+        assert all(h.result(timeout=10) == "ok" for h in handles)
+
+
+def test_cached_arguments_are_not_written_to_the_file(tmp_path):
+    folder = tmp_path / "q"
+    with MessageQueue(str(folder)) as mq:
+        @mq.task(use_cache=True)
+        def uses_lock(lock):
+            with lock:
+                return "locked"
+
+        handle = mq.send(uses_lock, {"lock": threading.Lock()})
+        row = sqlite3.connect(folder / "mq-shard-0.db").execute(
+            "SELECT args, cache_owner FROM mqs_tasks WHERE task_id = ?", (handle.task_id,)).fetchone()
+        assert row[0] is None and row[1] == mq.engine.node
+        mq.start()
+        assert handle.result(timeout=10) == "locked"
+
+
+def test_cache_mode_tasks_fail_when_their_sender_closes_first(tmp_path):
+    folder = str(tmp_path / "q")
+    sender = MessageQueue(folder)
+    worker = MessageQueue(folder)
+    try:
+        @worker.task(use_cache=True)
+        def cached(value):
+            return value
+
+        sender.registry.register(cached)
+        handle = sender.send("cached", {"value": object()})
+        worker.start()
+        # Another object may not claim it: its arguments live in the sender's memory.
+        task_id = handle.task_id
+        assert worker.get(task_id).status == TaskStatus.NOT_STARTED
+        sender.close()
+        record = worker.engine.find(task_id)
+        assert record.status == TaskStatus.FAILED
+        assert "ended before it ran" in record.result
+    finally:
+        worker.close()
+
+
+def test_cache_mode_tasks_of_a_dead_process_fail_on_recovery(tmp_path):
+    folder = str(tmp_path / "q")
+    sender = MessageQueue(folder, visibility_timeout=0.2)
+    sender.registry.register(lambda: None, name="cached")
+    handle = sender.send("cached", {}, use_cache=True)
+    # Simulate a crash: the sender's liveness row expires and nothing closes it.
+    sender.engine.housekeeper.close()
+    with MessageQueue(folder, visibility_timeout=0.2) as other:
+        def failed():
+            other.housekeeping()
+            return other.engine.find(handle.task_id).status == TaskStatus.FAILED
+
+        wait_until(failed, timeout=10, what="orphaned cache task FAILED")
+    sender._engine._node_registered = False  # it "died": no unregistering
+    sender.close()
+
+
+def test_an_idle_worker_does_not_take_the_write_lock(tmp_path):
+    """Woken by changes that bring nothing to claim, idle workers only read."""
+    with MessageQueue(str(tmp_path / "q"), workers=2) as mq:
+        statements: list[str] = []
+        conn = mq.engine.shards[0]._connection()
+        mq.start()
+        probes = []
+        conn.set_trace_callback(statements.append)
+        for _ in range(20):  # as if other processes committed twenty times
+            mq.engine.bell.ring()
+            wait_until(lambda: len([s for s in statements if "EXISTS" in s]) > len(probes),
+                       what="the idle worker's probe")
+            probes.append(1)
+        conn.set_trace_callback(None)
+        assert not [s for s in statements if s.startswith("BEGIN")], statements
