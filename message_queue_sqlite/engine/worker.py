@@ -53,6 +53,7 @@ class WorkerPool:
         self._next_shard = 0
         self._flush_lock = threading.Lock()
         self._hurry = threading.Event()
+        self._failures = 0
         self._exited = 0
         self._threads: list[threading.Thread] = []
         self.executed = 0
@@ -81,7 +82,9 @@ class WorkerPool:
                 if left <= 0:
                     break
                 self._cv.wait(min(left, 0.1))  # re-checks the hurry flag a signal handler may set
-        self._flush()
+        if not self._try_flush():
+            log.error("%d completion(s) could not be recorded before stopping; those tasks "
+                      "will run again once their leases expire", self._pending_count)
         with self._cv:
             left = list(self._running.values())
             unstarted = [item[3] for item in self._buffer]
@@ -141,9 +144,12 @@ class WorkerPool:
                     self._cv.wait()
             try:
                 self._claim_more(idle)
-            except Exception:
-                log.exception("claiming tasks failed; backing off")
-                self._engine.bell.wait(self._engine.bell.generation, 1.0)  # back-off, then retry
+                self._failures = 0
+            except Exception as exc:
+                self._failures += 1
+                delay = min(2.0, 0.01 * 2 ** self._failures)
+                log.warning("claiming or recording tasks failed (%s); retrying in %.2f s", exc, delay)
+                self._hurry.wait(delay)  # back-off; a stop cuts it short
             finally:
                 with self._cv:
                     self._claiming = False
@@ -183,13 +189,25 @@ class WorkerPool:
             engine.bell.wait(seen, engine.idle_wait_timeout())
 
     def _exchange(self, shard: int, limit: int) -> list[ClaimedTask]:
+        """Record this shard's completions and claim up to ``limit``, in one transaction.
+        On a storage error the completions go back to the pile, to be retried."""
         with self._flush_lock:
             batch = self._take_pending(shard)
-            rejected, claims = self._engine.shards[shard].complete_and_claim(
-                [item[0] for item in batch], self._engine.node, limit,
-                self._engine.config.visibility_timeout, self._engine.clock())
+            try:
+                rejected, claims = self._engine.shards[shard].complete_and_claim(
+                    [item[0] for item in batch], self._engine.node, limit,
+                    self._engine.config.visibility_timeout, self._engine.clock())
+            except BaseException:
+                self._put_back(shard, batch)
+                raise
         self._after_commit(batch, rejected)
         return claims
+
+    def _put_back(self, shard: int, batch: list[tuple[Completion, TaskOutcome | None, ClaimedTask]]) -> None:
+        if batch:
+            with self._cv:
+                self._pending[shard][:0] = batch
+                self._pending_count += len(batch)
 
     # -- recording completions -------------------------------------------------------
     def _record(self, claim: ClaimedTask, completion: Completion, outcome: TaskOutcome | None) -> None:
@@ -206,7 +224,7 @@ class WorkerPool:
                 or time.monotonic() - self._oldest_pending > FLUSH_AFTER_S
             )
         if flush_now:
-            self._flush()
+            self._try_flush()
 
     def _take_pending(self, shard: int) -> list[tuple[Completion, TaskOutcome | None, ClaimedTask]]:
         with self._cv:
@@ -218,13 +236,16 @@ class WorkerPool:
 
     def _flush(self) -> None:
         for shard in list(self._pending):
-            with self._flush_lock:
-                batch = self._take_pending(shard)
-                if not batch:
-                    continue
-                rejected, _ = self._engine.shards[shard].complete_and_claim(
-                    [item[0] for item in batch], self._engine.node, 0, 0.0, self._engine.clock())
-            self._after_commit(batch, rejected)
+            if self._pending.get(shard):
+                self._exchange(shard, 0)
+
+    def _try_flush(self) -> bool:
+        try:
+            self._flush()
+            return True
+        except Exception as exc:
+            log.warning("recording %d completion(s) failed, will retry: %s", self._pending_count, exc)
+            return False
 
     def _after_commit(self, batch: list[tuple[Completion, TaskOutcome | None, ClaimedTask]],
                       rejected: list[int]) -> None:

@@ -23,12 +23,16 @@ idempotent or fenced on retry: a re-sent batch of tasks skips ids already stored
 claim whose commit may have happened first gives back what it may have leased. A forked
 child never touches its parent's connections: it opens its own.
 
-Durability: ``full`` sets ``synchronous_commit = on`` for the queue's sessions; ``normal``
-keeps the server's setting (on unless the server was configured otherwise).
+Durability mirrors SQLite's: ``normal`` (no flush per commit, survives any crash of the
+queue's processes) sets ``synchronous_commit = off`` for the queue's own sessions, so a
+crash of the PostgreSQL server itself may lose the last moments (at most 3 x
+wal_writer_delay) of commits, never consistency; ``full`` sets it ``on``: every commit is
+flushed before it returns.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -61,6 +65,8 @@ RETRY_DEADLINE_S = 30.0  # a call keeps retrying a lost server or a deadlock thi
 _inherited: list[psycopg.Connection] = []  # connections a fork() child must never close or use
 
 T = TypeVar("T")
+# batches travel as one JSON array of positional rows (see queries.sql); NaN/inf never occur
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def _record(shard: int, row: tuple) -> TaskRecord:
@@ -74,6 +80,15 @@ def _text(value: str | None) -> str | None:
     if value is None or "\x00" not in value:
         return value
     return value.replace("\x00", "\\x00")
+
+
+def _json(rows: list) -> str:
+    return _encode(rows)
+
+
+def _int_array(values: Sequence[int]) -> str:
+    """An array literal: far cheaper than adapting a long list element by element."""
+    return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
 class PostgresShard(Shard):
@@ -101,6 +116,12 @@ class PostgresShard(Shard):
         if self._conn is None:
             self._conn = connect(self._target, self._durability)
         return self._conn
+
+    @property
+    def session(self) -> int | None:
+        """The server process id of this shard's connection (notifications name it)."""
+        conn = self._conn
+        return conn.info.backend_pid if conn is not None and self._pid == os.getpid() else None
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -157,21 +178,10 @@ class PostgresShard(Shard):
         if not tasks:
             return
         now = tasks[0].created_at
-        params = {
-            "task_id": [t.task_id for t in tasks],
-            "task_name": [_text(t.task_name) for t in tasks],
-            "args": [t.args for t in tasks],
-            "priority": [t.priority for t in tasks],
-            "status": [6 if t.run_after > now else 1 for t in tasks],
-            "sender": [t.sender for t in tasks],
-            "notify": [bool(t.notify) for t in tasks],
-            "cache_owner": [t.cache_owner for t in tasks],
-            "max_retries": [t.max_retries for t in tasks],
-            "retry": [t.retry for t in tasks],
-            "run_after": [float(t.run_after) for t in tasks],
-            "created_at": [float(t.created_at) for t in tasks],
-            **self._channel,
-        }
+        rows = [[t.task_id, _text(t.task_name), t.args, t.priority, 6 if t.run_after > now else 1,
+                 t.sender, bool(t.notify), t.cache_owner, t.max_retries, t.retry,
+                 float(t.run_after), float(t.created_at)] for t in tasks]
+        params = {"tasks": _json(rows), **self._channel}
         # one statement (an implicit transaction): committed when it returns
         self._run("enqueue", lambda conn, broke: conn.execute(
             self._q["enqueue_again" if broke else "enqueue"], params))
@@ -182,14 +192,9 @@ class PostgresShard(Shard):
         if not completions and limit <= 0:
             return [], []
         params = {
-            "row_id": [c.row_id for c in completions],
-            "attempt": [c.attempt for c in completions],
-            "status": [int(c.status) for c in completions],
-            "result": [_text(c.result) for c in completions],
-            "traceback": [_text(c.traceback) for c in completions],
-            "ended_at": [float(c.ended_at) for c in completions],
-            "run_after": [float(c.run_after) for c in completions],
-            "started_at": [float(c.started_at) for c in completions],
+            "completions": _json([[c.row_id, c.attempt, int(c.status), _text(c.result), _text(c.traceback),
+                                   float(c.ended_at), float(c.run_after), float(c.started_at)]
+                                  for c in completions]),
             "owner": owner, "expires": now + lease_seconds, "now": now, "limit": max(limit, 0),
             **self._channel,
         }
@@ -201,8 +206,7 @@ class PostgresShard(Shard):
             claims = [r[3:] for r in rows if r[3] is not None]
             if rows[0][1] and len(claims) < limit:
                 # tasks just became ready (scheduled, now due): claim them in a second statement
-                again = dict(params, row_id=[], attempt=[], status=[], result=[], traceback=[],
-                             ended_at=[], run_after=[], started_at=[], limit=limit - len(claims))
+                again = dict(params, completions="[]", limit=limit - len(claims))
                 claims += [r[3:] for r in conn.execute(query, again).fetchall() if r[3] is not None]
             return applied, claims
 
@@ -221,7 +225,7 @@ class PostgresShard(Shard):
     def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
         if not claims:
             return 0
-        params = {"row_id": [c.row_id for c in claims], "attempt": [c.attempt for c in claims],
+        params = {"claims": _json([[c.row_id, c.attempt] for c in claims]),
                   "unstarted": 0 if started else 1, **self._channel}
         return self._run("release", lambda conn, _broke: conn.execute(
             self._q["release"], params).fetchone()[0])
@@ -266,7 +270,7 @@ class PostgresShard(Shard):
     def mark_callbacked(self, row_ids: Sequence[int]) -> None:
         if row_ids:
             self._run("mark callbacked", lambda conn, _broke: conn.execute(
-                self._q["mark_callbacked"], {"row_id": list(row_ids)}))
+                self._q["mark_callbacked"], {"row_id": _int_array(row_ids)}))
 
     def get_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         if not task_ids:
@@ -345,7 +349,10 @@ class PostgresBackend(Backend):
             if self._listener is not None and self._listener.pid != os.getpid():
                 self._listener = None  # forked: the parent's thread and connection are not here
             if self._listener is None:
-                self._listener = ChangeListener(self._target, on_change)
+                self._listener = ChangeListener(self._target, on_change, self._own_sessions)
+
+    def _own_sessions(self) -> set[int]:
+        return {pid for shard in self.shards if (pid := shard.session) is not None}
 
     @property
     def listening(self) -> threading.Event | None:

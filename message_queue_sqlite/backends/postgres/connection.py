@@ -89,13 +89,15 @@ def _location(params: dict[str, object], schema: str) -> str:
     return f"postgresql://{netloc}/{dbname}?schema={schema}"
 
 
-def connect(target: Target, durability: str = "normal") -> psycopg.Connection:
-    """A new autocommit connection; ``full`` durability forces ``synchronous_commit = on``
-    (``normal`` keeps the server's setting, on by default)."""
+SYNCHRONOUS_COMMIT = {"normal": "off", "full": "on"}
+
+
+def connect(target: Target, durability: str | None = None) -> psycopg.Connection:
+    """A new autocommit connection; with a durability, its ``synchronous_commit`` set."""
     conn = psycopg.connect(target.conninfo, autocommit=True)
     try:
-        if durability == "full":
-            conn.execute("SET synchronous_commit = on")
+        if durability is not None:
+            conn.execute(f"SET synchronous_commit = {SYNCHRONOUS_COMMIT[durability]}")
     except BaseException:
         conn.close()
         raise

@@ -2,8 +2,11 @@
 
 Every transaction that makes work ready or ends a task (enqueue, completions, release,
 requeue, lease recovery, orphaned cache-mode tasks) runs ``pg_notify`` once before it
-commits; PostgreSQL delivers it at commit. This thread waits on the listening socket
-(and a wake-up pipe for ``close``) with ``poll``, so it costs nothing while idle. If the
+commits; PostgreSQL delivers it at commit. Notifications sent by this queue object's own
+sessions are skipped (the engine already rang its own bell) unless their payload is
+``*`` (a retry was scheduled: idle workers of the writer must recompute their wake-up).
+This thread waits on the listening socket (and a wake-up pipe for ``close``) with
+``poll``, so it costs nothing while idle. If the
 connection breaks it reconnects with back-off, calling ``on_change`` after each attempt
 (a slow poll while PostgreSQL is away) and once more when listening again, since
 notifications sent meanwhile are lost.
@@ -16,7 +19,7 @@ import os
 import random
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import psycopg
 from psycopg import pq
@@ -33,9 +36,11 @@ BACKOFF_MAX_S = 5.0
 class ChangeListener:
     """Calls ``on_change`` from its own daemon thread for each notification on the channel."""
 
-    def __init__(self, target: Target, on_change: Callable[[], None]):
+    def __init__(self, target: Target, on_change: Callable[[], None],
+                 own_sessions: Callable[[], Collection[int]] = frozenset):
         self._target = target
         self._on_change = on_change
+        self._own_sessions = own_sessions
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self.pid = os.getpid()
@@ -49,7 +54,8 @@ class ChangeListener:
             conn: psycopg.Connection | None = None
             try:
                 conn = connect(self._target)
-                conn.add_notify_handler(lambda _n: self._notify())  # those read during a ping
+                conn.add_notify_handler(  # those read during a ping
+                    lambda n: self._notify() if self._relevant(n.pid, n.payload) else None)
                 conn.execute(f'LISTEN "{self._target.channel}"')
                 self.listening.set()
                 delay = BACKOFF_FIRST_S
@@ -86,10 +92,15 @@ class ChangeListener:
             if pgconn.status != pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the listening connection was closed by the server")
             got = False
-            while pgconn.notifies() is not None:
-                got = True
+            while (note := pgconn.notifies()) is not None:
+                got = got or self._relevant(note.be_pid, note.extra.decode())
             if got:
                 self._notify()
+
+    def _relevant(self, session: int, payload: str) -> bool:
+        """A payload of '' marks a change the writing process already knows about: skip it
+        when one of our own sessions wrote it ('*' is for everyone)."""
+        return payload == "*" or session not in self._own_sessions()
 
     def _notify(self) -> None:
         try:

@@ -1,17 +1,21 @@
 -- Every statement the PostgreSQL backend runs. Each block: "-- name: NAME", one line that
 -- says what it is for, then the SQL. {schema} is replaced by the quoted schema name;
--- parameters are named (%(name)s, psycopg server-side binding). Batches travel as arrays
--- (unnest), so a batch of any size is one statement and one round trip.
+-- parameters are named (%(name)s, psycopg server-side binding). A batch travels as one JSON
+-- array of positional rows (json_array_elements): one statement and one round trip for any
+-- size, and several times cheaper to build than psycopg's per-element array adaptation. Writes that others
+-- must hear about call pg_notify once per statement/transaction; the payload is '' (the
+-- writing process itself already knows: its listener skips notifications from its own
+-- sessions) or '*' (everyone, the writer's process included).
 
 -- name: enqueue
--- Store a batch of new tasks, in array order (ids follow it: FIFO within a priority), and notify listeners at commit.
+-- Store a batch of new tasks (JSON rows), in batch order (ids follow it: FIFO within a priority), and notify listeners at commit.
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_id, task_name, args, priority, status, sender, notify, cache_owner,
                                     max_retries, retry, run_after, created_at)
-    SELECT * FROM unnest(%(task_id)s::text[], %(task_name)s::text[], %(args)s::text[], %(priority)s::bigint[],
-                         %(status)s::integer[], %(sender)s::text[], %(notify)s::boolean[],
-                         %(cache_owner)s::text[], %(max_retries)s::bigint[], %(retry)s::text[],
-                         %(run_after)s::float8[], %(created_at)s::float8[])
+    SELECT e->>0, e->>1, e->>2, (e->>3)::bigint, (e->>4)::integer, e->>5, (e->>6)::boolean, e->>7,
+           (e->>8)::bigint, e->>9, (e->>10)::float8, (e->>11)::float8
+      FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
+     ORDER BY b.n
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM inserted) AS c;
 
@@ -20,16 +24,16 @@ SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_id, task_name, args, priority, status, sender, notify, cache_owner,
                                     max_retries, retry, run_after, created_at)
-    SELECT * FROM unnest(%(task_id)s::text[], %(task_name)s::text[], %(args)s::text[], %(priority)s::bigint[],
-                         %(status)s::integer[], %(sender)s::text[], %(notify)s::boolean[],
-                         %(cache_owner)s::text[], %(max_retries)s::bigint[], %(retry)s::text[],
-                         %(run_after)s::float8[], %(created_at)s::float8[])
+    SELECT e->>0, e->>1, e->>2, (e->>3)::bigint, (e->>4)::integer, e->>5, (e->>6)::boolean, e->>7,
+           (e->>8)::bigint, e->>9, (e->>10)::float8, (e->>11)::float8
+      FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
+     ORDER BY b.n
     ON CONFLICT (task_id) DO NOTHING
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM inserted) AS c;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts unless their lease was lost since (fenced by attempt), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. Listeners are notified once when a completion applied or a task became ready. Row 1 always comes: applied completion ids, promoted count; then one claimed task per row (NULLs when none).
+-- One statement, so one transaction and one round trip: end a batch of attempts unless their lease was lost since (fenced by attempt), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). Row 1 always comes: applied completion ids, promoted count; then one claimed task per row (NULLs when none).
 WITH done AS (
     UPDATE {schema}.mqs_tasks AS t
        SET status = c.status,
@@ -37,12 +41,12 @@ WITH done AS (
            result = c.result, traceback = c.traceback,
            ended_at = CASE WHEN c.status IN (3, 4) THEN c.ended_at END,
            run_after = c.run_after, started_at = c.started_at, lease_owner = NULL, lease_expires = NULL
-      FROM unnest(%(row_id)s::bigint[], %(attempt)s::integer[], %(status)s::integer[], %(result)s::text[],
-                  %(traceback)s::text[], %(ended_at)s::float8[], %(run_after)s::float8[],
-                  %(started_at)s::float8[])
-           AS c (id, attempt, status, result, traceback, ended_at, run_after, started_at)
+      FROM (SELECT (e->>0)::bigint AS id, (e->>1)::integer AS attempt, (e->>2)::integer AS status,
+                   e->>3 AS result, e->>4 AS traceback, (e->>5)::float8 AS ended_at,
+                   (e->>6)::float8 AS run_after, (e->>7)::float8 AS started_at
+              FROM json_array_elements(%(completions)s::json) AS e) AS c
      WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2
-    RETURNING t.id),
+    RETURNING t.id, t.status),
 promoted AS (
     UPDATE {schema}.mqs_tasks SET status = 1
      WHERE id IN (SELECT id FROM {schema}.mqs_tasks
@@ -61,8 +65,10 @@ claimed AS (
               cache_owner, created_at, started_at),
 summary AS (
     SELECT a.ids, p.n,
-           CASE WHEN a.ids IS NOT NULL OR p.n > 0 THEN pg_notify(%(channel)s, '') END AS signal
-      FROM (SELECT array_agg(id) AS ids FROM done) AS a, (SELECT count(*) AS n FROM promoted) AS p)
+           CASE WHEN a.ids IS NOT NULL OR p.n > 0
+                THEN pg_notify(%(channel)s, CASE WHEN a.rescheduled OR p.n > 0 THEN '*' ELSE '' END) END AS signal
+      FROM (SELECT array_agg(id) AS ids, bool_or(status = 6) AS rescheduled FROM done) AS a,
+           (SELECT count(*) AS n FROM promoted) AS p)
 SELECT s.ids, s.n, s.signal, c.*
   FROM summary AS s LEFT JOIN claimed AS c ON TRUE;
 
@@ -81,7 +87,8 @@ UPDATE {schema}.mqs_tasks
 WITH released AS (
     UPDATE {schema}.mqs_tasks AS t
        SET status = 1, attempts = t.attempts - %(unstarted)s, lease_owner = NULL, lease_expires = NULL
-      FROM unnest(%(row_id)s::bigint[], %(attempt)s::integer[]) AS c (id, attempt)
+      FROM (SELECT (e->>0)::bigint AS id, (e->>1)::integer AS attempt
+              FROM json_array_elements(%(claims)s::json) AS e) AS c
      WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM released) AS c;

@@ -97,19 +97,33 @@ class SQLiteShard(Shard):
         """One short write transaction; locked files are retried, any error rolls back."""
         with self._lock:
             conn = self._connection()
-            retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), f"{what} on {self.name}")
             try:
+                retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), f"{what} on {self.name}")
                 yield conn
                 conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._storage_error(what, exc) from exc
                 raise
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            yield self._connection()
+            try:
+                yield self._connection()
+            except sqlite3.Error as exc:
+                raise self._storage_error("read", exc) from exc
+
+    def _storage_error(self, what: str, exc: sqlite3.Error) -> QueueStorageError:
+        text = str(exc)
+        hint = ""
+        if "full" in text:
+            hint = "; free disk space (the transaction was rolled back, the file is intact)"
+        elif "readonly" in text or "read-only" in text:
+            hint = "; make the file and its folder writable (nothing was written)"
+        return QueueStorageError(f"{what} on {self.path} failed: {text}{hint}")
 
     # -- sending ---------------------------------------------------------------------
     def enqueue(self, tasks: Sequence[NewTask]) -> None:
