@@ -30,24 +30,23 @@ TaskRef = str | Callable[..., Any]
 class TaskHandle:
     """A sent task: its id, its live status, and its result when it ends."""
 
-    __slots__ = ("task_id", "task_name", "_shard", "_engine")
+    __slots__ = ("task_id", "task_name", "_engine")
 
-    def __init__(self, task_id: str, task_name: str, shard: int, engine: Engine):
+    def __init__(self, task_id: str, task_name: str, engine: Engine):
         self.task_id = task_id
         self.task_name = task_name
-        self._shard = shard
         self._engine = engine
 
     @property
     def status(self) -> TaskStatus:
-        record = self._engine.find(self.task_id, self._shard)
+        record = self._engine.find(self.task_id)
         if record is None:
             raise LookupError(f"task {self.task_id} is no longer stored (purged by retention?)")
         return TaskStatus(record.status)
 
     def outcome(self, timeout: float | None = None) -> TaskOutcome:
         """Wait for the task to end; TimeoutError if it has not after ``timeout`` seconds."""
-        outcome = self._engine.wait_outcome(self.task_id, self._shard, timeout)
+        outcome = self._engine.wait_outcome(self.task_id, timeout)
         if outcome is None:
             raise TimeoutError(f"task {self.task_name!r} ({self.task_id}) did not end within {timeout} s")
         return outcome
@@ -117,8 +116,7 @@ class MessageQueue:
              delay: float = 0.0) -> TaskHandle:
         """Store a task durably (committed before this returns) and return its handle."""
         request = self._request(task, kwargs, priority, callback, use_cache, retries, retry, delay)
-        task_id, shard = self._engine.send(request)
-        return TaskHandle(task_id, request.task_name, shard, self._engine)
+        return TaskHandle(self._engine.send(request), request.task_name, self._engine)
 
     def send_many(self, tasks: Iterable[tuple[TaskRef, dict[str, Any]]], *, priority: int = 0,
                   callback: Callback | None = None, use_cache: bool = False) -> list[TaskHandle]:
@@ -126,8 +124,8 @@ class MessageQueue:
         requests = [self._request(t, k, priority, callback, use_cache, None, None, 0.0)
                     for t, k in tasks]
         sent = self._engine.send_many(requests)
-        return [TaskHandle(task_id, r.task_name, shard, self._engine)
-                for (task_id, shard), r in zip(sent, requests, strict=True)]
+        return [TaskHandle(task_id, r.task_name, self._engine)
+                for task_id, r in zip(sent, requests, strict=True)]
 
     def _request(self, task: TaskRef, kwargs: dict[str, Any] | None, priority: int,
                  callback: Callback | None, use_cache: bool, retries: int | None,
@@ -149,7 +147,7 @@ class MessageQueue:
         record = self._engine.find(task_id)
         if record is None:
             raise LookupError(f"no task with id {task_id!r} in this queue")
-        return TaskHandle(record.task_id, record.task_name, record.shard, self._engine)
+        return TaskHandle(record.task_id, record.task_name, self._engine)
 
     # -- workers ---------------------------------------------------------------------
     def start(self, workers: int | None = None) -> None:
@@ -200,7 +198,11 @@ class MessageQueue:
     def retry_failed(self, task_id: str | None = None, task_name: str | None = None) -> int:
         """Queue FAILED tasks again (one by id, all of a name, or all): how many."""
         now = self._engine.clock()
-        count = sum(s.requeue_failed(task_id, task_name, now) for s in self._engine.shards)
+        if task_id is not None:
+            shard, row_id = self._engine.shard_of(task_id)
+            count = self._engine.shards[shard].requeue_failed(row_id, task_name, now)
+        else:
+            count = sum(s.requeue_failed(None, task_name, now) for s in self._engine.shards)
         if count:
             self._engine.bell.ring()
         return count

@@ -11,12 +11,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from message_queue_sqlite.core.ids import format_task_id
+
 
 @dataclass(slots=True)
 class NewTask:
-    task_id: str
     task_name: str
-    args: str | None  # JSON text; None when the arguments stay in the sender's memory
+    args: str | None  # JSON text; for a cached task, the key of its arguments in the sender's memory
     priority: int
     sender: str  # node id of the sending queue object
     notify: bool  # the sender waits for the outcome (a callback is registered)
@@ -31,7 +32,6 @@ class NewTask:
 class ClaimedTask:
     shard: int
     row_id: int
-    task_id: str
     task_name: str
     args: str | None
     priority: int
@@ -43,6 +43,10 @@ class ClaimedTask:
     cache_owner: str | None
     created_at: float
     started_at: float
+
+    @property
+    def task_id(self) -> str:
+        return format_task_id(self.shard, self.row_id)
 
 
 @dataclass(slots=True)
@@ -63,7 +67,6 @@ class Completion:
 class TaskRecord:
     shard: int
     row_id: int
-    task_id: str
     task_name: str
     status: int
     outcome: int | None
@@ -81,6 +84,10 @@ class TaskRecord:
     created_at: float
     started_at: float | None
     ended_at: float | None
+
+    @property
+    def task_id(self) -> str:
+        return format_task_id(self.shard, self.row_id)
 
 
 @dataclass(slots=True)
@@ -101,14 +108,16 @@ class Shard(ABC):
     name: str
 
     @abstractmethod
-    def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        """Store tasks durably; returns only after the commit."""
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
+        """Store tasks durably; returns their row ids (monotonic, never reused) after the commit."""
 
     @abstractmethod
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
                            lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
-        """Record completions (fenced by attempt) and lease up to ``limit`` ready tasks, in one
-        transaction. Returns the row ids whose completion was rejected as stale, and the claims."""
+        """Record completions of ``owner``'s leases (fenced by owner and attempt) and lease up to
+        ``limit`` ready tasks, in one transaction. Without completions, an empty queue must be
+        detected without taking a write lock. Returns the row ids whose completion was rejected
+        as stale, and the claims."""
 
     @abstractmethod
     def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
@@ -136,7 +145,7 @@ class Shard(ABC):
         """Record that the sender's callback ran for these tasks."""
 
     @abstractmethod
-    def get_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+    def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
         ...
 
     @abstractmethod
@@ -156,7 +165,7 @@ class Shard(ABC):
         """Tasks waiting to run (ready or scheduled); used to balance sends over shards."""
 
     @abstractmethod
-    def requeue_failed(self, task_id: str | None, task_name: str | None, now: float) -> int:
+    def requeue_failed(self, row_id: int | None, task_name: str | None, now: float) -> int:
         """Put FAILED tasks back in the queue with a fresh retry budget."""
 
     @abstractmethod
@@ -169,7 +178,8 @@ class Shard(ABC):
 
     @abstractmethod
     def purge_ended(self, before: float, limit: int) -> int:
-        """Delete up to ``limit`` tasks that ended before ``before``."""
+        """Delete up to ``limit`` tasks that ended before ``before``, never the newest row (so
+        row ids are never reused)."""
 
     @abstractmethod
     def maintain(self) -> None:

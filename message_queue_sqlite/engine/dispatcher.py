@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from message_queue_sqlite.backends.base import Shard, TaskRecord
+from message_queue_sqlite.core.ids import parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.serialization import loads_result
@@ -39,7 +40,6 @@ def outcome_from_record(record: TaskRecord) -> TaskOutcome:
 
 @dataclass
 class _Pending:
-    shard: int
     callback: Callback | None = None
     waiters: list[threading.Event] = field(default_factory=list)
     outcome: TaskOutcome | None = None
@@ -61,10 +61,10 @@ class OutcomeDispatcher:
         self._thread: threading.Thread | None = None
 
     # -- registration (sender threads) ------------------------------------------------
-    def expect(self, task_id: str, shard: int, callback: Callback | None) -> None:
-        """Register before the task is stored, so an instant local completion finds it."""
+    def expect(self, task_id: str, callback: Callback | None) -> None:
+        """Register a callback for a stored task (its outcome may already be in storage)."""
         with self._lock:
-            self._pending[task_id] = _Pending(shard, callback)
+            self._pending[task_id] = _Pending(callback)
             self._remote += 1
             self._ensure_thread()
         self._on_remote_interest()
@@ -76,7 +76,7 @@ class OutcomeDispatcher:
             if entry is not None and not entry.local:
                 self._remote -= 1
 
-    def wait(self, task_id: str, shard: int, timeout: float | None,
+    def wait(self, task_id: str, timeout: float | None,
              lookup: Callable[[], TaskRecord | None]) -> TaskOutcome | None:
         """Block until ``task_id`` ends; None on timeout. ``lookup`` reads storage once after
         registering, for a task that ended before anyone waited."""
@@ -86,7 +86,7 @@ class OutcomeDispatcher:
             if entry is not None and entry.outcome is not None:
                 return entry.outcome
             if entry is None:
-                entry = self._pending[task_id] = _Pending(shard)
+                entry = self._pending[task_id] = _Pending()
                 self._remote += 1
             entry.waiters.append(event)
             self._ensure_thread()
@@ -180,10 +180,11 @@ class OutcomeDispatcher:
     def _poll_storage(self) -> list[tuple[TaskOutcome, int, int]]:
         found: list[tuple[TaskOutcome, int, int]] = []
         with self._lock:
-            waiting_only: dict[int, list[str]] = defaultdict(list)
+            waiting_only: dict[int, list[int]] = defaultdict(list)
             for task_id, entry in self._pending.items():
                 if not entry.local and entry.callback is None and entry.outcome is None:
-                    waiting_only[entry.shard].append(task_id)
+                    shard, row_id = parse_task_id(task_id)
+                    waiting_only[shard].append(row_id)
         for shard in self._shards:
             for record in shard.fetch_outcomes(self._node, FETCH_LIMIT):
                 found.append((outcome_from_record(record), shard.index, record.row_id))

@@ -22,6 +22,7 @@ from typing import Any
 from message_queue_sqlite.backends.base import Backend, ClaimedTask, Completion, NewTask, TaskRecord
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import MessageQueueError
+from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.registry import TaskRegistry
 from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
@@ -64,8 +65,7 @@ class Engine:
         self.cache: dict[str, dict[str, Any]] = {}
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage)
         self.balancer = ShardBalancer(self.shards)
-        self._ids = itertools.count()
-        self._id_infix = uuid.uuid4().hex[:8]
+        self._cache_keys = itertools.count()
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
         self._pool: WorkerPool | None = None
@@ -76,44 +76,42 @@ class Engine:
         self._closed = False
 
     # -- sending ---------------------------------------------------------------------
-    def new_task_id(self) -> str:
-        """Time-ordered and unique: 12 hex digits of milliseconds, this object's 8, a counter."""
-        return f"{int(time.time() * 1000):012x}{self._id_infix}{next(self._ids):08x}"
-
-    def send(self, request: SendRequest) -> tuple[str, int]:
+    def send(self, request: SendRequest) -> str:
         return self.send_many([request])[0]
 
-    def send_many(self, requests: Sequence[SendRequest]) -> list[tuple[str, int]]:
-        """Store tasks durably (one transaction per shard touched) and return (id, shard) each."""
+    def send_many(self, requests: Sequence[SendRequest]) -> list[str]:
+        """Store tasks durably (one transaction per shard touched); return their ids in order.
+
+        Callbacks are registered after the commit, when the ids exist; an outcome that a
+        worker records before that is found in storage by the dispatcher, so none is lost."""
         self._check_open()
         now = self.clock()
+        placed: list[tuple[int, int]] = []  # (shard, position in that shard's batch)
         by_shard: dict[int, list[NewTask]] = {}
-        sent: list[tuple[str, int]] = []
-        expected: list[str] = []
         cached: list[str] = []
         try:
             for request in requests:
                 task, cache_args = self._prepare(request, now)
-                shard = self.balancer.pick()
                 if cache_args is not None:
                     self._ensure_node()
-                    self.cache[task.task_id] = cache_args
-                    cached.append(task.task_id)
-                if request.callback is not None:
-                    self.dispatcher.expect(task.task_id, shard, request.callback)
-                    expected.append(task.task_id)
-                by_shard.setdefault(shard, []).append(task)
-                sent.append((task.task_id, shard))
-            for shard, tasks in by_shard.items():
-                self.shards[shard].enqueue(tasks)
+                    task.args = f"{self.node}:{next(self._cache_keys)}"
+                    self.cache[task.args] = cache_args
+                    cached.append(task.args)
+                shard = self.balancer.pick()
+                batch = by_shard.setdefault(shard, [])
+                placed.append((shard, len(batch)))
+                batch.append(task)
+            row_ids = {shard: self.shards[shard].enqueue(tasks) for shard, tasks in by_shard.items()}
         except BaseException:
-            for task_id in expected:
-                self.dispatcher.forget(task_id)
-            for task_id in cached:
-                self.cache.pop(task_id, None)
+            for key in cached:
+                self.cache.pop(key, None)
             raise
+        task_ids = [format_task_id(shard, row_ids[shard][pos]) for shard, pos in placed]
+        for request, task_id in zip(requests, task_ids, strict=True):
+            if request.callback is not None:
+                self.dispatcher.expect(task_id, request.callback)
         self.bell.ring()
-        return sent
+        return task_ids
 
     def _prepare(self, request: SendRequest, now: float) -> tuple[NewTask, dict[str, Any] | None]:
         name = request.task_name
@@ -143,8 +141,7 @@ class Engine:
         else:
             max_retries = definition.options.retry.max_retries if definition else 0
         task = NewTask(
-            task_id=self.new_task_id(), task_name=name,
-            args=None if cached else dumps_args(name, request.args),
+            task_name=name, args=None if cached else dumps_args(name, request.args),
             priority=priority, sender=self.node,
             notify=request.callback is not None,
             cache_owner=self.node if cached else None,
@@ -215,16 +212,22 @@ class Engine:
         return self._pool is not None
 
     # -- outcomes --------------------------------------------------------------------
-    def find(self, task_id: str, shard: int | None = None) -> TaskRecord | None:
-        shards = [self.shards[shard]] if shard is not None else self.shards
-        for candidate in shards:
-            found = candidate.get_tasks([task_id])
-            if found:
-                return found[0]
-        return None
+    def shard_of(self, task_id: str) -> tuple[int, int]:
+        """``(shard, row_id)`` of a task id; ValueError when it cannot be one of this queue's."""
+        shard, row_id = parse_task_id(task_id)
+        if shard >= len(self.shards):
+            raise ValueError(f"task id {task_id!r} names shard {shard}, but this queue has "
+                             f"{len(self.shards)} shard(s)")
+        return shard, row_id
 
-    def wait_outcome(self, task_id: str, shard: int, timeout: float | None) -> TaskOutcome | None:
-        return self.dispatcher.wait(task_id, shard, timeout, lambda: self.find(task_id, shard))
+    def find(self, task_id: str) -> TaskRecord | None:
+        shard, row_id = self.shard_of(task_id)
+        found = self.shards[shard].get_tasks([row_id])
+        return found[0] if found else None
+
+    def wait_outcome(self, task_id: str, timeout: float | None) -> TaskOutcome | None:
+        self.shard_of(task_id)
+        return self.dispatcher.wait(task_id, timeout, lambda: self.find(task_id))
 
     # -- liveness and change feed ----------------------------------------------------
     def _watch_storage(self) -> None:

@@ -264,8 +264,8 @@ class WorkerPool:
                     engine.dispatcher.released_locally([claim.task_id])
                 continue
             if outcome is not None:
-                if claim.cache_owner is not None:
-                    engine.cache.pop(claim.task_id, None)
+                if claim.cache_owner is not None and claim.args is not None:
+                    engine.cache.pop(claim.args, None)
                 if claim.sender == engine.node:
                     delivered.append((outcome, claim.shard, claim.row_id))
         if delivered:
@@ -307,7 +307,7 @@ def build_completion(claim: ClaimedTask, policy: RetryPolicy, ok: bool, value: A
 
 def decode_args(claim: ClaimedTask, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if claim.cache_owner is not None:
-        args = cache.get(claim.task_id)
+        args = cache.get(claim.args or "")
         if args is None:
             raise LookupError(f"the cached arguments of task {claim.task_id} are not in this "
                               "process's memory (cache-mode tasks run only in their sender)")

@@ -62,8 +62,8 @@ def existing_shard_count(folder: str) -> int:
 
 def _record(shard: int, row: tuple) -> TaskRecord:
     return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                      row[8], row[9], row[10], bool(row[11]), row[12], row[13], row[14], row[15],
-                      row[16], row[17], row[18])
+                      row[8], row[9], bool(row[10]), row[11], row[12], row[13], row[14], row[15],
+                      row[16], row[17])
 
 
 def _chunks(items: Sequence, size: int = MAX_VARIABLES) -> Iterator[Sequence]:
@@ -126,16 +126,20 @@ class SQLiteShard(Shard):
         return QueueStorageError(f"{what} on {self.path} failed: {text}{hint}")
 
     # -- sending ---------------------------------------------------------------------
-    def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        now = tasks[0].created_at if tasks else 0.0
-        rows = [(t.task_id, t.task_name, t.args, t.priority, 6 if t.run_after > now else 1,
-                 t.sender, int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after,
-                 t.created_at) for t in tasks]
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
+        if not tasks:
+            return []
+        now = tasks[0].created_at
+        rows = [(t.task_name, t.args, t.priority, 6 if t.run_after > now else 1, t.sender,
+                 int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after, t.created_at)
+                for t in tasks]
         with self._write("enqueue") as conn:
             if len(rows) == 1:
-                conn.execute(Q["enqueue"], rows[0])
-            else:
-                conn.executemany(Q["enqueue"], rows)
+                return [conn.execute(Q["enqueue"], rows[0]).lastrowid]
+            conn.executemany(Q["enqueue"], rows)
+            last = conn.execute(Q["last_row_id"]).fetchone()[0]
+        # one writer inside BEGIN IMMEDIATE, each rowid one past the largest: consecutive
+        return list(range(last - len(rows) + 1, last + 1))
 
     # -- working ---------------------------------------------------------------------
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
@@ -147,20 +151,21 @@ class SQLiteShard(Shard):
                     return rejected, []
         with self._write("complete/claim") as conn:
             if completions:
-                rejected = self._complete(conn, completions)
+                rejected = self._complete(conn, completions, owner)
             claimed: list[ClaimedTask] = []
             if limit > 0:
                 conn.execute(Q["promote_due"], (now,))
                 rows = conn.execute(Q["claim_batch"], (owner, now + lease_seconds, now, limit)).fetchall()
                 index = self.index
-                claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-                                       bool(r[9]), r[10], r[11], r[12]) for r in rows]
+                claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                                       bool(r[8]), r[9], r[10], r[11]) for r in rows]
                 claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return rejected, claimed
 
-    def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion]) -> list[int]:
+    def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion],
+                  owner: str) -> list[int]:
         rows = [(c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at, c.run_after,
-                 c.started_at) for c in completions]
+                 c.started_at, owner) for c in completions]
         conn.execute("SAVEPOINT complete")
         if conn.executemany(Q["complete"], rows).rowcount == len(rows):
             conn.execute("RELEASE complete")
@@ -209,11 +214,11 @@ class SQLiteShard(Shard):
             with self._write("mark callbacked") as conn:
                 conn.executemany(Q["mark_callbacked"], [(i,) for i in row_ids])
 
-    def get_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+    def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
         with self._read() as conn:
             found = []
-            for task_id in task_ids:
-                row = conn.execute(Q["get_task"], (task_id,)).fetchone()
+            for row_id in row_ids:
+                row = conn.execute(Q["get_task"], (row_id,)).fetchone()
                 if row is not None:
                     found.append(_record(self.index, row))
             return found
@@ -235,9 +240,9 @@ class SQLiteShard(Shard):
         with self._read() as conn:
             return conn.execute(Q["count_waiting"]).fetchone()[0]
 
-    def requeue_failed(self, task_id: str | None, task_name: str | None, now: float) -> int:
+    def requeue_failed(self, row_id: int | None, task_name: str | None, now: float) -> int:
         with self._write("requeue failed") as conn:
-            return conn.execute(Q["requeue_failed"], (task_id, task_name, now)).rowcount
+            return conn.execute(Q["requeue_failed"], (row_id, task_name, now)).rowcount
 
     # -- liveness and upkeep ---------------------------------------------------------
     def register_node(self, node: str, pid: int, host: str, expires: float, now: float) -> None:

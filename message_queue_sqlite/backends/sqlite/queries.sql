@@ -3,9 +3,13 @@
 
 -- name: enqueue
 -- Store one new task (executemany for a batch).
-INSERT INTO mqs_tasks (task_id, task_name, args, priority, status, sender, notify, cache_owner,
+INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
                        max_retries, retry, run_after, created_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12);
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11);
+
+-- name: last_row_id
+-- The row id of the last insert of this connection (a batch's ids are consecutive up to it).
+SELECT last_insert_rowid();
 
 -- name: promote_due
 -- Scheduled tasks whose run-after time has come become ready.
@@ -23,18 +27,18 @@ UPDATE mqs_tasks
  WHERE id IN (SELECT id FROM mqs_tasks
                WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1)
                ORDER BY priority DESC, id LIMIT ?4)
-RETURNING id, task_id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
+RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
           cache_owner, created_at, started_at;
 
 -- name: complete
--- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry) unless the lease was lost since (fencing by attempt).
+-- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry) unless the lease was lost since (fenced by attempt and owner ?9).
 UPDATE mqs_tasks
    SET status = ?3,
        outcome = CASE WHEN ?3 IN (3, 4) THEN ?3 END,
        result = ?4, traceback = ?5,
        ended_at = CASE WHEN ?3 IN (3, 4) THEN ?6 END,
        run_after = ?7, started_at = ?8, lease_owner = NULL, lease_expires = NULL
- WHERE id = ?1 AND attempts = ?2 AND status = 2;
+ WHERE id = ?1 AND attempts = ?2 AND status = 2 AND lease_owner = ?9;
 
 -- name: release
 -- Give a lease back at once (graceful stop); ?3 is 1 when the task never started, so that claim is not counted.
@@ -75,7 +79,7 @@ SELECT min(run_after) FROM mqs_tasks WHERE status = 6;
 
 -- name: fetch_outcomes
 -- Ended tasks of sender ?1 whose callback has not run yet.
-SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
   FROM mqs_tasks WHERE sender = ?1 AND notify = 1 AND status IN (3, 4) LIMIT ?2;
 
@@ -84,14 +88,14 @@ SELECT id, task_id, task_name, status, outcome, result, traceback, priority, att
 UPDATE mqs_tasks SET status = 5 WHERE id = ?1 AND status IN (3, 4);
 
 -- name: get_task
--- One task by its public id.
-SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+-- One task by its row id.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
-  FROM mqs_tasks WHERE task_id = ?1;
+  FROM mqs_tasks WHERE id = ?1;
 
 -- name: list_tasks
 -- Newest tasks, optionally of status ?1 (3 or 4 also match CALLBACKED rows with that outcome) and name ?2.
-SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
   FROM mqs_tasks
  WHERE (?1 IS NULL OR status = ?1 OR (status = 5 AND outcome = ?1))
@@ -112,12 +116,12 @@ SELECT created_at, started_at, ended_at FROM mqs_tasks
 SELECT (SELECT count(*) FROM mqs_tasks WHERE status = 1) + (SELECT count(*) FROM mqs_tasks WHERE status = 6);
 
 -- name: requeue_failed
--- FAILED tasks (by id ?1 and/or name ?2) run again with a fresh retry budget; cached ones cannot.
+-- FAILED tasks (by row id ?1 and/or name ?2) run again with a fresh retry budget; cached ones cannot.
 UPDATE mqs_tasks
    SET status = 1, outcome = NULL, result = NULL, traceback = NULL, attempts = 0, crashes = 0,
        ended_at = NULL, started_at = NULL, run_after = ?3
  WHERE (status = 4 OR (status = 5 AND outcome = 4)) AND cache_owner IS NULL
-   AND (?1 IS NULL OR task_id = ?1) AND (?2 IS NULL OR task_name = ?2);
+   AND (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR task_name = ?2);
 
 -- name: register_node
 -- A queue object is alive until ?4 (its cached arguments and leases depend on it).
@@ -133,6 +137,7 @@ DELETE FROM mqs_nodes WHERE node_id = ?1;
 DELETE FROM mqs_nodes WHERE expires_at < ?1;
 
 -- name: purge_ended
--- Delete up to ?2 tasks that ended before ?1 (retention), oldest first.
+-- Delete up to ?2 tasks that ended before ?1 (retention), oldest first; never the newest row, so row ids are never reused.
 DELETE FROM mqs_tasks WHERE id IN (
-    SELECT id FROM mqs_tasks WHERE status IN (3, 4, 5) AND ended_at < ?1 ORDER BY ended_at LIMIT ?2);
+    SELECT id FROM mqs_tasks WHERE status IN (3, 4, 5) AND ended_at < ?1 ORDER BY ended_at LIMIT ?2)
+  AND id < (SELECT max(id) FROM mqs_tasks);

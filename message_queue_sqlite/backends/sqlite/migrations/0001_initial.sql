@@ -1,9 +1,10 @@
 -- 0001: tasks, live nodes, and the indexes that keep every hot query O(log n).
 CREATE TABLE mqs_tasks (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- monotonic: FIFO within a priority
-    task_id       TEXT    NOT NULL,
+    -- rowid: always one past the largest, and the newest row is never purged, so ids are
+    -- monotonic and never reused (FIFO within a priority) without AUTOINCREMENT's extra write
+    id            INTEGER PRIMARY KEY,
     task_name     TEXT    NOT NULL,
-    args          TEXT,                -- JSON; NULL when cached in the sender's memory
+    args          TEXT,                -- JSON; for a cached task, the key of its arguments in memory
     priority      INTEGER NOT NULL DEFAULT 0,
     status        INTEGER NOT NULL,    -- TaskStatus
     outcome       INTEGER,             -- 3 or 4 once ended; kept when status becomes 5
@@ -23,7 +24,6 @@ CREATE TABLE mqs_tasks (
     started_at    REAL,
     ended_at      REAL
 );
-CREATE UNIQUE INDEX mqs_tasks_task_id ON mqs_tasks (task_id);
 -- claim order: best priority, then send order; only ready rows are indexed
 CREATE INDEX mqs_tasks_ready ON mqs_tasks (priority DESC, id) WHERE status = 1;
 CREATE INDEX mqs_tasks_scheduled ON mqs_tasks (run_after) WHERE status = 6;
