@@ -95,7 +95,7 @@ def test_concurrent_openers_of_a_fresh_file_agree(tmp_path):
     assert errors == []
 
 
-@pytest.mark.parametrize("query", ["claim_batch", "get_task", "fetch_outcomes", "renew_leases",
+@pytest.mark.parametrize("query", ["claim_batch", "get_task", "outcome_row_ids", "renew_leases",
                                    "promote_due", "purge_ended"])
 def test_hot_queries_use_an_index(tmp_path, query):
     with MessageQueue(str(tmp_path / "q")) as mq:

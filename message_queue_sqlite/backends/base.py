@@ -137,8 +137,8 @@ class Shard(ABC):
         """When the earliest scheduled (delayed or backing-off) task becomes ready."""
 
     @abstractmethod
-    def fetch_outcomes(self, sender: str, limit: int) -> list[TaskRecord]:
-        """Ended tasks whose sender ``sender`` registered a callback not yet run."""
+    def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
+        """Row ids of ended tasks whose sender ``sender`` registered a callback not yet run."""
 
     @abstractmethod
     def mark_callbacked(self, row_ids: Sequence[int]) -> None:

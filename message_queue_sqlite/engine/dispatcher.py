@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from message_queue_sqlite.backends.base import Shard, TaskRecord
-from message_queue_sqlite.core.ids import parse_task_id
+from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.serialization import loads_result
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[dict[str, Any]], Any]
 FALLBACK_POLL_S = 0.1
+MIN_POLL_INTERVAL_S = 0.0005  # a burst of change events costs one storage poll
 FETCH_LIMIT = 1000
 
 
@@ -58,6 +60,8 @@ class OutcomeDispatcher:
         self._changed = False
         self._busy = False
         self._closing = False
+        self._last_poll = 0.0
+        self._waited: set[str] = set()  # tasks someone waits on without a callback
         self._thread: threading.Thread | None = None
 
     # -- registration (sender threads) ------------------------------------------------
@@ -89,6 +93,7 @@ class OutcomeDispatcher:
                 entry = self._pending[task_id] = _Pending()
                 self._remote += 1
             entry.waiters.append(event)
+            self._waited.add(task_id)
             self._ensure_thread()
         self._on_remote_interest()
         record = lookup()
@@ -101,7 +106,13 @@ class OutcomeDispatcher:
             with self._lock:
                 if event in entry.waiters:
                     entry.waiters.remove(event)
-            return None
+                if not entry.waiters and entry.callback is None and entry.outcome is None:
+                    self._waited.discard(task_id)  # nobody waits any more: stop looking for it
+                    if self._pending.get(task_id) is entry:
+                        del self._pending[task_id]
+                        if not entry.local:
+                            self._remote -= 1
+            return entry.outcome
         return entry.outcome
 
     def _finish_waiter(self, task_id: str, entry: _Pending, outcome: TaskOutcome) -> None:
@@ -109,6 +120,7 @@ class OutcomeDispatcher:
         for event in entry.waiters:
             event.set()
         entry.waiters.clear()
+        self._waited.discard(task_id)
         if entry.callback is None and self._pending.get(task_id) is entry:
             del self._pending[task_id]
             if not entry.local:
@@ -160,7 +172,10 @@ class OutcomeDispatcher:
                                     FALLBACK_POLL_S)
                 if self._closing and not self._inbox:
                     return
-                poll = self._remote > 0
+                since = time.monotonic() - self._last_poll
+                poll = self._remote > 0 and (self._changed or since >= FALLBACK_POLL_S)
+                if poll and since < MIN_POLL_INTERVAL_S and not self._inbox:
+                    self._lock.wait(MIN_POLL_INTERVAL_S - since)  # collapse a burst of events
                 self._changed = False
                 batch = list(self._inbox)
                 self._inbox.clear()
@@ -178,17 +193,25 @@ class OutcomeDispatcher:
                     self._lock.notify_all()
 
     def _poll_storage(self) -> list[tuple[TaskOutcome, int, int]]:
+        """Outcomes in storage of awaited tasks that no local worker holds. Only ids are read
+        first, so tasks this object's workers ran (delivered in memory) cost next to nothing."""
+        self._last_poll = time.monotonic()
         found: list[tuple[TaskOutcome, int, int]] = []
+        wanted: dict[int, list[int]] = defaultdict(list)
         with self._lock:
-            waiting_only: dict[int, list[int]] = defaultdict(list)
-            for task_id, entry in self._pending.items():
-                if not entry.local and entry.callback is None and entry.outcome is None:
+            for task_id in self._waited:
+                entry = self._pending.get(task_id)
+                if entry is not None and not entry.local and entry.outcome is None:
                     shard, row_id = parse_task_id(task_id)
-                    waiting_only[shard].append(row_id)
+                    wanted[shard].append(row_id)
         for shard in self._shards:
-            for record in shard.fetch_outcomes(self._node, FETCH_LIMIT):
-                found.append((outcome_from_record(record), shard.index, record.row_id))
-            ids = waiting_only.get(shard.index)
+            ended = shard.outcome_row_ids(self._node, FETCH_LIMIT)
+            with self._lock:
+                for row_id in ended:
+                    entry = self._pending.get(format_task_id(shard.index, row_id))
+                    if entry is not None and not entry.local and entry.callback is not None:
+                        wanted[shard.index].append(row_id)
+            ids = wanted.get(shard.index)
             if ids:
                 for record in shard.get_tasks(ids):
                     if TaskStatus(record.status).is_terminal:

@@ -205,9 +205,9 @@ class SQLiteShard(Shard):
             return conn.execute(Q["next_run_after"]).fetchone()[0]
 
     # -- outcomes for senders --------------------------------------------------------
-    def fetch_outcomes(self, sender: str, limit: int) -> list[TaskRecord]:
+    def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
         with self._read() as conn:
-            return [_record(self.index, r) for r in conn.execute(Q["fetch_outcomes"], (sender, limit))]
+            return [r[0] for r in conn.execute(Q["outcome_row_ids"], (sender, limit))]
 
     def mark_callbacked(self, row_ids: Sequence[int]) -> None:
         if row_ids:

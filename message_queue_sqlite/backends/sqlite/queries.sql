@@ -77,11 +77,9 @@ RETURNING status;
 -- When the earliest scheduled task becomes ready.
 SELECT min(run_after) FROM mqs_tasks WHERE status = 6;
 
--- name: fetch_outcomes
--- Ended tasks of sender ?1 whose callback has not run yet.
-SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
-  FROM mqs_tasks WHERE sender = ?1 AND notify = 1 AND status IN (3, 4) LIMIT ?2;
+-- name: outcome_row_ids
+-- Row ids of ended tasks of sender ?1 whose callback has not run yet.
+SELECT id FROM mqs_tasks WHERE sender = ?1 AND notify = 1 AND status IN (3, 4) LIMIT ?2;
 
 -- name: mark_callbacked
 -- The sender's callback ran for this task.
