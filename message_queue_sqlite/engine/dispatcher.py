@@ -220,20 +220,23 @@ class OutcomeDispatcher:
 
     def _run_callbacks(self, batch: list[tuple[TaskOutcome, int, int]]) -> None:
         called: dict[int, list[int]] = defaultdict(list)
-        for outcome, shard, row_id in batch:
-            with self._lock:
+        todo = []
+        with self._lock:
+            for outcome, shard, row_id in batch:
                 entry = self._pending.get(outcome.task_id)
                 if entry is None or entry.outcome is not None and entry.callback is None:
-                    continue
+                    continue  # delivered already (in memory and again from storage)
                 callback, entry.callback = entry.callback, None
                 self._finish_waiter(outcome.task_id, entry, outcome)
-            if callback is not None:
-                try:
-                    callback(outcome.as_callback_dict())
-                except Exception:
-                    log.exception("callback of task %s (%s) raised; its outcome stays recorded",
-                                  outcome.task_name, outcome.task_id)
-                called[shard].append(row_id)
+                if callback is not None:
+                    todo.append((callback, outcome, shard, row_id))
+        for callback, outcome, shard, row_id in todo:
+            try:
+                callback(outcome.as_callback_dict())
+            except Exception:
+                log.exception("callback of task %s (%s) raised; its outcome stays recorded",
+                              outcome.task_name, outcome.task_id)
+            called[shard].append(row_id)
         for shard, row_ids in called.items():
             self._shards[shard].mark_callbacked(row_ids)
 

@@ -151,7 +151,7 @@ class Engine:
         return task, (request.args if cached else None)
 
     # -- running ---------------------------------------------------------------------
-    def run_claim(self, claim: ClaimedTask, started: float) -> tuple[Completion, TaskOutcome | None]:
+    def run_claim(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
         """Run one claimed task to a completion record (never raises)."""
         started = self.clock()
         definition = self.registry.get(claim.task_name)
@@ -167,7 +167,8 @@ class Engine:
             else:
                 ok, value, tb = execute(definition.func, args)
         policy = NO_RETRY if ok or definition is None else self._policy(claim, definition.options.retry)
-        return build_completion(claim, policy, ok, value, tb, started, self.clock())
+        return build_completion(claim, policy, ok, value, tb, started, self.clock(),
+                                claim.sender == self.node)
 
     @staticmethod
     def _policy(claim: ClaimedTask, default: RetryPolicy) -> RetryPolicy:

@@ -15,6 +15,8 @@ _decode = json.loads
 
 def dumps_args(task_name: str, args: Any) -> str:
     """Encode a task's keyword arguments; the error names the argument that cannot be stored."""
+    if not args and type(args) is dict:
+        return "{}"
     if not isinstance(args, dict):
         raise TypeError(
             f"arguments of task {task_name!r} must be a dict of keyword arguments, "
@@ -40,11 +42,13 @@ def dumps_args(task_name: str, args: Any) -> str:
 
 
 def loads_args(text: str) -> dict[str, Any]:
-    return _decode(text)
+    return {} if text == "{}" else _decode(text)
 
 
 def dumps_result(value: Any) -> str:
     """Encode a return value; TypeError says why when it cannot be stored."""
+    if value is None:
+        return "null"
     try:
         return _encode(value)
     except (TypeError, ValueError) as exc:
@@ -54,4 +58,4 @@ def dumps_result(value: Any) -> str:
 
 
 def loads_result(text: str | None) -> Any:
-    return None if text is None else _decode(text)
+    return None if text is None or text == "null" else _decode(text)

@@ -107,7 +107,7 @@ SELECT status, count(*) FROM mqs_tasks GROUP BY status;
 -- name: ended_timings
 -- Created, started and ended times of the newest ended tasks (latency summaries).
 SELECT created_at, started_at, ended_at FROM mqs_tasks
- WHERE status IN (3, 4, 5) AND ended_at IS NOT NULL ORDER BY id DESC LIMIT ?1;
+ WHERE ended_at IS NOT NULL ORDER BY id DESC LIMIT ?1;
 
 -- name: count_waiting
 -- Tasks waiting to run (ready or scheduled), counted on their partial indexes.
@@ -137,5 +137,5 @@ DELETE FROM mqs_nodes WHERE expires_at < ?1;
 -- name: purge_ended
 -- Delete up to ?2 tasks that ended before ?1 (retention), oldest first; never the newest row, so row ids are never reused.
 DELETE FROM mqs_tasks WHERE id IN (
-    SELECT id FROM mqs_tasks WHERE status IN (3, 4, 5) AND ended_at < ?1 ORDER BY ended_at LIMIT ?2)
+    SELECT id FROM mqs_tasks WHERE ended_at IS NOT NULL AND ended_at < ?1 ORDER BY ended_at LIMIT ?2)
   AND id < (SELECT max(id) FROM mqs_tasks);

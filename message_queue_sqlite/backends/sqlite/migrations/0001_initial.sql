@@ -29,7 +29,8 @@ CREATE INDEX mqs_tasks_ready ON mqs_tasks (priority DESC, id) WHERE status = 1;
 CREATE INDEX mqs_tasks_scheduled ON mqs_tasks (run_after) WHERE status = 6;
 CREATE INDEX mqs_tasks_running ON mqs_tasks (lease_owner, lease_expires) WHERE status = 2;
 CREATE INDEX mqs_tasks_notify ON mqs_tasks (sender) WHERE notify = 1 AND status IN (3, 4);
-CREATE INDEX mqs_tasks_ended ON mqs_tasks (ended_at) WHERE status IN (3, 4, 5);
+-- ended_at is set exactly when a task ends (3, 4, 5); marking CALLBACKED leaves this index alone
+CREATE INDEX mqs_tasks_ended ON mqs_tasks (ended_at) WHERE ended_at IS NOT NULL;
 CREATE INDEX mqs_tasks_cached ON mqs_tasks (cache_owner)
     WHERE cache_owner IS NOT NULL AND status IN (1, 2, 6);
 
