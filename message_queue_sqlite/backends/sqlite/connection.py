@@ -89,10 +89,11 @@ def connect(path: str, durability: str) -> sqlite3.Connection:
 
 
 def _verify_owner(conn: sqlite3.Connection, path: str) -> None:
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    try:  # one statement: one snapshot, even while another process creates the schema
+        app_id, names = conn.execute(
+            "SELECT (SELECT application_id FROM pragma_application_id()), (SELECT group_concat(name)"
+            " FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%')").fetchone()
+        tables = names.split(",") if names else []
     except sqlite3.DatabaseError as exc:
         raise _refuse(path, f"it is not a SQLite database ({exc})") from exc
     if app_id == APPLICATION_ID:
