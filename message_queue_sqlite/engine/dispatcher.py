@@ -65,11 +65,12 @@ class OutcomeDispatcher:
         self._thread: threading.Thread | None = None
 
     # -- registration (sender threads) ------------------------------------------------
-    def expect(self, task_id: str, callback: Callback | None) -> None:
-        """Register a callback for a stored task (its outcome may already be in storage)."""
+    def expect(self, callbacks: Iterable[tuple[str, Callback]]) -> None:
+        """Register callbacks for stored tasks, by task id (an outcome may already be stored)."""
         with self._lock:
-            self._pending[task_id] = _Pending(callback)
-            self._remote += 1
+            for task_id, callback in callbacks:
+                self._pending[task_id] = _Pending(callback)
+                self._remote += 1
             self._ensure_thread()
         self._on_remote_interest()
 

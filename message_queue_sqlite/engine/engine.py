@@ -107,9 +107,10 @@ class Engine:
                 self.cache.pop(key, None)
             raise
         task_ids = [format_task_id(shard, row_ids[shard][pos]) for shard, pos in placed]
-        for request, task_id in zip(requests, task_ids, strict=True):
-            if request.callback is not None:
-                self.dispatcher.expect(task_id, request.callback)
+        callbacks = [(task_id, request.callback) for request, task_id in zip(requests, task_ids, strict=True)
+                     if request.callback is not None]
+        if callbacks:
+            self.dispatcher.expect(callbacks)
         self.bell.ring()
         return task_ids
 
