@@ -145,9 +145,23 @@ class OutcomeDispatcher:
                     self._remote += 1
 
     def deliver(self, items: Iterable[tuple[TaskOutcome, int, int]]) -> None:
+        """Outcomes recorded by this object's workers. Waiting handles are woken right here;
+        callbacks run on the delivery thread, so a slow callback never holds a worker."""
         with self._lock:
-            self._inbox.extend(items)
-            self._lock.notify_all()
+            queued = False
+            for item in items:
+                outcome = item[0]
+                entry = self._pending.get(outcome.task_id)
+                if entry is None:
+                    continue  # nobody waits for it (yet): a later wait finds it in storage
+                if entry.callback is None:
+                    if entry.outcome is None:
+                        self._finish_waiter(outcome.task_id, entry, outcome)
+                else:
+                    self._inbox.append(item)
+                    queued = True
+            if queued:
+                self._lock.notify_all()
 
     def storage_changed(self) -> None:
         """Called by the change feed."""
