@@ -390,3 +390,21 @@ def test_wal_is_truncated_when_it_outgrows_its_bound(tmp_path, monkeypatch):
         monkeypatch.setattr(sqlite_backend, "WAL_CHECKPOINT_BYTES", 100_000)
         mq.engine.shards[0].maintain()
         assert wal.stat().st_size == 0
+
+
+def test_delayed_send_waits_for_its_time(make_queue):
+    clock = FakeClock()
+    mq = make_queue(workers=1, clock=clock)
+
+    @mq.task
+    def later():
+        return clock()
+
+    handle = mq.send(later, delay=30)
+    mq.start()
+    assert handle.status == TaskStatus.SCHEDULED
+    mq.engine.bell.ring()
+    assert handle.status == TaskStatus.SCHEDULED
+    clock.advance(30)
+    mq.engine.bell.ring()
+    assert handle.result(timeout=10) >= 1_000_030
