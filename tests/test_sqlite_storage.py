@@ -214,13 +214,16 @@ def test_an_idle_worker_does_not_take_the_write_lock(tmp_path):
     with MessageQueue(str(tmp_path / "q"), workers=2) as mq:
         statements: list[str] = []
         conn = mq.engine.shards[0]._connection()
+        reader = mq.engine.shards[0]._connection(reader=True)
         mq.start()
         probes = []
         conn.set_trace_callback(statements.append)
+        reader.set_trace_callback(statements.append)
         for _ in range(20):  # as if other processes committed twenty times
             mq.engine.bell.ring()
             wait_until(lambda: len([s for s in statements if "EXISTS" in s]) > len(probes),
                        what="the idle worker's probe")
             probes.append(1)
         conn.set_trace_callback(None)
+        reader.set_trace_callback(None)
         assert not [s for s in statements if s.startswith("BEGIN")], statements

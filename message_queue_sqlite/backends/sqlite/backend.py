@@ -72,25 +72,31 @@ def _chunks(items: Sequence, size: int = MAX_VARIABLES) -> Iterator[Sequence]:
 
 
 class SQLiteShard(Shard):
+    """A writer connection for every write, and a reader connection so that lookups,
+    probes and counts never wait behind a write transaction (WAL readers never block)."""
+
     def __init__(self, path: str, index: int, durability: str):
         self.path = path
         self.index = index
         self.name = os.path.basename(path)
         self._durability = durability
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = connect(path, durability)
+        self._reader: sqlite3.Connection | None = connect(path, durability)
 
     # -- connection and transactions -------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # forked: the parent's connection is not ours to use
-            if self._conn is not None:
-                _inherited.append(self._conn)
+    def _connection(self, reader: bool = False) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+            _inherited.extend(c for c in (self._conn, self._reader) if c is not None)
             self._pid = os.getpid()
             self._conn = connect(self.path, self._durability)
-        if self._conn is None:
+            self._reader = connect(self.path, self._durability)
+        conn = self._reader if reader else self._conn
+        if conn is None:
             raise QueueStorageError(f"shard {self.path} is closed")
-        return self._conn
+        return conn
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -110,9 +116,9 @@ class SQLiteShard(Shard):
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._read_lock:
             try:
-                yield self._connection()
+                yield self._connection(reader=True)
             except sqlite3.Error as exc:
                 raise self._storage_error("read", exc) from exc
 
@@ -271,10 +277,12 @@ class SQLiteShard(Shard):
                      "deferred (readers busy)" if busy else "done")
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+        with self._lock, self._read_lock:
+            if self._pid == os.getpid():
+                for conn in (self._reader, self._conn):
+                    if conn is not None:
+                        conn.close()
+            self._conn = self._reader = None
 
 
 class SQLiteBackend(Backend):
