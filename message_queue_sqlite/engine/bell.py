@@ -15,6 +15,7 @@ class Bell:
     def __init__(self) -> None:
         self._cv = threading.Condition(threading.Lock())
         self._generation = 0
+        self._waiting = 0
 
     @property
     def generation(self) -> int:
@@ -23,9 +24,14 @@ class Bell:
     def ring(self) -> None:
         with self._cv:
             self._generation += 1
-            self._cv.notify_all()
+            if self._waiting:
+                self._cv.notify_all()
 
     def wait(self, seen: int, timeout: float | None) -> bool:
         """Block until rung after generation ``seen`` or ``timeout`` elapses; True if rung."""
         with self._cv:
-            return self._cv.wait_for(lambda: self._generation != seen, timeout)
+            self._waiting += 1
+            try:
+                return self._cv.wait_for(lambda: self._generation != seen, timeout)
+            finally:
+                self._waiting -= 1

@@ -104,7 +104,10 @@ class SQLiteShard(Shard):
         with self._lock:
             conn = self._connection()
             try:
-                retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), f"{what} on {self.name}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError:  # locked past the busy timeout: back off, retry
+                    retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), f"{what} on {self.name}")
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
