@@ -45,6 +45,8 @@ def backend(request: pytest.FixtureRequest) -> str:
     """Conformance: tests that take ``backend`` (directly or through ``make_queue``) run on
     both backends. PostgreSQL runs when MQS_TEST_POSTGRES_DSN is set (CI sets it)."""
     if request.param == "postgres":
+        if not POSTGRES_DSN and os.environ.get("MQS_REQUIRE_POSTGRES"):
+            pytest.fail("MQS_REQUIRE_POSTGRES is set but MQS_TEST_POSTGRES_DSN is not")
         if not POSTGRES_DSN:
             pytest.skip("PostgreSQL tests need MQS_TEST_POSTGRES_DSN (e.g. postgresql://postgres@127.0.0.1/test)")
         pytest.importorskip("psycopg")
@@ -83,19 +85,29 @@ def pg_url_with_fresh_schema() -> str:
 
 @pytest.fixture
 def make_queue(queue_dir: str, broker_url: str | None) -> Iterator[Callable[..., MessageQueue]]:
+    """Queue objects on this test's backend. On PostgreSQL each distinct ``path`` gets a
+    schema of its own, so "two queues in two folders" stay two queues there too."""
     made: list[MessageQueue] = []
+    schemas: dict[str, str] = {}
 
     def factory(path: str | None = None, **options: Any) -> MessageQueue:
         options.setdefault("workers", 2)
+        folder = path or queue_dir
         if broker_url is not None:
-            options.setdefault("broker_url", broker_url)
-        queue = MessageQueue(path or queue_dir, **options)
+            if folder == queue_dir:
+                url = broker_url
+            else:
+                url = schemas.setdefault(folder, pg_url_with_fresh_schema())
+            options.setdefault("broker_url", url)
+        queue = MessageQueue(folder, **options)
         made.append(queue)
         return queue
 
     yield factory
     for queue in made:
         queue.close()
+    for url in schemas.values():
+        drop_pg_schema(url)
 
 
 @pytest.fixture

@@ -8,20 +8,31 @@ so any number of claimers proceed side by side on one table without waiting for 
 other and without ever leasing a row twice. Separate queues use separate schemas
 (``?schema=NAME``).
 
-Change feed: every transaction that makes work ready or ends a task (enqueue,
-completions, release, requeue of failed tasks, lease recovery, cache-mode tasks failed
-because their node left) runs ``pg_notify`` once, just before it commits, on a channel
-of the schema; claims, lease renewals and callback bookkeeping notify nobody. One
-dedicated connection per backend LISTENs (see ``notify.py``).
+Round trips: the hot paths are ONE statement each, so one implicit transaction: an
+enqueue of any batch (rows travel as one JSON array), and a worker's exchange, which
+records a batch of completions (fenced by owner and attempt), promotes due scheduled
+tasks and claims the next batch (data-modifying CTEs on disjoint rows). An exchange that
+finds nothing writes nothing (no row lock, no transaction id): idle workers cost the
+server a cheap index probe.
 
-Connections: one per shard object, guarded by a lock like ``SQLiteShard``'s (worker
-threads of a process already take turns to claim), in autocommit mode with explicit
-short transactions, plus the listening connection: two per queue object, none per call.
-Deadlocks and serialization failures (the transaction was rolled back) are retried with
-back-off; a broken connection is reopened and the call retried, as every write is
-idempotent or fenced on retry: a re-sent batch of tasks skips ids already stored, and a
-claim whose commit may have happened first gives back what it may have leased. A forked
-child never touches its parent's connections: it opens its own.
+Change feed: every statement or transaction that makes work ready or ends a task
+(enqueue, completions, release, requeue of failed tasks, lease recovery, cache-mode tasks
+failed because their node left) calls ``pg_notify`` once, delivered at commit, on a
+channel of the schema; claims, lease renewals and callback bookkeeping notify nobody.
+One dedicated connection per backend LISTENs (see ``notify.py``) and skips what this
+queue object's own session wrote, unless it scheduled a retry.
+
+Connections: like ``SQLiteShard``, a writer session for every write (worker threads of a
+process already take turns to exchange) and a reader session for lookups and counts,
+each under its own lock, in autocommit mode, plus the listening connection: three per
+queue object (the reader and listener open on first use), none per call. The queue sessions steer the
+planner to index-driven plans (see ``connection.py``): the table's statistics are always
+stale. Deadlocks and serialization failures (rolled back) are retried with back-off; a
+broken connection is reopened and the call retried, as every write is idempotent or
+fenced on retry: a batch of tasks whose commit went unconfirmed is looked up (by sender
+and send time) before it is sent again, and a claim whose commit went unconfirmed gives
+back what it may have leased before anything else runs. A forked child never touches
+its parent's connections: it opens its own.
 
 Durability mirrors SQLite's: ``normal`` (no flush per commit, survives any crash of the
 queue's processes) sets ``synchronous_commit = off`` for the queue's own sessions, so a
@@ -70,9 +81,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 
 
 def _record(shard: int, row: tuple) -> TaskRecord:
-    return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                      row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15],
-                      row[16], row[17], row[18])
+    return TaskRecord(shard, *row)
 
 
 def _text(value: str | None) -> str | None:
@@ -91,70 +100,96 @@ def _int_array(values: Sequence[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in values) + "}"
 
 
-class PostgresShard(Shard):
-    def __init__(self, target: Target, index: int = 0, durability: str = "normal"):
-        self.index = index
-        self.name = f"{target.schema}.mqs_tasks"
-        self._target = target
-        self._durability = durability
-        self._q = {name: target.sql(sql) for name, sql in QUERIES.items()}
-        self._channel = {"channel": target.channel}
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._closed = False
-        self._conn: psycopg.Connection | None = open_schema(target, durability)
+class _Session:
+    """One connection of a shard and the lock its users take turns on."""
 
-    # -- connection and retries ------------------------------------------------------
-    def _connection(self) -> psycopg.Connection:
-        if self._closed:
-            raise QueueStorageError(f"shard {self.name} is closed")
-        if self._pid != os.getpid():  # forked: the parent's connection is not ours to use
-            if self._conn is not None:
-                _inherited.append(self._conn)
-            self._conn = None
-            self._pid = os.getpid()
-        if self._conn is None:
-            self._conn = connect(self._target, self._durability)
-        return self._conn
+    def __init__(self, target: Target, durability: str, role: str,
+                 conn: psycopg.Connection | None = None):
+        self.target = target
+        self.durability = durability
+        self.role = role
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.conn = conn
+
+    def connection(self) -> psycopg.Connection:
+        if self.pid != os.getpid():  # forked: the parent's connection is not ours to use
+            if self.conn is not None:
+                _inherited.append(self.conn)
+            self.conn = None
+            self.pid = os.getpid()
+        if self.conn is None:  # opened on first use, reopened after a break
+            self.conn = connect(self.target, self.durability)
+        return self.conn
 
     @property
-    def session(self) -> int | None:
-        """The server process id of this shard's connection (notifications name it)."""
-        conn = self._conn
-        return conn.info.backend_pid if conn is not None and self._pid == os.getpid() else None
+    def backend_pid(self) -> int | None:
+        conn = self.conn
+        return conn.info.backend_pid if conn is not None and self.pid == os.getpid() else None
 
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+    @property
+    def broken(self) -> bool:
+        conn = self.conn
+        return conn is None or conn.closed or conn.broken
+
+    def discard(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and self.pid == os.getpid():
             try:
                 conn.close()
             except psycopg.Error:
                 pass
 
+
+class PostgresShard(Shard):
+    """A writer session for every write and a reader session for lookups and counts, so
+    a sender's lookup or an idle worker's probe never queues behind a worker's exchange."""
+
+    def __init__(self, target: Target, index: int = 0, durability: str = "normal"):
+        self.index = index
+        self.name = f"{target.schema}.mqs_tasks"
+        self._target = target
+        self._q = {name: target.sql(sql) for name, sql in QUERIES.items()}
+        self._channel = {"channel": target.channel}
+        self._closed = False
+        self._unsettled: set[tuple[str, float]] = set()  # claims whose commit is unknown
+        self._writer = _Session(target, durability, "writer", open_schema(target, durability))
+        self._reader = _Session(target, durability, "reader")
+
+    @property
+    def session(self) -> int | None:
+        """The server process id of the writer session (notifications name their writer)."""
+        return self._writer.backend_pid
+
     def _run(self, what: str, body: Callable[[psycopg.Connection, bool], T],
-             after_break: Callable[[psycopg.Connection], None] | None = None) -> T:
-        """Run ``body(conn, broke)`` under the lock. A rolled-back transaction (deadlock,
-        serialization failure) is retried; so is a broken connection, on a new one, with
-        ``broke`` True and ``after_break`` run first: the last try may have committed."""
+             on_break: Callable[[], None] | None = None, read: bool = False) -> T:
+        """Run ``body(conn, broke)`` on the writer (or reader) session, under its lock. A
+        rolled-back transaction (deadlock, serialization failure) is retried; so is a broken
+        connection, on a new one, with ``broke`` True (the last try may have committed)
+        after ``on_break`` ran."""
+        session = self._reader if read else self._writer
         deadline = time.monotonic() + RETRY_DEADLINE_S
         delay = 0.005
         broke = False
-        with self._lock:
+        with session.lock:
             while True:
+                if self._closed:
+                    raise QueueStorageError(f"shard {self.name} is closed")
                 try:
-                    conn = self._connection()
-                    if broke and after_break is not None:
-                        after_break(conn)
+                    conn = session.connection()
+                    if self._unsettled and not read:
+                        self._settle(conn)
                     return body(conn, broke)
-                except psycopg.errors.TransactionRollbackError as exc:
+                except psycopg.errors.TransactionRollback as exc:  # class 40: deadlock, serialization
                     problem: psycopg.Error = exc
                     log.debug("%s on %s rolled back (%s); retrying", what, self.name, exc)
                 except psycopg.OperationalError as exc:
-                    conn_now = self._conn
-                    if conn_now is not None and not conn_now.closed and not conn_now.broken:
+                    if not session.broken:
                         raise QueueStorageError(f"{what} on {self.name} failed: {exc}") from exc
-                    self._discard()
+                    session.discard()
                     broke = True
+                    if on_break is not None:
+                        on_break()
                     problem = exc
                     log.warning("%s on %s: connection to %s lost (%s); reconnecting",
                                 what, self.name, self._target.location, str(exc).strip())
@@ -167,24 +202,44 @@ class PostgresShard(Shard):
                 time.sleep(random.uniform(delay / 2, delay))  # back-off, not a poll
                 delay = min(delay * 2, 1.0)
 
+    def _settle(self, conn: psycopg.Connection) -> None:
+        """Give back the leases of claims whose commit went unconfirmed (connection lost):
+        the caller never received them. A claim is known by its owner and start time."""
+        for owner, now in sorted(self._unsettled):
+            count = conn.execute(self._q["unclaim_ambiguous"], {"owner": owner, "now": now}).rowcount
+            self._unsettled.discard((owner, now))
+            if count:
+                log.warning("%s: %d lease(s) of a claim whose commit was not confirmed given back",
+                            self.name, count)
+
     def _fetch(self, what: str, query: str, params: dict | None = None) -> list[tuple]:
-        return self._run(what, lambda conn, _broke: conn.execute(self._q[query], params).fetchall())
+        return self._run(what, lambda conn, _broke: conn.execute(self._q[query], params).fetchall(),
+                         read=True)
 
     def _notify(self, conn: psycopg.Connection) -> None:
         conn.execute(self._q["notify"], self._channel)
 
     # -- sending ---------------------------------------------------------------------
-    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
         if not tasks:
-            return
+            return []
         now = tasks[0].created_at
-        rows = [[t.task_id, _text(t.task_name), t.args, t.priority, 6 if t.run_after > now else 1,
-                 t.sender, bool(t.notify), t.cache_owner, t.max_retries, t.retry,
-                 float(t.run_after), float(t.created_at)] for t in tasks]
+        rows = [[_text(t.task_name), t.args, t.priority, 6 if t.run_after > now else 1, t.sender,
+                 bool(t.notify), t.cache_owner, t.max_retries, t.retry, float(t.run_after),
+                 float(t.created_at)] for t in tasks]
         params = {"tasks": _json(rows), **self._channel}
-        # one statement (an implicit transaction): committed when it returns
-        self._run("enqueue", lambda conn, broke: conn.execute(
-            self._q["enqueue_again" if broke else "enqueue"], params))
+        batch = {"sender": tasks[0].sender, "created_at": float(tasks[0].created_at)}
+        same_batch = all(t.sender == batch["sender"] and t.created_at == now for t in tasks)
+
+        def body(conn: psycopg.Connection, broke: bool) -> list[int]:
+            if broke and same_batch:  # the last try may have committed: never store a batch twice
+                found = [r[0] for r in conn.execute(self._q["find_batch"], batch)]
+                if len(found) == len(tasks):
+                    return found
+            # one statement (an implicit transaction): committed when it returns
+            return list(conn.execute(self._q["enqueue"], params).fetchone()[0])
+
+        return self._run("enqueue", body)
 
     # -- working ---------------------------------------------------------------------
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
@@ -200,32 +255,31 @@ class PostgresShard(Shard):
         }
         query = self._q["complete_and_claim"]
 
-        def body(conn: psycopg.Connection, _broke: bool) -> tuple[set[int], list[tuple]]:
-            rows = conn.execute(query, params).fetchall()
-            applied = set(rows[0][0] or ())
-            claims = [r[3:] for r in rows if r[3] is not None]
-            if rows[0][1] and len(claims) < limit:
+        def body(conn: psycopg.Connection, _broke: bool) -> tuple[set[int], list[list]]:
+            applied, promoted, _signal, claims = conn.execute(query, params).fetchone()
+            claims = claims or []
+            if promoted and len(claims) < limit:
                 # tasks just became ready (scheduled, now due): claim them in a second statement
                 again = dict(params, completions="[]", limit=limit - len(claims))
-                claims += [r[3:] for r in conn.execute(query, again).fetchall() if r[3] is not None]
-            return applied, claims
+                claims += conn.execute(query, again).fetchone()[3] or []
+            return set(applied or ()), claims
 
-        def give_back_ambiguous_claim(conn: psycopg.Connection) -> None:
+        def unsettled() -> None:  # settled before anything else runs on a new connection
             if limit > 0:
-                conn.execute(self._q["unclaim_ambiguous"], {"owner": owner, "now": now})
+                self._unsettled.add((owner, now))
 
-        applied, rows = self._run("complete/claim", body, give_back_ambiguous_claim)
+        applied, rows = self._run("complete/claim", body, unsettled)
         rejected = [c.row_id for c in completions if c.row_id not in applied]
         index = self.index
-        claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-                               r[9], r[10], r[11], r[12]) for r in rows]
+        claimed = [ClaimedTask(index, *r) for r in rows]
         claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return rejected, claimed
 
     def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
         if not claims:
             return 0
-        params = {"claims": _json([[c.row_id, c.attempt] for c in claims]),
+        params = {"row_id": _int_array([c.row_id for c in claims]),
+                  "attempt": _int_array([c.attempt for c in claims]),
                   "unstarted": 0 if started else 1, **self._channel}
         return self._run("release", lambda conn, _broke: conn.execute(
             self._q["release"], params).fetchone()[0])
@@ -263,21 +317,21 @@ class PostgresShard(Shard):
         return self._fetch("next run time", "next_run_after")[0][0]
 
     # -- outcomes for senders --------------------------------------------------------
-    def fetch_outcomes(self, sender: str, limit: int) -> list[TaskRecord]:
-        rows = self._fetch("fetch outcomes", "fetch_outcomes", {"sender": sender, "limit": limit})
-        return [_record(self.index, r) for r in rows]
+    def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
+        return [r[0] for r in self._fetch("outcome row ids", "outcome_row_ids",
+                                          {"sender": sender, "limit": limit})]
 
     def mark_callbacked(self, row_ids: Sequence[int]) -> None:
         if row_ids:
             self._run("mark callbacked", lambda conn, _broke: conn.execute(
                 self._q["mark_callbacked"], {"row_id": _int_array(row_ids)}))
 
-    def get_tasks(self, task_ids: Sequence[str]) -> list[TaskRecord]:
-        if not task_ids:
+    def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
+        if not row_ids:
             return []
-        rows = self._fetch("get tasks", "get_tasks", {"task_id": list(task_ids)})
-        by_id = {r[1]: r for r in rows}
-        return [_record(self.index, by_id[t]) for t in dict.fromkeys(task_ids) if t in by_id]
+        rows = self._fetch("get tasks", "get_tasks", {"row_id": _int_array(row_ids)})
+        by_id = {r[0]: r for r in rows}
+        return [_record(self.index, by_id[i]) for i in dict.fromkeys(row_ids) if i in by_id]
 
     def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
         rows = self._fetch("list tasks", "list_tasks",
@@ -293,8 +347,8 @@ class PostgresShard(Shard):
     def count_ready(self) -> int:
         return self._fetch("count waiting", "count_waiting")[0][0]
 
-    def requeue_failed(self, task_id: str | None, task_name: str | None, now: float) -> int:
-        params = {"task_id": task_id, "task_name": task_name, "now": now, **self._channel}
+    def requeue_failed(self, row_id: int | None, task_name: str | None, now: float) -> int:
+        params = {"row_id": row_id, "task_name": task_name, "now": now, **self._channel}
         return self._run("requeue failed", lambda conn, _broke: conn.execute(
             self._q["requeue_failed"], params).fetchone()[0])
 
@@ -323,11 +377,10 @@ class PostgresShard(Shard):
         lowers its thresholds for this table, which churns)."""
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+        self._closed = True
+        for session in (self._reader, self._writer):
+            with session.lock:
+                session.discard()
 
 
 class PostgresBackend(Backend):

@@ -1,15 +1,15 @@
 """The change feed: one dedicated connection LISTENs on the schema's channel.
 
-Every transaction that makes work ready or ends a task (enqueue, completions, release,
-requeue, lease recovery, orphaned cache-mode tasks) runs ``pg_notify`` once before it
-commits; PostgreSQL delivers it at commit. Notifications sent by this queue object's own
-sessions are skipped (the engine already rang its own bell) unless their payload is
-``*`` (a retry was scheduled: idle workers of the writer must recompute their wake-up).
-This thread waits on the listening socket (and a wake-up pipe for ``close``) with
-``poll``, so it costs nothing while idle. If the
-connection breaks it reconnects with back-off, calling ``on_change`` after each attempt
-(a slow poll while PostgreSQL is away) and once more when listening again, since
-notifications sent meanwhile are lost.
+Every statement or transaction that makes work ready or ends a task (enqueue,
+completions, release, requeue, lease recovery, orphaned cache-mode tasks) calls
+``pg_notify`` once; PostgreSQL delivers it at commit. Notifications sent by this queue
+object's own writer session are skipped (its engine already rang its own bell) unless
+their payload is ``*`` (a retry was scheduled: its idle workers must recompute their
+wake-up time). The thread waits on the listening socket (and a pipe that ``close``
+writes to) with ``poll``, so it costs nothing while idle. If the connection breaks it
+reconnects with back-off, calling ``on_change`` after each attempt (a slow poll while
+PostgreSQL is away) and once more when listening again, since notifications sent
+meanwhile are lost.
 """
 
 from __future__ import annotations
@@ -57,14 +57,16 @@ class ChangeListener:
                 conn.add_notify_handler(  # those read during a ping
                     lambda n: self._notify() if self._relevant(n.pid, n.payload) else None)
                 conn.execute(f'LISTEN "{self._target.channel}"')
-                self.listening.set()
                 delay = BACKOFF_FIRST_S
                 self._notify()  # whatever was sent while we were not listening
+                self.listening.set()
                 self._listen(conn)
             except (psycopg.Error, OSError) as exc:
                 if not self._stop.is_set():
                     log.warning("PostgreSQL change feed on %s lost (%s); reconnecting in %.2f s, "
                                 "polling meanwhile", self._target.location, exc, delay)
+            except Exception:  # never let the feed die: log, reconnect, carry on
+                log.exception("PostgreSQL change feed on %s failed; reconnecting", self._target.location)
             finally:
                 self.listening.clear()
                 if conn is not None:

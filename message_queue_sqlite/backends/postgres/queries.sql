@@ -1,51 +1,52 @@
 -- Every statement the PostgreSQL backend runs. Each block: "-- name: NAME", one line that
 -- says what it is for, then the SQL. {schema} is replaced by the quoted schema name;
--- parameters are named (%(name)s, psycopg server-side binding). A batch travels as one JSON
--- array of positional rows (json_array_elements): one statement and one round trip for any
--- size, and several times cheaper to build than psycopg's per-element array adaptation. Writes that others
--- must hear about call pg_notify once per statement/transaction; the payload is '' (the
--- writing process itself already knows: its listener skips notifications from its own
--- sessions) or '*' (everyone, the writer's process included).
+-- parameters are named (%(name)s, psycopg server-side binding). A batch travels as one
+-- JSON array of positional rows: one statement and one round trip for any size, and
+-- several times cheaper to build than psycopg's adaptation of lists element by element.
+-- Writes that others must hear about call pg_notify once per statement or transaction;
+-- the payload is '' (the writing process already knows: its listener skips what its own
+-- session sent) or '*' (for everyone, the writer's process included).
 
 -- name: enqueue
--- Store a batch of new tasks (JSON rows), in batch order (ids follow it: FIFO within a priority), and notify listeners at commit.
+-- Store a batch of new tasks (JSON rows) in batch order, so their ids (from the sequence, increasing) follow it; returns the ids in that order and notifies listeners at commit.
 WITH inserted AS (
-    INSERT INTO {schema}.mqs_tasks (task_id, task_name, args, priority, status, sender, notify, cache_owner,
+    INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
                                     max_retries, retry, run_after, created_at)
-    SELECT e->>0, e->>1, e->>2, (e->>3)::bigint, (e->>4)::integer, e->>5, (e->>6)::boolean, e->>7,
-           (e->>8)::bigint, e->>9, (e->>10)::float8, (e->>11)::float8
+    SELECT e->>0, e->>1, (e->>2)::bigint, (e->>3)::integer, e->>4, (e->>5)::boolean, e->>6,
+           (e->>7)::bigint, e->>8, (e->>9)::float8, (e->>10)::float8
       FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
      ORDER BY b.n
-    RETURNING 1)
-SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM inserted) AS c;
+    RETURNING id)
+SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
+  FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
 
--- name: enqueue_again
--- The same, after a connection broke during the commit: rows that did commit are kept once.
-WITH inserted AS (
-    INSERT INTO {schema}.mqs_tasks (task_id, task_name, args, priority, status, sender, notify, cache_owner,
-                                    max_retries, retry, run_after, created_at)
-    SELECT e->>0, e->>1, e->>2, (e->>3)::bigint, (e->>4)::integer, e->>5, (e->>6)::boolean, e->>7,
-           (e->>8)::bigint, e->>9, (e->>10)::float8, (e->>11)::float8
-      FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
-     ORDER BY b.n
-    ON CONFLICT (task_id) DO NOTHING
-    RETURNING 1)
-SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM inserted) AS c;
+-- name: find_batch
+-- After a connection broke during an enqueue's commit: the batch's rows if it did commit (a batch shares its sender and creation time).
+SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts unless their lease was lost since (fenced by attempt), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). Row 1 always comes: applied completion ids, promoted count; then one claimed task per row (NULLs when none).
-WITH done AS (
+-- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
+WITH batch AS MATERIALIZED (
+    SELECT array_agg((e->>0)::bigint) AS ids, array_agg((e->>1)::integer) AS attempts,
+           array_agg((e->>2)::integer) AS statuses, array_agg(e->>3) AS results,
+           array_agg(e->>4) AS tracebacks, array_agg((e->>5)::float8) AS ended,
+           array_agg((e->>6)::float8) AS run_afters, array_agg((e->>7)::float8) AS started
+      FROM json_array_elements(%(completions)s::json) AS e),
+done AS (
     UPDATE {schema}.mqs_tasks AS t
-       SET status = c.status,
-           outcome = CASE WHEN c.status IN (3, 4) THEN c.status END,
-           result = c.result, traceback = c.traceback,
-           ended_at = CASE WHEN c.status IN (3, 4) THEN c.ended_at END,
-           run_after = c.run_after, started_at = c.started_at, lease_owner = NULL, lease_expires = NULL
-      FROM (SELECT (e->>0)::bigint AS id, (e->>1)::integer AS attempt, (e->>2)::integer AS status,
-                   e->>3 AS result, e->>4 AS traceback, (e->>5)::float8 AS ended_at,
-                   (e->>6)::float8 AS run_after, (e->>7)::float8 AS started_at
-              FROM json_array_elements(%(completions)s::json) AS e) AS c
-     WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2
+       SET status = b.statuses[array_position(b.ids, t.id)],
+           outcome = CASE WHEN b.statuses[array_position(b.ids, t.id)] IN (3, 4)
+                          THEN b.statuses[array_position(b.ids, t.id)] END,
+           result = b.results[array_position(b.ids, t.id)],
+           traceback = b.tracebacks[array_position(b.ids, t.id)],
+           ended_at = CASE WHEN b.statuses[array_position(b.ids, t.id)] IN (3, 4)
+                           THEN b.ended[array_position(b.ids, t.id)] END,
+           run_after = b.run_afters[array_position(b.ids, t.id)],
+           started_at = b.started[array_position(b.ids, t.id)],
+           lease_owner = NULL, lease_expires = NULL
+      FROM batch AS b
+     WHERE t.id = ANY(b.ids) AND t.attempts = b.attempts[array_position(b.ids, t.id)]
+       AND t.status = 2 AND t.lease_owner = %(owner)s
     RETURNING t.id, t.status),
 promoted AS (
     UPDATE {schema}.mqs_tasks SET status = 1
@@ -61,7 +62,7 @@ claimed AS (
                    WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = %(owner)s)
                    ORDER BY priority DESC, id LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED)
-    RETURNING id, task_id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
+    RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
               cache_owner, created_at, started_at),
 summary AS (
     SELECT a.ids, p.n,
@@ -69,8 +70,11 @@ summary AS (
                 THEN pg_notify(%(channel)s, CASE WHEN a.rescheduled OR p.n > 0 THEN '*' ELSE '' END) END AS signal
       FROM (SELECT array_agg(id) AS ids, bool_or(status = 6) AS rescheduled FROM done) AS a,
            (SELECT count(*) AS n FROM promoted) AS p)
-SELECT s.ids, s.n, s.signal, c.*
-  FROM summary AS s LEFT JOIN claimed AS c ON TRUE;
+SELECT s.ids, s.n, s.signal,
+       (SELECT json_agg(json_build_array(id, task_name, args, priority, attempts, max_retries, retry, sender,
+                                         notify, cache_owner, created_at, started_at))
+          FROM claimed)
+  FROM summary AS s;
 
 -- name: notify
 -- Tell every listener of this schema that something changed (delivered at commit; once per transaction).
@@ -87,9 +91,9 @@ UPDATE {schema}.mqs_tasks
 WITH released AS (
     UPDATE {schema}.mqs_tasks AS t
        SET status = 1, attempts = t.attempts - %(unstarted)s, lease_owner = NULL, lease_expires = NULL
-      FROM (SELECT (e->>0)::bigint AS id, (e->>1)::integer AS attempt
-              FROM json_array_elements(%(claims)s::json) AS e) AS c
-     WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2
+     WHERE t.id = ANY(%(row_id)s::bigint[])
+       AND t.attempts = (%(attempt)s::integer[])[array_position(%(row_id)s::bigint[], t.id)]
+       AND t.status = 2
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM released) AS c;
 
@@ -129,25 +133,23 @@ RETURNING status;
 -- When the earliest scheduled task becomes ready.
 SELECT min(run_after) FROM {schema}.mqs_tasks WHERE status = 6;
 
--- name: fetch_outcomes
--- Ended tasks of a sender whose callback has not run yet.
-SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
-  FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND notify AND status IN (3, 4) LIMIT %(limit)s;
+-- name: outcome_row_ids
+-- Row ids of ended tasks of a sender whose callback has not run yet.
+SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND notify AND status IN (3, 4) LIMIT %(limit)s;
 
 -- name: mark_callbacked
 -- The sender's callback ran for these tasks.
 UPDATE {schema}.mqs_tasks SET status = 5 WHERE id = ANY(%(row_id)s::bigint[]) AND status IN (3, 4);
 
 -- name: get_tasks
--- Tasks by their public ids.
-SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+-- Tasks by their row ids.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
-  FROM {schema}.mqs_tasks WHERE task_id = ANY(%(task_id)s::text[]);
+  FROM {schema}.mqs_tasks WHERE id = ANY(%(row_id)s::bigint[]);
 
 -- name: list_tasks
 -- Newest tasks, optionally of a status (3 or 4 also match CALLBACKED rows with that outcome) and a name.
-SELECT id, task_id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
   FROM {schema}.mqs_tasks
  WHERE (%(status)s::integer IS NULL OR status = %(status)s::integer
@@ -170,13 +172,13 @@ SELECT (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 1)
      + (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 6);
 
 -- name: requeue_failed
--- FAILED tasks (by id and/or name) run again with a fresh retry budget; cached ones cannot. Listeners are notified once if any.
+-- FAILED tasks (by row id and/or name) run again with a fresh retry budget; cached ones cannot. Listeners are notified once if any.
 WITH requeued AS (
     UPDATE {schema}.mqs_tasks
        SET status = 1, outcome = NULL, result = NULL, traceback = NULL, attempts = 0, crashes = 0,
            ended_at = NULL, started_at = NULL, run_after = %(now)s
      WHERE (status = 4 OR (status = 5 AND outcome = 4)) AND cache_owner IS NULL
-       AND (%(task_id)s::text IS NULL OR task_id = %(task_id)s::text)
+       AND (%(row_id)s::bigint IS NULL OR id = %(row_id)s::bigint)
        AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM requeued) AS c;
@@ -196,9 +198,10 @@ DELETE FROM {schema}.mqs_nodes WHERE node_id = %(node)s;
 DELETE FROM {schema}.mqs_nodes WHERE expires_at < %(before)s;
 
 -- name: purge_ended
--- Delete up to %(limit)s tasks that ended before %(before)s (retention), oldest first; rows in use elsewhere wait for the next round.
+-- Delete up to %(limit)s tasks that ended before %(before)s (retention), oldest first; rows in use elsewhere wait for the next round; never the newest row (the sequence never reuses ids anyway, this keeps SQLite's contract).
 DELETE FROM {schema}.mqs_tasks WHERE id IN (
     SELECT id FROM {schema}.mqs_tasks
      WHERE status IN (3, 4, 5) AND ended_at < %(before)s
      ORDER BY ended_at LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED);
+       FOR UPDATE SKIP LOCKED)
+  AND id < (SELECT max(id) FROM {schema}.mqs_tasks);

@@ -2,10 +2,11 @@
 -- {schema} is replaced by the quoted schema name; the schema itself and the
 -- mqs_schema_version table are created by connection.py before this runs.
 CREATE TABLE {schema}.mqs_tasks (
-    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- monotonic: FIFO within a priority
-    task_id       TEXT             NOT NULL,
+    -- from a sequence: monotonic and never reused (FIFO within a priority; public ids are
+    -- '<shard>-<id>')
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     task_name     TEXT             NOT NULL,
-    args          TEXT,                        -- JSON; NULL when cached in the sender's memory
+    args          TEXT,                        -- JSON; for a cached task, the key of its arguments in memory
     priority      BIGINT           NOT NULL DEFAULT 0,
     status        INTEGER          NOT NULL,   -- TaskStatus
     outcome       INTEGER,                     -- 3 or 4 once ended; kept when status becomes 5
@@ -25,7 +26,6 @@ CREATE TABLE {schema}.mqs_tasks (
     started_at    DOUBLE PRECISION,
     ended_at      DOUBLE PRECISION
 ) WITH (fillfactor = 85, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
-CREATE UNIQUE INDEX mqs_tasks_task_id ON {schema}.mqs_tasks (task_id);
 -- claim order: best priority, then send order; only ready rows are indexed
 CREATE INDEX mqs_tasks_ready ON {schema}.mqs_tasks (priority DESC, id) WHERE status = 1;
 CREATE INDEX mqs_tasks_scheduled ON {schema}.mqs_tasks (run_after) WHERE status = 6;

@@ -1,0 +1,538 @@
+"""PostgreSQL-specific behaviour: schemas, migrations, LISTEN/NOTIFY, SKIP LOCKED claims,
+fencing, reconnects. Runs when MQS_TEST_POSTGRES_DSN is set; shared behaviour is covered
+by the conformance tests (``make_queue`` runs them on both backends)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import POSTGRES_DSN, drop_pg_schema, pg_url_with_fresh_schema, subprocess_env, wait_until
+
+from message_queue_sqlite import MessageQueue
+from message_queue_sqlite.backends import open_backend
+from message_queue_sqlite.backends.base import Completion, NewTask
+from message_queue_sqlite.core.config import Config
+from message_queue_sqlite.core.errors import MissingDependencyError, QueueStorageError
+
+pytestmark = pytest.mark.skipif(not POSTGRES_DSN, reason="needs MQS_TEST_POSTGRES_DSN")
+psycopg = pytest.importorskip("psycopg")
+
+
+# -- helpers ---------------------------------------------------------------------------
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    url = pg_url_with_fresh_schema()
+    yield url
+    drop_pg_schema(url)
+
+
+@pytest.fixture
+def admin() -> Iterator[psycopg.Connection]:
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        yield conn
+
+
+def schema_of(url: str) -> str:
+    return url.rsplit("schema=", 1)[1]
+
+
+def open_pg(url: str, **config):
+    from message_queue_sqlite.backends.postgres import PostgresBackend
+
+    return PostgresBackend(url, Config(broker_url=url, **config))
+
+
+def new_tasks(count: int, name: str = "noop", now: float | None = None, **fields) -> list[NewTask]:
+    now = time.time() if now is None else now
+    values = dict(args="{}", priority=0, sender="sender", notify=False, cache_owner=None,
+                  max_retries=0, retry=None, run_after=0.0, created_at=now)
+    values.update(fields)
+    return [NewTask(task_name=name, **values) for _ in range(count)]
+
+
+def tables(admin, schema: str) -> set[str]:
+    return {r[0] for r in admin.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))}
+
+
+# -- schemas and migrations ------------------------------------------------------------
+def test_tables_live_in_the_url_schema_and_queues_in_two_schemas_are_separate(pg_url, admin):
+    other = pg_url_with_fresh_schema()
+    try:
+        first, second = open_pg(pg_url), open_pg(other)
+        try:
+            first.shards[0].enqueue(new_tasks(3))
+            assert first.shards[0].count_ready() == 3
+            assert second.shards[0].count_ready() == 0
+            assert tables(admin, schema_of(pg_url)) == {"mqs_tasks", "mqs_nodes", "mqs_schema_version"}
+            assert not tables(admin, "public") & {"mqs_tasks", "mqs_nodes"}
+            assert first.location.endswith(f"?schema={schema_of(pg_url)}")
+        finally:
+            first.close()
+            second.close()
+    finally:
+        drop_pg_schema(other)
+
+
+def test_default_schema_and_location_without_password():
+    from message_queue_sqlite.backends.postgres import Target
+
+    target = Target("postgresql://alice:s3cret@db.example:6543/jobs?sslmode=disable")
+    assert target.schema == "mqs"
+    assert target.location == "postgresql://alice@db.example:6543/jobs?schema=mqs"
+    assert "s3cret" not in target.location and "schema" not in target.conninfo
+    assert "sslmode" in target.conninfo
+    socket = Target("postgresql:///jobs?host=/var/run/postgresql&schema=q1")
+    assert socket.location == "postgresql:///jobs?host=/var/run/postgresql&schema=q1"
+    assert "host=/var/run/postgresql" in socket.conninfo and socket.schema == "q1"
+    with pytest.raises(ValueError, match="not a plain identifier"):
+        Target("postgresql://h/db?schema=bad;name")
+
+
+def test_migration_is_idempotent(pg_url, admin):
+    for _ in range(3):
+        open_pg(pg_url).close()
+    rows = admin.execute(f'SELECT version, name FROM "{schema_of(pg_url)}".mqs_schema_version').fetchall()
+    assert rows == [(1, "initial")]
+
+
+def test_concurrent_openers_of_a_fresh_schema_agree(pg_url, admin):
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+    opened = []
+
+    def opener() -> None:
+        try:
+            start.wait(timeout=10)
+            opened.append(open_pg(pg_url))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for backend in opened:
+        backend.close()
+    assert errors == []
+    assert len(opened) == 6
+    rows = admin.execute(f'SELECT version FROM "{schema_of(pg_url)}".mqs_schema_version').fetchall()
+    assert rows == [(1,)]
+
+
+def test_a_schema_with_foreign_tables_is_refused_untouched(pg_url, admin):
+    schema = schema_of(pg_url)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    admin.execute(f'CREATE TABLE "{schema}".invoices (id int PRIMARY KEY, total numeric)')
+    admin.execute(f'INSERT INTO "{schema}".invoices VALUES (1, 9.5)')
+    refused = r"not a queue schema.*other tables \(invoices\).*nothing was changed"
+    with pytest.raises(QueueStorageError, match=refused):
+        open_pg(pg_url)
+    assert tables(admin, schema) == {"invoices"}
+    assert admin.execute(f'SELECT * FROM "{schema}".invoices').fetchall() == [(1, 9.5)]
+
+
+def test_a_table_named_like_ours_without_version_is_refused(pg_url, admin):
+    schema = schema_of(pg_url)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    admin.execute(f'CREATE TABLE "{schema}".mqs_tasks (id int)')
+    with pytest.raises(QueueStorageError, match="no mqs_schema_version"):
+        open_pg(pg_url)
+    assert tables(admin, schema) == {"mqs_tasks"}
+
+
+def test_a_newer_schema_version_is_refused(pg_url, admin):
+    open_pg(pg_url).close()
+    admin.execute(f'INSERT INTO "{schema_of(pg_url)}".mqs_schema_version (version, name) VALUES (99, %s)',
+                  ("future",))
+    with pytest.raises(QueueStorageError, match="newer than this package supports"):
+        open_pg(pg_url)
+
+
+def test_an_empty_existing_schema_is_adopted(pg_url, admin):
+    admin.execute(f'CREATE SCHEMA "{schema_of(pg_url)}"')
+    open_pg(pg_url).close()
+    assert "mqs_tasks" in tables(admin, schema_of(pg_url))
+
+
+def test_unreachable_server_is_a_clear_error():
+    url = "postgresql://postgres@127.0.0.1:1/none?schema=mqs_x&connect_timeout=2"
+    with pytest.raises(QueueStorageError, match=r"cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/"):
+        open_pg(url)
+
+
+def test_middleware_num_is_one_table_on_postgres(pg_url, caplog):
+    caplog.set_level(logging.INFO)
+    backend = open_pg(pg_url, middleware_num=4)
+    try:
+        assert len(backend.shards) == 1
+        assert "middleware_num=4 is ignored" in caplog.text
+    finally:
+        backend.close()
+
+
+def test_missing_psycopg_is_a_clear_error(monkeypatch):
+    prefixes = ("psycopg.", "message_queue_sqlite.backends.postgres")
+    for name in [m for m in sys.modules if m == "psycopg" or m.startswith(prefixes)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'message_queue_sqlite\[postgres\]'"):
+        open_backend(Config(broker_url="postgresql://nobody@127.0.0.1:1/none"))
+
+
+# -- claims, fencing, completions ------------------------------------------------------
+def test_two_threads_never_claim_the_same_task(pg_url):
+    backends = [open_pg(pg_url) for _ in range(2)]
+    try:
+        backends[0].shards[0].enqueue(new_tasks(1500))
+        claimed: list[list[int]] = [[], []]
+        start = threading.Barrier(2)
+
+        def claimer(k: int) -> None:
+            shard = backends[k].shards[0]
+            start.wait(timeout=10)
+            while True:
+                _, claims = shard.complete_and_claim([], f"owner{k}", 7, 30.0, time.time())
+                if not claims:
+                    return
+                claimed[k].extend(c.row_id for c in claims)
+
+        threads = [threading.Thread(target=claimer, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        every = claimed[0] + claimed[1]
+        assert len(every) == len(set(every)) == 1500
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+CLAIMER = textwrap.dedent("""
+    import json, sys, time
+    from message_queue_sqlite.backends.postgres import PostgresBackend
+    from message_queue_sqlite.core.config import Config
+    url, owner = sys.argv[1], sys.argv[2]
+    backend = PostgresBackend(url, Config(broker_url=url))
+    print("ready", flush=True)
+    sys.stdin.readline()  # go
+    ids = []
+    while True:
+        _, claims = backend.shards[0].complete_and_claim([], owner, 5, 30.0, time.time())
+        if not claims:
+            break
+        ids.extend(c.row_id for c in claims)
+    backend.close()
+    print(json.dumps(ids), flush=True)
+""")
+
+
+def test_two_processes_never_claim_the_same_task(pg_url):
+    backend = open_pg(pg_url)
+    backend.shards[0].enqueue(new_tasks(1000))
+    backend.close()
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, pg_url, f"proc{k}"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=subprocess_env()) for k in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:  # both start claiming together
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [json.loads(proc.communicate(timeout=60)[0].strip()) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    every = results[0] + results[1]
+    assert len(every) == len(set(every)) == 1000
+    assert results[0] and results[1], "both processes should have claimed some tasks"
+
+
+def test_stale_completion_is_rejected_and_current_one_applies(pg_url):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        shard.enqueue(new_tasks(1))
+        now = time.time()
+        _, [first] = shard.complete_and_claim([], "a", 1, 1.0, now)
+        report = shard.recover_expired(now + 5.0, crash_limit=5)  # the lease of "a" expired
+        assert report.requeued == 1
+        _, [second] = shard.complete_and_claim([], "b", 1, 30.0, now + 5.0)
+        assert second.row_id == first.row_id and second.attempt == first.attempt + 1
+        late = Completion(first.row_id, first.attempt, 3, '"late"', None, now, now + 6)
+        current = Completion(second.row_id, second.attempt, 3, '"ok"', None, now + 5, now + 6)
+        rejected, _ = shard.complete_and_claim([late], "a", 0, 0.0, now + 6)
+        assert rejected == [first.row_id]
+        rejected, _ = shard.complete_and_claim([current], "a", 0, 0.0, now + 6)  # not a's lease
+        assert rejected == [first.row_id]
+        rejected, _ = shard.complete_and_claim([current], "b", 0, 0.0, now + 6)
+        assert rejected == []
+        [record] = shard.get_tasks([first.row_id])
+        assert (record.status, record.result, record.attempts) == (3, '"ok"', 2)
+    finally:
+        backend.close()
+
+
+def test_claim_order_priority_then_fifo_and_cached_only_to_owner(pg_url):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        low = new_tasks(3, "low")
+        high = new_tasks(2, "high", priority=5)
+        cached = new_tasks(1, "cached", priority=9, cache_owner="owner-x")
+        shard.register_node("owner-x", os.getpid(), "h", time.time() + 60, time.time())
+        ids = shard.enqueue(low + high + cached)
+        assert ids == sorted(ids) and len(set(ids)) == 6
+        _, claims = shard.complete_and_claim([], "someone", 10, 30.0, time.time())
+        assert [c.row_id for c in claims] == ids[3:5] + ids[:3]
+        assert [c.task_name for c in claims] == ["high"] * 2 + ["low"] * 3
+        _, claims = shard.complete_and_claim([], "owner-x", 10, 30.0, time.time())
+        assert [c.row_id for c in claims] == ids[5:]
+    finally:
+        backend.close()
+
+
+def test_scheduled_tasks_become_claimable_when_due(pg_url):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        now = time.time()
+        shard.enqueue(new_tasks(2, "later", now=now, run_after=now + 100))
+        assert shard.next_run_after() == pytest.approx(now + 100)
+        assert shard.complete_and_claim([], "w", 10, 30.0, now)[1] == []
+        _, claims = shard.complete_and_claim([], "w", 10, 30.0, now + 101)
+        assert len(claims) == 2
+        assert shard.next_run_after() is None
+    finally:
+        backend.close()
+
+
+def test_text_with_nul_is_stored_visibly(pg_url):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        shard.enqueue(new_tasks(1))
+        _, [claim] = shard.complete_and_claim([], "w", 1, 30.0, time.time())
+        shard.complete_and_claim([Completion(claim.row_id, claim.attempt, 4, "ValueError: a\x00b", "tb\x00",
+                                             time.time(), time.time())], "w", 0, 0.0, time.time())
+        [record] = shard.get_tasks([claim.row_id])
+        assert record.result == "ValueError: a\\x00b" and record.status == 4
+    finally:
+        backend.close()
+
+
+# -- connections -----------------------------------------------------------------------
+def test_killed_connections_are_reopened(pg_url, admin):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        shard.enqueue(new_tasks(2))
+        assert shard.count_ready() == 2  # opens the reader session
+        sessions = [shard._writer.backend_pid, shard._reader.backend_pid]
+        assert None not in sessions and len(set(sessions)) == 2
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (sessions,))
+        assert shard.count_ready() == 2  # a read reconnects
+        shard.enqueue(new_tasks(1))  # so does a write
+        assert shard.count_ready() == 3
+        assert {shard._writer.backend_pid, shard._reader.backend_pid}.isdisjoint(sessions)
+    finally:
+        backend.close()
+
+
+class _BreakAfterCommit:
+    """A connection whose next statement containing ``marker`` commits and then reports a
+    lost connection: the worst case, where the client cannot know whether it happened."""
+
+    def __init__(self, real, marker: str):
+        self.real = real
+        self.marker = marker
+        self.armed = True
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def execute(self, query, params=None):
+        cursor = self.real.execute(query, params)
+        if self.armed and self.marker in query:
+            self.armed = False
+            cursor.fetchall()
+            self.real.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return cursor
+
+
+def test_a_claim_whose_commit_is_unknown_is_given_back_then_retried(pg_url):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        shard.enqueue(new_tasks(3))
+        shard._writer.conn = _BreakAfterCommit(shard._writer.conn, "claimed AS")
+        _, claims = shard.complete_and_claim([], "w", 10, 30.0, time.time())
+        assert len(claims) == 3
+        assert {c.attempt for c in claims} == {1}  # the lost first claim was undone, not counted
+        assert shard.count_by_status() == {2: 3}
+    finally:
+        backend.close()
+
+
+def test_an_enqueue_whose_commit_is_unknown_is_not_stored_twice(pg_url):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        shard._writer.conn = _BreakAfterCommit(shard._writer.conn, "inserted AS")
+        ids = shard.enqueue(new_tasks(4))
+        assert len(ids) == 4 and shard.count_ready() == 4
+        assert [r.row_id for r in shard.get_tasks(ids)] == ids
+    finally:
+        backend.close()
+
+
+def test_purge_never_deletes_the_newest_row(pg_url):
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        ids = shard.enqueue(new_tasks(3))
+        now = time.time()
+        _, claims = shard.complete_and_claim([], "w", 3, 30.0, now)
+        shard.complete_and_claim([Completion(c.row_id, c.attempt, 3, "1", None, now, now) for c in claims],
+                                 "w", 0, 0.0, now)
+        assert shard.purge_ended(now + 1, 100) == 2
+        assert [r.row_id for r in shard.list_tasks(None, None, 10)] == [ids[-1]]
+        assert shard.enqueue(new_tasks(1))[0] > ids[-1]
+    finally:
+        backend.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_opens_its_own_connection(pg_url):
+    with MessageQueue(broker_url=pg_url) as mq:
+        mq.send("t", {})
+        parent_session = mq.engine.shards[0].session
+        pid = os.fork()
+        if pid == 0:  # child: must not reuse (or close) the parent's connection
+            code = 1
+            try:
+                mq.send("t", {})
+                code = 0 if mq.engine.shards[0].session != parent_session else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert mq.engine.shards[0].session == parent_session
+        assert mq.stats()["totals"]["NOT_STARTED"] == 2
+
+
+# -- the change feed -------------------------------------------------------------------
+def test_listen_wakes_on_another_process_write_but_not_on_its_own(pg_url):
+    watcher, writer = open_pg(pg_url), open_pg(pg_url)
+    try:
+        changes = threading.Event()
+        watcher.watch(changes.set)
+        wait_until(lambda: watcher.listening is not None and watcher.listening.is_set(), what="LISTEN")
+        changes.clear()
+        watcher.shards[0].enqueue(new_tasks(1))  # its own write: the engine rings its own bell
+        writer.shards[0].enqueue(new_tasks(1))
+        assert changes.wait(10), "no notification for another session's enqueue"
+        changes.clear()
+        _, [claim] = writer.shards[0].complete_and_claim([], "w", 1, 30.0, time.time())
+        assert not changes.is_set()  # a claim notifies nobody
+        writer.shards[0].complete_and_claim(
+            [Completion(claim.row_id, claim.attempt, 3, "1", None, time.time(), time.time())], "w", 0, 0.0,
+            time.time())
+        assert changes.wait(10), "no notification for a completion"
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def test_the_feed_reconnects_after_its_connection_is_killed(pg_url, admin):
+    watcher, writer = open_pg(pg_url), open_pg(pg_url)
+    try:
+        changes = threading.Event()
+        watcher.watch(changes.set)
+        wait_until(lambda: watcher.listening is not None and watcher.listening.is_set(), what="LISTEN")
+
+        listen = f'LISTEN "mqs_{schema_of(pg_url)}"'
+
+        def listener_sessions() -> list[int]:
+            return [r[0] for r in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query = %s AND datname = current_database()",
+                (listen,))]
+
+        wait_until(lambda: len(listener_sessions()) == 1, what="the listening session")
+        [old] = listener_sessions()
+        admin.execute("SELECT pg_terminate_backend(%s)", (old,))
+        wait_until(lambda: listener_sessions() not in ([], [old]), what="a new listening session")
+        wait_until(lambda: watcher.listening.is_set(), what="LISTEN again")
+        changes.clear()
+        writer.shards[0].enqueue(new_tasks(1))
+        assert changes.wait(10), "no notification after the reconnect"
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def test_an_idle_worker_in_another_queue_object_wakes_at_once(pg_url, monkeypatch):
+    """A worker and a sender in separate queue objects (as in separate processes): the
+    notification, not the idle re-check (made a minute here), brings the task to the worker."""
+    from message_queue_sqlite.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "IDLE_RECHECK_S", 60.0)
+    worker = MessageQueue(broker_url=pg_url, workers=1)
+    sender = MessageQueue(broker_url=pg_url)
+    try:
+        @worker.task
+        def echo(x):
+            return x
+
+        worker.start()
+        wait_until(lambda: worker.engine.backend.listening.is_set(), what="LISTEN")
+        for i in range(5):
+            assert sender.send("echo", {"x": i}).result(timeout=10) == i
+    finally:
+        sender.close()
+        worker.close()
+
+
+def test_notifications_name_their_writer_and_flag_scheduled_retries(pg_url):
+    """A queue object skips notifications of its own session (its engine already knows),
+    except those with payload '*': a retry it scheduled changes its workers' wake-up time."""
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        channel = f"mqs_{schema_of(pg_url)}"
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as listener:
+            listener.execute(f'LISTEN "{channel}"')
+
+            def next_note():
+                return next(listener.notifies(timeout=10, stop_after=1))
+
+            shard.enqueue(new_tasks(2))
+            note = next_note()
+            assert (note.pid, note.payload) == (shard.session, "")
+            now = time.time()
+            _, (first, second) = shard.complete_and_claim([], "w", 2, 30.0, now)
+            shard.complete_and_claim([Completion(first.row_id, first.attempt, 3, "1", None, now, now)],
+                                     "w", 0, 0.0, now)
+            assert next_note().payload == ""
+            shard.complete_and_claim([Completion(second.row_id, second.attempt, 6, "ValueError: x", None,
+                                                 now, now, run_after=now + 5)], "w", 0, 0.0, now)
+            assert next_note().payload == "*"
+        from message_queue_sqlite.backends.postgres.notify import ChangeListener
+
+        relevant = ChangeListener._relevant
+        fake = type("Fake", (), {"_own_sessions": lambda self: {4242}})()
+        assert not relevant(fake, 4242, "") and relevant(fake, 4242, "*") and relevant(fake, 7, "")
+    finally:
+        backend.close()
