@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env, wait_until
 
-from message_queue_sqlite import MessageQueue, TaskStatus
+from message_queue_sqlite import Config, MessageQueue, TaskStatus
 from message_queue_sqlite.cli.demo import write_seed_app
 
 PY = sys.executable
@@ -190,3 +190,38 @@ def test_forked_child_opens_its_own_connection(tmp_path):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert mq.stats()["totals"]["NOT_STARTED"] == 2
+
+
+def test_the_original_example_app_runs_unmodified_on_postgres(tmp_path):
+    """MQS_BROKER_URL moves the unmodified app to PostgreSQL."""
+    from conftest import POSTGRES_DSN, drop_pg_schema, pg_url_with_fresh_schema
+
+    if not POSTGRES_DSN:
+        if os.environ.get("MQS_REQUIRE_POSTGRES"):
+            pytest.fail("MQS_REQUIRE_POSTGRES is set but MQS_TEST_POSTGRES_DSN is not")
+        pytest.skip("PostgreSQL tests need MQS_TEST_POSTGRES_DSN")
+    url = pg_url_with_fresh_schema()
+    app = write_seed_app(tmp_path / "demo")
+    env = dict(subprocess_env(), MQS_BROKER_URL=url)
+    child = subprocess.Popen([PY, "main.py"], cwd=app, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        def callbacked() -> int:
+            try:
+                with MessageQueue(config=Config(broker_url=url)) as watcher:
+                    return watcher.stats()["totals"]["CALLBACKED"]
+            except Exception:
+                return 0  # the app has not created its schema yet
+
+        wait_until(lambda: callbacked() >= 200, timeout=60, what="200 callbacks on PostgreSQL")
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert not (app / "message_queue").exists()  # no SQLite file was made
+        with MessageQueue(config=Config(broker_url=url)) as mq:
+            totals = mq.stats()["totals"]
+        assert totals["RUNNING"] == 0 and out.count("{'task_id': ") == totals["CALLBACKED"]
+    finally:
+        if child.poll() is None:
+            child.kill()
+        drop_pg_schema(url)
