@@ -85,6 +85,7 @@ class SQLiteShard(Shard):
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = connect(path, durability)
         self._reader: sqlite3.Connection | None = connect(path, durability)
+        self._sent_here = False  # this object stored ready work since its last claim
 
     # -- connection and transactions -------------------------------------------------
     def _connection(self, reader: bool = False) -> sqlite3.Connection:
@@ -142,6 +143,7 @@ class SQLiteShard(Shard):
         rows = [(t.task_name, t.args, t.priority, 6 if t.run_after > now else 1, t.sender,
                  int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after, t.created_at)
                 for t in tasks]
+        self._sent_here = True
         with self._write("enqueue") as conn:
             if len(rows) == 1:
                 return [conn.execute(Q["enqueue"], rows[0]).lastrowid]
@@ -154,7 +156,8 @@ class SQLiteShard(Shard):
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
                            lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
-        if not completions:
+        hinted, self._sent_here = self._sent_here, False
+        if not completions and not hinted:  # a send through this object means work: no probe
             with self._read() as conn:
                 if not conn.execute(Q["probe_claimable"], (owner, now)).fetchone()[0]:
                     return rejected, []
@@ -175,6 +178,8 @@ class SQLiteShard(Shard):
                   owner: str) -> list[int]:
         rows = [(c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at, c.run_after,
                  c.started_at, owner) for c in completions]
+        if len(rows) == 1:
+            return [] if conn.execute(Q["complete"], rows[0]).rowcount else [rows[0][0]]
         conn.execute("SAVEPOINT complete")
         if conn.executemany(Q["complete"], rows).rowcount == len(rows):
             conn.execute("RELEASE complete")
