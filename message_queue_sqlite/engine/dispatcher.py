@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 Callback = Callable[[dict[str, Any]], Any]
 FALLBACK_POLL_S = 0.1
 MIN_POLL_INTERVAL_S = 0.0005  # a burst of change events costs one storage poll
+MAX_POLL_INTERVAL_S = 0.005  # while polls only find what local workers already deliver
 FETCH_LIMIT = 1000
 
 
@@ -61,6 +62,7 @@ class OutcomeDispatcher:
         self._busy = False
         self._closing = False
         self._last_poll = 0.0
+        self._poll_interval = MIN_POLL_INTERVAL_S
         self._waited: set[str] = set()  # tasks someone waits on without a callback
         self._thread: threading.Thread | None = None
 
@@ -189,8 +191,8 @@ class OutcomeDispatcher:
                     return
                 since = time.monotonic() - self._last_poll
                 poll = self._remote > 0 and (self._changed or since >= FALLBACK_POLL_S)
-                if poll and since < MIN_POLL_INTERVAL_S and not self._inbox:
-                    self._lock.wait(MIN_POLL_INTERVAL_S - since)  # collapse a burst of events
+                if poll and since < self._poll_interval and not self._inbox:
+                    self._lock.wait(self._poll_interval - since)  # collapse a burst of events
                 self._changed = False
                 batch = list(self._inbox)
                 self._inbox.clear()
@@ -219,18 +221,27 @@ class OutcomeDispatcher:
                 if entry is not None and not entry.local and entry.outcome is None:
                     shard, row_id = parse_task_id(task_id)
                     wanted[shard].append(row_id)
+        seen = useful = 0
         for shard in self._shards:
             ended = shard.outcome_row_ids(self._node, FETCH_LIMIT)
+            seen += len(ended)
             with self._lock:
                 for row_id in ended:
                     entry = self._pending.get(format_task_id(shard.index, row_id))
                     if entry is not None and not entry.local and entry.callback is not None:
                         wanted[shard.index].append(row_id)
+                        useful += 1
             ids = wanted.get(shard.index)
             if ids:
                 for record in shard.get_tasks(ids):
                     if TaskStatus(record.status).is_terminal:
                         found.append((outcome_from_record(record), shard.index, record.row_id))
+        # Rows our own workers ended (delivered in memory, marked soon) are all a poll found:
+        # poll less often. Anything run elsewhere brings the interval straight back down.
+        if seen and not useful:
+            self._poll_interval = min(MAX_POLL_INTERVAL_S, self._poll_interval * 2)
+        else:
+            self._poll_interval = MIN_POLL_INTERVAL_S
         return found
 
     def _run_callbacks(self, batch: list[tuple[TaskOutcome, int, int]]) -> None:
