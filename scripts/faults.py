@@ -1,0 +1,844 @@
+#!/usr/bin/env python3
+"""Fault-injection runner: SIGKILL, SIGTERM and SIGSTOP workers and senders at random
+moments, then check from the queue files themselves that no accepted task was lost or left
+stuck and that every repeated execution is explained by a lease expiry.
+
+    python scripts/faults.py --short          # two scenarios (1 and 3 shards), < 60 s
+    python scripts/faults.py                  # long mode: 1 and 4 shards, about 4 minutes
+    python scripts/faults.py --shards 2 --workers 4 --senders 3 --tasks 2000 --kills 80
+
+Each scenario uses a fresh queue folder, starts worker processes (the package's CLI
+``worker`` serving ``scripts/fault_tasks.py``, whose task appends ``KEY PID NONCE`` to a
+per-process log, O_APPEND + fsync, before it returns) and sender processes (this script's
+``_sender``: it writes each task id to its accepted file only after send returned, and
+when restarted sends the rest under new keys). Faults come at random moments: SIGKILL of
+any process (restarted after a random delay), SIGTERM of a worker (graceful stop,
+sometimes a second signal), SIGSTOP of any process for 0.5-4 leases (then SIGCONT). With
+one shard (or --cold-start) the processes create the queue file themselves. When the
+faults stop, ended processes restart, the senders finish, the workers drain (deadline),
+stop gracefully, and the check reads the shard files and the logs:
+
+* lost: ids whose send returned that are not FINISHED/FAILED/CALLBACKED (or not stored);
+* stuck: rows still NOT_STARTED / RUNNING / SCHEDULED at the end (any sender's);
+* duplicate executions (beyond 1 per task, or 1 + retries for the always-failing ones),
+  and unexplained ones: more executions than claims (``attempts``), or a repeat on a row
+  with no lease expiry (``crashes = 0``) and no extra claim (``attempts <= expected``);
+* bad outcomes: a recorded result that no logged execution produced, a task id whose row
+  holds another task, an ok task FAILED other than by the crash limit, a failing task
+  FINISHED;
+* errors: a send that raised (e.g. "database is locked" reaching a user), a process that
+  exited on its own or printed a traceback / ERROR, a graceful stop that hung or left
+  tasks RUNNING under its lease.
+
+It prints one line per scenario (and notes on what went wrong), then ONE verdict line:
+``faults: sent=N accepted=N finished=N failed=N lost=0 stuck=0 duplicate_executions=N
+unexplained_duplicates=0 kills=N shards=1,3 ... verdict=PASS``; it exits 1 unless the run
+passed, keeping the run folder (events.log, logs/, exec/, state/, queue/) as evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+TASK_PACKAGE = "fault_tasks"
+TASK_NAME = "fault_work"
+END_STATES = (3, 4, 5)  # FINISHED, FAILED, CALLBACKED
+WAITING_STATES = (1, 2, 6)  # NOT_STARTED, RUNNING, SCHEDULED
+STATUS_NAMES = {1: "NOT_STARTED", 2: "RUNNING", 3: "FINISHED", 4: "FAILED", 5: "CALLBACKED",
+                6: "SCHEDULED"}
+SENDER_ERROR_EXIT = 3
+CRASH_LIMIT_TEXT = "crash limit reached"
+TICK_S = 0.02  # how often the supervisor looks at its processes
+MAX_FAILURES_IN_A_ROW = 5  # a process that fails this often in a row is not restarted again
+MAX_NOTES = 25
+LOG_MARKERS = ("database is locked", "Traceback", " ERROR ", "CRITICAL")
+
+
+def _pause(seconds: float) -> None:
+    """A random delay (kill timing, pacing); never used to wait for work."""
+    if seconds > 0:
+        threading.Event().wait(seconds)
+
+
+def wait_for(condition: Any, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` seconds pass; True if it became true."""
+    deadline = time.monotonic() + timeout
+    event = threading.Event()
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        event.wait(interval)
+
+
+def _append(fd: int, text: str, sync: bool) -> None:
+    os.write(fd, text.encode())
+    if sync:
+        os.fsync(fd)
+
+
+# ---------------------------------------------------------------------------------------
+# The sender process
+# ---------------------------------------------------------------------------------------
+
+def sender_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="faults.py _sender")
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--shards", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--generation", type=int, required=True)
+    parser.add_argument("--first", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--pace", type=float, default=0.0, help="mean seconds between sends")
+    parser.add_argument("--state", required=True, help="folder of the accepted/attempt files")
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    from message_queue_sqlite import MessageQueue
+
+    rng = random.Random(args.seed * 1000 + args.index * 100 + args.generation)
+    accepted_path = os.path.join(args.state, f"accepted-{args.index}.txt")
+    done: set[int] = set()
+    if os.path.exists(accepted_path):
+        with open(accepted_path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and line.endswith("\n"):
+                    done.add(int(parts[0]))
+    todo = [seq for seq in range(args.first, args.first + args.count) if seq not in done]
+    accepted = os.open(accepted_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    attempted = os.open(os.path.join(args.state, f"attempted-{args.index}.txt"),
+                        os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    mq = MessageQueue(args.path, shards=args.shards)
+    position = 0
+    try:
+        while position < len(todo):
+            size = 1 if rng.random() < 0.8 else rng.randint(2, 8)
+            batch = todo[position:position + size]
+            tasks = [(seq, f"s{args.index}.{seq}.g{args.generation}", _task_plan(rng, args.log_dir))
+                     for seq in batch]
+            for _seq, key, kwargs in tasks:
+                kwargs["key"] = key
+            _append(attempted, "".join(f"{seq} {key}\n" for seq, key, _ in tasks), sync=False)
+            if len(tasks) == 1 or any(kwargs["fail"] for _, _, kwargs in tasks):
+                handles = [mq.send(TASK_NAME, kwargs, retries=1 if kwargs["fail"] else None)
+                           for _, _, kwargs in tasks]
+            else:
+                handles = mq.send_many([(TASK_NAME, kwargs) for _, _, kwargs in tasks])
+            # Only now, after send returned (committed), is the task accepted.
+            _append(accepted, "".join(f"{seq} {key} {h.task_id}\n"
+                                      for (seq, key, _), h in zip(tasks, handles, strict=True)), sync=True)
+            position += len(batch)
+            _pause(rng.uniform(0, 2 * args.pace))
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(SENDER_ERROR_EXIT)
+    mq.close()
+    return 0
+
+
+def _task_plan(rng: random.Random, log_dir: str) -> dict[str, Any]:
+    draw = rng.random()
+    if draw < 0.03:
+        return {"seconds": rng.uniform(0.001, 0.02), "log_dir": log_dir, "fail": True}
+    if draw < 0.08:  # longer than the lease: must be renewed, often killed mid-run
+        seconds = rng.uniform(0.8, 2.5)
+    elif draw < 0.23:
+        seconds = rng.uniform(0.05, 0.4)
+    else:
+        seconds = rng.uniform(0.002, 0.03)
+    plan = {"seconds": round(seconds, 4), "log_dir": log_dir, "fail": False}
+    if rng.random() < 0.1:  # more work after the side effect: a kill then causes a duplicate
+        plan["after"] = round(rng.uniform(0.05, 0.5), 4)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# The supervisor
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Settings:
+    shards: list[int]
+    workers: int
+    threads: int
+    senders: int
+    tasks: int
+    kills: int
+    chaos_seconds: float
+    visibility_timeout: float
+    drain_timeout: float
+    finish_timeout: float
+    sigterm_share: float
+    sigstop_share: float
+    cold_start: bool
+    seed: int
+    keep: bool
+    root: str | None
+
+
+@dataclasses.dataclass
+class Proc:
+    role: str  # "worker" or "sender"
+    index: int
+    generation: int
+    popen: subprocess.Popen
+    started: float
+    log_path: str
+    terms: int = 0
+    term_deadline: float | None = None
+    second_term_at: float | None = None
+    paused_until: float | None = None
+    killed: bool = False
+
+
+@dataclasses.dataclass
+class Result:
+    shards: int
+    sent: int = 0
+    accepted: int = 0
+    stored: int = 0
+    finished: int = 0
+    failed: int = 0
+    crash_failed: int = 0
+    crash_failed_never_ran: int = 0
+    lost: int = 0
+    stuck: int = 0
+    executions: int = 0
+    duplicate_executions: int = 0
+    unexplained_duplicates: int = 0
+    bad_outcomes: int = 0
+    errors: int = 0
+    kills: int = 0
+    sigkills: int = 0
+    sigterms: int = 0
+    sigstops: int = 0
+    restarts: int = 0
+    seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.stuck or self.unexplained_duplicates or self.bad_outcomes
+                    or self.errors)
+
+    def note(self, text: str) -> None:
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(text)
+        elif len(self.notes) == MAX_NOTES:
+            self.notes.append("... (more in events.log)")
+
+
+class Scenario:
+    def __init__(self, settings: Settings, shards: int, folder: str, rng: random.Random):
+        self.s = settings
+        self.shards = shards
+        self.folder = folder
+        self.queue = os.path.join(folder, "queue")
+        self.state = os.path.join(folder, "state")
+        self.exec_dir = os.path.join(folder, "exec")
+        self.proc_logs = os.path.join(folder, "logs")
+        for path in (self.queue, self.state, self.exec_dir, self.proc_logs):
+            os.makedirs(path, exist_ok=True)
+        self.rng = rng
+        # one shard (or --cold-start): every process races to create the queue files
+        self.cold = shards == 1 or settings.cold_start
+        self.result = Result(shards)
+        self.procs: list[Proc] = []
+        self.pending_restarts: list[tuple[float, str, int]] = []
+        self.generations: Counter[tuple[str, int]] = Counter()
+        self.senders_done: set[int] = set()
+        self.failures: Counter[tuple[str, int]] = Counter()  # failed runs in a row
+        self.gave_up: set[tuple[str, int]] = set()
+        self.conns: list[sqlite3.Connection] = []
+        self.nodes: dict[int, set[str]] = defaultdict(set)  # pid -> queue node ids (from mqs_nodes)
+        self.next_node_poll = 0.0
+        self.events = open(os.path.join(folder, "events.log"), "a", encoding="utf-8")  # noqa: SIM115
+        self.t0 = time.monotonic()
+        self.chaos = True  # phase 1: faults are injected, ended processes restart after a while
+        self.finishing = False  # phase 2: ended processes restart at once
+        shares = [settings.tasks // settings.senders] * settings.senders
+        for i in range(settings.tasks % settings.senders):
+            shares[i] += 1
+        self.ranges = []
+        first = 0
+        for share in shares:
+            self.ranges.append((first, share))
+            first += share
+        self.pace = max(0.0, 0.7 * settings.chaos_seconds * settings.senders / max(1, settings.tasks))
+
+    # -- processes -------------------------------------------------------------------
+    def log(self, text: str) -> None:
+        self.events.write(f"{time.monotonic() - self.t0:8.3f} {text}\n")
+        self.events.flush()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH"), str(REPO)] if p)
+        env.pop("MQS_BROKER_URL", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def spawn(self, role: str, index: int) -> Proc:
+        generation = self.generations[(role, index)]
+        self.generations[(role, index)] += 1
+        log_path = os.path.join(self.proc_logs, f"{role}-{index}-g{generation}.log")
+        if role == "worker":
+            cmd = [sys.executable, "-m", "message_queue_sqlite", "worker", TASK_PACKAGE,
+                   "--path", self.queue, "--workers", str(self.s.threads),
+                   "--visibility-timeout", str(self.s.visibility_timeout),
+                   "--drain-timeout", str(self.s.drain_timeout)]
+            cwd = str(SCRIPTS)
+        else:
+            first, count = self.ranges[index]
+            pace = self.pace if self.chaos else 0.0
+            cmd = [sys.executable, str(Path(__file__).resolve()), "_sender", "--path", self.queue,
+                   "--shards", str(self.shards), "--index", str(index),
+                   "--generation", str(generation), "--first", str(first), "--count", str(count),
+                   "--pace", f"{pace:.5f}", "--state", self.state, "--log-dir", self.exec_dir,
+                   "--seed", str(self.s.seed + self.shards)]
+            cwd = str(REPO)
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(cmd, cwd=cwd, env=self.env(), stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=subprocess.STDOUT)
+        proc = Proc(role, index, generation, popen, time.monotonic(), log_path)
+        self.procs.append(proc)
+        self.log(f"start {role}-{index} g{generation} pid={popen.pid}")
+        return proc
+
+    def live(self, role: str | None = None) -> list[Proc]:
+        return [p for p in self.procs if p.popen.poll() is None and (role is None or p.role == role)]
+
+    def signal(self, proc: Proc, signum: int) -> None:
+        try:
+            os.kill(proc.popen.pid, signum)
+        except ProcessLookupError:
+            return
+        self.log(f"signal {signal.Signals(signum).name} {proc.role}-{proc.index} pid={proc.popen.pid}")
+
+    def inject(self) -> None:
+        """One fault: SIGKILL a random process, SIGTERM a worker (sometimes twice), or freeze
+        a process with SIGSTOP for a while (longer than a lease, maybe holding the write lock)."""
+        candidates = [p for p in self.live() if p.paused_until is None]
+        if not candidates:
+            return
+        weights = [3.0 if p.role == "worker" else 1.5 for p in candidates]
+        victim = self.rng.choices(candidates, weights)[0]
+        self.result.kills += 1
+        draw = self.rng.random()
+        if victim.role == "worker" and victim.terms == 0 and draw < self.s.sigterm_share:
+            self.result.sigterms += 1
+            victim.terms = 1
+            self.signal(victim, signal.SIGTERM)
+            victim.term_deadline = time.monotonic() + self.s.drain_timeout + 15.0
+            if self.rng.random() < 0.3:  # a second signal: stop at once
+                victim.second_term_at = time.monotonic() + self.rng.uniform(0.0, self.s.drain_timeout)
+        elif draw > 1.0 - self.s.sigstop_share:
+            self.result.sigstops += 1
+            pause = self.rng.uniform(0.5, 4.0) * self.s.visibility_timeout
+            victim.paused_until = time.monotonic() + pause
+            if victim.term_deadline is not None:
+                victim.term_deadline += pause
+            self.signal(victim, signal.SIGSTOP)
+        else:
+            self.result.sigkills += 1
+            victim.killed = True
+            self.signal(victim, signal.SIGKILL)
+
+    def resume(self, proc: Proc) -> None:
+        proc.paused_until = None
+        self.signal(proc, signal.SIGCONT)
+
+    def ensure_conns(self) -> bool:
+        """Open the runner's read connections once every shard file has been created (by the
+        workers and senders themselves on a cold start); never create a file here."""
+        if self.conns:
+            return True
+        paths = [os.path.join(self.queue, f"mq-shard-{i}.db") for i in range(self.shards)]
+        if not all(os.path.exists(p) and os.path.getsize(p) > 0 for p in paths):
+            return False
+        conns = [sqlite3.connect(p, timeout=30) for p in paths]
+        try:
+            for conn in conns:
+                conn.execute("SELECT count(*) FROM mqs_tasks JOIN mqs_nodes ON 0").fetchone()
+        except sqlite3.DatabaseError:  # still being created or migrated
+            for conn in conns:
+                conn.close()
+            return False
+        self.conns = conns
+        return True
+
+    def poll_nodes(self) -> None:
+        """Learn which queue node (lease owner) each worker process is, while it lives."""
+        now = time.monotonic()
+        if now < self.next_node_poll or not self.ensure_conns():
+            return
+        self.next_node_poll = now + 0.2
+        for conn in self.conns:
+            for node, pid in conn.execute("SELECT node_id, pid FROM mqs_nodes"):
+                self.nodes[pid].add(node)
+
+    def leases_left_by(self, pid: int) -> int:
+        nodes = sorted(self.nodes.get(pid, ()))
+        if not nodes or not self.ensure_conns():
+            return 0
+        marks = ",".join("?" * len(nodes))
+        return sum(c.execute(f"SELECT count(*) FROM mqs_tasks WHERE status = 2 AND lease_owner IN ({marks})",
+                             nodes).fetchone()[0] for c in self.conns)
+
+    def reap(self) -> None:
+        """Handle processes that ended; schedule restarts; enforce graceful-stop deadlines."""
+        self.poll_nodes()
+        now = time.monotonic()
+        for proc in list(self.procs):
+            code = proc.popen.poll()
+            if code is None:
+                if proc.paused_until is not None and (now >= proc.paused_until or not self.chaos):
+                    self.resume(proc)
+                if proc.second_term_at is not None and now >= proc.second_term_at:
+                    proc.second_term_at = None
+                    proc.terms += 1
+                    self.signal(proc, signal.SIGTERM)
+                if proc.term_deadline is not None and now > proc.term_deadline:
+                    self.error(f"{proc.role}-{proc.index} pid={proc.popen.pid} did not stop within "
+                               f"{self.s.drain_timeout + 15:.0f} s of SIGTERM (hung graceful stop); killed")
+                    proc.term_deadline = None
+                    proc.killed = True
+                    self.signal(proc, signal.SIGKILL)
+                continue
+            self.procs.remove(proc)
+            self.log(f"exit {proc.role}-{proc.index} pid={proc.popen.pid} code={code}")
+            self.ended(proc, code, now)
+        due = [r for r in self.pending_restarts if r[0] <= now]
+        for item in due:
+            self.pending_restarts.remove(item)
+            self.result.restarts += 1
+            self.spawn(item[1], item[2])
+
+    def ended(self, proc: Proc, code: int, now: float) -> None:
+        """Judge how a process ended (once, with its log's tail if wrong); restart it if due."""
+        name = f"{proc.role}-{proc.index} pid={proc.popen.pid}"
+        allowed = {0} if proc.role == "sender" or proc.terms else set()
+        if proc.terms:
+            allowed.add(-signal.SIGTERM)  # a SIGTERM that came before the handler was set
+        if proc.killed:
+            allowed.add(-signal.SIGKILL)
+        problems = []
+        if code == SENDER_ERROR_EXIT and proc.role == "sender":
+            problems.append("a send raised")
+        elif code not in allowed:
+            problems.append(f"exited with code {code}")
+        text = Path(proc.log_path).read_text(errors="replace") if os.path.exists(proc.log_path) else ""
+        marker = next((m for m in LOG_MARKERS if m in text), None)
+        if marker and not problems:
+            problems.append(f"printed {marker.strip()!r}")
+        if proc.role == "worker" and code == 0:
+            left = self.leases_left_by(proc.popen.pid)
+            if left:
+                problems.append(f"stopped gracefully (exit 0) but left {left} task(s) RUNNING under its "
+                                "lease (they wait for the lease to expire and count as a crash)")
+        key = (proc.role, proc.index)
+        if problems:
+            self.failures[key] += 1
+            self.error(f"{name} {'; '.join(problems)}", text)
+        else:
+            self.failures[key] = 0
+        if proc.role == "sender" and code == 0:
+            self.senders_done.add(proc.index)
+            return
+        if not (self.chaos or self.finishing):
+            return
+        if self.failures[key] >= MAX_FAILURES_IN_A_ROW:
+            self.gave_up.add(key)
+            self.result.note(f"gave up restarting {proc.role}-{proc.index} after "
+                             f"{MAX_FAILURES_IN_A_ROW} failed runs in a row")
+            return
+        delay = self.rng.uniform(0.05, 0.6) if self.chaos else 0.0
+        self.pending_restarts.append((now + delay, proc.role, proc.index))
+
+    def error(self, text: str, log_text: str = "") -> None:
+        self.result.errors += 1
+        self.log("ERROR " + text)
+        if log_text.strip():
+            text += "\n      " + log_text.strip()[-900:].replace("\n", "\n      ")
+        self.result.note("ERROR " + text)
+
+    # -- the run ---------------------------------------------------------------------
+    def run(self) -> Result:
+        started = time.monotonic()
+        if self.cold:
+            self.log("cold start: workers and senders create the queue file themselves")
+        else:  # a worker serves the shard files present when it starts: create them all first
+            self.create_files()
+        for index in range(self.s.workers):
+            self.spawn("worker", index)
+        if self.s.cold_start:  # workers first, as a deployment would: then the senders
+            def banners() -> bool:
+                return all(Path(p.log_path).exists() and b"worker:" in Path(p.log_path).read_bytes()
+                           for p in self.live("worker"))
+
+            if not wait_for(banners, 30.0):
+                self.result.note("cold start: the workers did not all start within 30 s")
+        for index in range(self.s.senders):
+            self.spawn("sender", index)
+        # Phase 1: faults at random moments while tasks flow.
+        gap = self.s.chaos_seconds / max(1, self.s.kills)
+        next_fault = time.monotonic() + self.rng.uniform(0, 2 * gap)
+        tick = threading.Event()
+        while self.result.kills < self.s.kills:
+            self.reap()
+            if time.monotonic() >= next_fault:
+                self.inject()
+                next_fault = time.monotonic() + self.rng.uniform(0, 2 * gap)
+            tick.wait(TICK_S)
+        self.chaos = False
+        self.finishing = True
+        self.log("faults stopped")
+        for proc in self.live():
+            if proc.paused_until is not None:
+                self.resume(proc)
+        # Phase 2: restart whatever is down, let the senders finish and the workers drain.
+        restarts, self.pending_restarts = self.pending_restarts, []
+        for _, role, index in restarts:
+            self.result.restarts += 1
+            self.spawn(role, index)
+        def settled() -> bool:
+            self.reap()
+            # a sender given up on never sends the rest: the check reports it as an error
+            gave_up = {i for role, i in self.gave_up if role == "sender"}
+            if len(self.senders_done | gave_up) < self.s.senders:
+                return False
+            return self.ensure_conns() and self.waiting_rows(self.conns) == 0
+
+        if not wait_for(settled, self.s.finish_timeout, TICK_S):
+            waiting = self.waiting_rows(self.conns) if self.ensure_conns() else "?"
+            self.result.note(f"the queue did not settle within {self.s.finish_timeout:.0f} s: "
+                             f"{self.s.senders - len(self.senders_done)} sender(s) unfinished, "
+                             f"{waiting} row(s) waiting")
+        # Phase 3: graceful stop of every process, with a deadline.
+        self.finishing = False
+        self.log("stopping")
+        for proc in self.live():
+            if proc.role == "sender":
+                proc.killed = True
+                self.signal(proc, signal.SIGKILL)
+            else:
+                proc.terms = 1
+                proc.term_deadline = time.monotonic() + self.s.drain_timeout + 15.0
+                self.signal(proc, signal.SIGTERM)
+        wait_for(lambda: (self.reap(), not self.procs)[1], self.s.drain_timeout + 20.0, TICK_S)
+        for proc in list(self.procs):
+            proc.killed = True
+            self.signal(proc, signal.SIGKILL)
+            proc.popen.wait()
+        self.reap()
+        for conn in self.conns:
+            conn.close()
+        self.conns = []
+        # Phase 4: the verdict, from the files.
+        self.check()
+        self.result.seconds = time.monotonic() - started
+        self.events.close()
+        return self.result
+
+    def create_files(self) -> None:
+        from message_queue_sqlite import MessageQueue
+
+        MessageQueue(self.queue, shards=self.shards).close()
+
+    def open_shards(self) -> list[sqlite3.Connection]:
+        return [sqlite3.connect(os.path.join(self.queue, f"mq-shard-{i}.db"), timeout=30)
+                for i in range(self.shards)]
+
+    @staticmethod
+    def waiting_rows(conns: list[sqlite3.Connection]) -> int:
+        marks = ",".join("?" * len(WAITING_STATES))
+        return sum(c.execute(f"SELECT count(*) FROM mqs_tasks WHERE status IN ({marks})",
+                             WAITING_STATES).fetchone()[0] for c in conns)
+
+    # -- checking --------------------------------------------------------------------
+    def check(self) -> None:
+        r = self.result
+        rows: dict[str, dict[str, Any]] = {}
+        now = time.time()
+        missing = [i for i in range(self.shards)
+                   if not os.path.exists(os.path.join(self.queue, f"mq-shard-{i}.db"))]
+        if missing:
+            r.errors += 1
+            r.note(f"shard file(s) {missing} were never created")
+            return
+        conns = self.open_shards()
+        try:
+            for shard, conn in enumerate(conns):
+                conn.row_factory = sqlite3.Row
+                for row in conn.execute("SELECT * FROM mqs_tasks"):
+                    record = dict(row)
+                    record["shard"] = shard
+                    # A task's public id is "<shard>-<row id>" (older schemas: a task_id column).
+                    task_id = record.get("task_id") or f"{shard}-{record['id']}"
+                    if task_id in rows:
+                        r.bad_outcomes += 1
+                        r.note(f"task id {task_id} stored twice")
+                    rows[task_id] = record
+        finally:
+            for conn in conns:
+                conn.close()
+        r.stored = len(rows)
+
+        # What the senders tried and what they were told was stored.
+        accepted: dict[str, str] = {}  # task_id -> key
+        for index in range(self.s.senders):
+            r.sent += _count_lines(os.path.join(self.state, f"attempted-{index}.txt"))
+            path = os.path.join(self.state, f"accepted-{index}.txt")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) == 3:
+                            accepted[parts[2]] = parts[1]
+        r.accepted = len(accepted)
+        seqs_done = {key.rsplit(".", 1)[0] for key in accepted.values()}
+        if len(seqs_done) != self.s.tasks:
+            r.errors += 1
+            r.note(f"senders accepted {len(seqs_done)} distinct tasks of {self.s.tasks}")
+
+        # What the workers executed.
+        executions: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+        for name in os.listdir(self.exec_dir):
+            with open(os.path.join(self.exec_dir, name), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) != 4 or not line.endswith("\n"):
+                        r.note(f"torn execution log line in {name}: {line!r}")
+                        continue
+                    executions[parts[0]].append((parts[1], parts[2], parts[3]))
+        r.executions = sum(len(v) for v in executions.values())
+
+        keys_stored: set[str] = set()
+        for task_id, row in rows.items():
+            args = json.loads(row["args"] or "{}")
+            key = args.get("key", "?")
+            keys_stored.add(key)
+            status = row["status"]
+            ended = status in END_STATES
+            outcome = row["outcome"] if status == 5 else status
+            runs = executions.get(key, [])
+            is_accepted = task_id in accepted
+            where = (f"task {task_id} key={key} shard={row['shard']} status={STATUS_NAMES.get(status)} "
+                     f"attempts={row['attempts']} crashes={row['crashes']} max_retries={row['max_retries']} "
+                     f"executions={len(runs)}")
+            if is_accepted and accepted[task_id] != key:
+                r.bad_outcomes += 1
+                r.note(f"{where}: the sender recorded key {accepted[task_id]}")
+            if not ended:
+                r.stuck += 1
+                lease = ""
+                if status == 2:
+                    live = row["lease_expires"] is not None and row["lease_expires"] > now
+                    owner_pid = [pid for pid, nodes in self.nodes.items() if row["lease_owner"] in nodes]
+                    lease = (f" lease_owner={row['lease_owner']} (pid {owner_pid or '?'}) lease "
+                             f"{'live' if live else 'expired'} ({(row['lease_expires'] or 0) - now:+.1f} s)")
+                r.note(f"STUCK {where}{lease}{'' if is_accepted else ' (not accepted)'}")
+                if is_accepted:
+                    r.lost += 1
+                continue
+            if is_accepted:
+                if outcome == 3:
+                    r.finished += 1
+                elif outcome == 4:
+                    r.failed += 1
+            crash_failed = outcome == 4 and CRASH_LIMIT_TEXT in (row["result"] or "")
+            if crash_failed:
+                r.crash_failed += 1
+                if not runs:
+                    r.crash_failed_never_ran += 1
+            # Duplicates: executions beyond what the task legitimately needs.
+            expected = row["max_retries"] + 1 if args.get("fail") else 1
+            extra = max(0, len(runs) - expected)
+            r.duplicate_executions += extra
+            if len(runs) > row["attempts"]:
+                r.unexplained_duplicates += len(runs) - row["attempts"]
+                r.note(f"UNEXPLAINED {where}: more executions than claims")
+            elif extra and row["crashes"] == 0 and row["attempts"] <= expected:
+                r.unexplained_duplicates += extra
+                r.note(f"UNEXPLAINED {where}: repeated with no lease expiry")
+            # The one recorded outcome must be one that a logged execution produced.
+            nonces = {nonce for _, nonce, _ in runs}
+            if crash_failed:
+                continue
+            if outcome == 3:
+                result = json.loads(row["result"]) if row["result"] else None
+                if args.get("fail"):
+                    r.bad_outcomes += 1
+                    r.note(f"BAD {where}: a task that always fails is FINISHED")
+                elif result not in nonces:
+                    r.bad_outcomes += 1
+                    r.note(f"BAD {where}: result {result!r} comes from no logged execution")
+            elif outcome == 4:
+                message = row["result"] or ""
+                if not args.get("fail"):
+                    r.bad_outcomes += 1
+                    r.note(f"BAD {where}: FAILED: {message[:200]}")
+                elif not any(f"nonce={n}" in message for n in nonces):
+                    r.bad_outcomes += 1
+                    r.note(f"BAD {where}: error {message[:80]!r} comes from no logged execution")
+        for task_id, key in accepted.items():
+            if task_id not in rows:
+                r.lost += 1
+                r.note(f"LOST task {task_id} key={key}: accepted but not in any shard file")
+        phantom = set(executions) - keys_stored
+        if phantom:
+            r.bad_outcomes += len(phantom)
+            r.note(f"executions of {len(phantom)} key(s) that no row holds, e.g. {sorted(phantom)[:3]}")
+
+    def line(self) -> str:
+        r = self.result
+        return (f"scenario shards={r.shards}: sent={r.sent} accepted={r.accepted} stored={r.stored} "
+                f"finished={r.finished} failed={r.failed} crash_failed={r.crash_failed} "
+                f"crash_failed_never_ran={r.crash_failed_never_ran} lost={r.lost} stuck={r.stuck} "
+                f"executions={r.executions} duplicate_executions={r.duplicate_executions} "
+                f"unexplained_duplicates={r.unexplained_duplicates} bad_outcomes={r.bad_outcomes} "
+                f"errors={r.errors} kills={r.kills} (sigkill={r.sigkills} sigterm={r.sigterms} "
+                f"sigstop={r.sigstops}) "
+                f"restarts={r.restarts} seconds={r.seconds:.1f} {'PASS' if r.ok else 'FAIL'}")
+
+
+def _count_lines(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.endswith("\n"))
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+SHORT = {"shards": "1,3", "workers": 3, "threads": 3, "senders": 3, "tasks": 240, "kills": 20,
+         "chaos_seconds": 8.0, "finish_timeout": 15.0}
+LONG = {"shards": "1,4", "workers": 4, "threads": 3, "senders": 4, "tasks": 4000, "kills": 150,
+        "chaos_seconds": 120.0, "finish_timeout": 120.0}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", action="store_true",
+                        help="the quick run the tests use: 1 and 3 shards, under a minute")
+    parser.add_argument("--shards", help="shard counts, one scenario each, e.g. 1,4 "
+                        f"(short: {SHORT['shards']}, long: {LONG['shards']})")
+    parser.add_argument("--workers", type=int, help="worker processes")
+    parser.add_argument("--threads", type=int, help="worker threads per worker process")
+    parser.add_argument("--senders", type=int, help="sender processes")
+    parser.add_argument("--tasks", type=int, help="tasks per scenario")
+    parser.add_argument("--kills", type=int, help="faults (SIGKILL/SIGTERM/SIGSTOP) per scenario")
+    parser.add_argument("--chaos-seconds", type=float, help="about how long the faults go on")
+    parser.add_argument("--finish-timeout", type=float,
+                        help="seconds the workers get to finish after the faults stop")
+    parser.add_argument("--visibility-timeout", type=float, default=1.5, help="lease seconds")
+    parser.add_argument("--drain-timeout", type=float, default=1.0,
+                        help="seconds a worker's graceful stop waits for running tasks")
+    parser.add_argument("--sigterm-share", type=float, default=0.15,
+                        help="share of worker faults that are SIGTERM instead of SIGKILL")
+    parser.add_argument("--sigstop-share", type=float, default=0.1,
+                        help="share of faults that freeze a worker or sender (SIGSTOP, then SIGCONT "
+                        "after 0.5-4 leases: its leases expire while it may hold the write lock)")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="let the workers and senders create the shard files themselves in every "
+                        "scenario (default: only with 1 shard; a worker serves only the files present "
+                        "when it starts)")
+    parser.add_argument("--seed", type=int, help="random seed (printed; reuse it to replay)")
+    parser.add_argument("--dir", help="parent folder of the run folder (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the run folder even when it passes")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    base = SHORT if args.short else LONG
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return base[name] if value is None else value
+
+    shards = [int(x) for x in str(pick("shards")).split(",") if x.strip()]
+    if not shards or min(shards) < 1:
+        raise SystemExit("--shards needs counts >= 1, e.g. 1,4")
+    return Settings(shards=shards, workers=pick("workers"), threads=pick("threads"),
+                    senders=pick("senders"), tasks=pick("tasks"), kills=pick("kills"),
+                    chaos_seconds=pick("chaos_seconds"), visibility_timeout=args.visibility_timeout,
+                    drain_timeout=args.drain_timeout, finish_timeout=pick("finish_timeout"),
+                    sigterm_share=args.sigterm_share, sigstop_share=args.sigstop_share,
+                    cold_start=args.cold_start,
+                    seed=args.seed if args.seed is not None else random.randrange(1 << 30),
+                    keep=args.keep, root=args.dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_sender":
+        return sender_main(argv[1:])
+    settings = settings_from(build_parser().parse_args(argv))
+    sys.path.insert(0, str(REPO))
+    folder = tempfile.mkdtemp(prefix="mqs-faults-", dir=settings.root)
+    started = time.monotonic()
+    print(f"faults: run folder {folder}, seed {settings.seed}", flush=True)
+    results: list[Result] = []
+    for number, shards in enumerate(settings.shards):
+        scenario = Scenario(settings, shards, os.path.join(folder, f"shards-{shards}-{number}"),
+                            random.Random(settings.seed * 31 + number))
+        try:
+            result = scenario.run()
+        except BaseException:
+            for proc in scenario.procs:
+                if proc.popen.poll() is None:
+                    proc.popen.kill()
+                    proc.popen.wait()
+            raise
+        results.append(result)
+        print(scenario.line(), flush=True)
+        for note in result.notes:
+            print(f"  {note}", flush=True)
+    total = Result(0)
+    for result in results:
+        for field in dataclasses.fields(Result):
+            if field.type in ("int", int) and field.name != "shards":
+                setattr(total, field.name, getattr(total, field.name) + getattr(result, field.name))
+    total.seconds = time.monotonic() - started
+    passed = all(r.ok for r in results)
+    print(f"faults: sent={total.sent} accepted={total.accepted} finished={total.finished} "
+          f"failed={total.failed} lost={total.lost} stuck={total.stuck} "
+          f"duplicate_executions={total.duplicate_executions} "
+          f"unexplained_duplicates={total.unexplained_duplicates} kills={total.kills} "
+          f"shards={','.join(str(s) for s in settings.shards)} stored={total.stored} "
+          f"crash_failed={total.crash_failed} bad_outcomes={total.bad_outcomes} errors={total.errors} "
+          f"seconds={total.seconds:.1f} verdict={'PASS' if passed else 'FAIL'}", flush=True)
+    if passed and not settings.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif not passed:
+        print(f"faults: evidence kept in {folder} (events.log, logs/, exec/, state/, queue/)", flush=True)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
