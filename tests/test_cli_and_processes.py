@@ -225,3 +225,18 @@ def test_the_original_example_app_runs_unmodified_on_postgres(tmp_path):
         if child.poll() is None:
             child.kill()
         drop_pg_schema(url)
+
+
+def test_a_running_worker_serves_shard_files_created_after_it_started(tmp_path):
+    folder = str(tmp_path / "q")
+    worker = _start_worker(tmp_path, folder)
+    try:
+        wait_until(lambda: (tmp_path / "q" / "mq-shard-0.db").exists(), timeout=30,
+                   what="the worker to create its queue")
+        with MessageQueue(folder, shards=3) as sender:
+            handles = [sender.send("square", {"x": i}) for i in range(9)]
+            assert {sender.engine.shard_of(h.task_id)[0] for h in handles} == {0, 1, 2}
+            assert [h.result(timeout=30) for h in handles] == [i * i for i in range(9)]
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)

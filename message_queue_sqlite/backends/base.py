@@ -196,6 +196,11 @@ class Backend(ABC):
     shards: Sequence[Shard]
     location: str
 
+    def adopt_new_shards(self) -> bool:
+        """Open shards that other processes created since this backend opened (a worker
+        serves every shard of its queue); True if any were added. Default: none can appear."""
+        return False
+
     @abstractmethod
     def watch(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change`` (from a backend thread) whenever another process may have

@@ -64,7 +64,7 @@ class Engine:
         self.bell = Bell()
         self.cache: dict[str, dict[str, Any]] = {}
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage)
-        self.balancer = ShardBalancer(self.shards)
+        self.balancer = ShardBalancer(self.shards, config.middleware_num)
         self._cache_keys = itertools.count()
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -179,7 +179,9 @@ class Engine:
         return policy
 
     def idle_wait_timeout(self) -> float:
-        """How long an idle worker may wait for a ring: until the next scheduled task is due."""
+        """How long an idle worker may wait for a ring: until the next scheduled task is due.
+        (Idle is also when a worker looks for shard files another process added.)"""
+        self.backend.adopt_new_shards()
         due = [t for t in (s.next_run_after() for s in self.shards) if t is not None]
         if not due:
             return IDLE_RECHECK_S

@@ -58,6 +58,8 @@ class Housekeeper:
     def run_once(self) -> RecoveryReport:
         """Renew, recover, purge, maintain: one round (also called directly by tests and the CLI)."""
         engine = self._engine
+        if engine.workers_running and engine.backend.adopt_new_shards():
+            engine.bell.ring()
         now = engine.clock()
         expires = now + engine.config.visibility_timeout
         report = RecoveryReport()

@@ -17,10 +17,10 @@ class ShardBalancer:
     and workers are seen; how often is bounded by what a count costs (a count over a
     million-row backlog is not repeated on every send)."""
 
-    def __init__(self, shards: Sequence[Shard]):
-        self._shards = shards
+    def __init__(self, shards: Sequence[Shard], count: int):
+        self._shards = list(shards[:count])  # sends use the configured shards; workers serve all
         self._lock = threading.Lock()
-        self._estimate = [0] * len(shards)
+        self._estimate = [0] * len(self._shards)
         self._next_refresh = 0.0
         self._rotation = 0
 

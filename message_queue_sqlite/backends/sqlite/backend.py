@@ -305,6 +305,7 @@ class SQLiteBackend(Backend):
         if not os.access(folder, os.W_OK | os.X_OK):
             raise QueueStorageError(f"queue folder {folder!r} is not writable")
         warn_if_network_filesystem(folder)
+        self._durability = durability
         self._watcher: ChangeWatcher | None = None
         self._watch_lock = threading.Lock()
         self.shards: list[SQLiteShard] = []
@@ -314,6 +315,16 @@ class SQLiteBackend(Backend):
         except BaseException:
             self.close()
             raise
+
+    def adopt_new_shards(self) -> bool:
+        """Shard files another process added (``middleware_num`` raised there) are served too."""
+        present = existing_shard_count(self.location)
+        if present <= len(self.shards):
+            return False
+        for index in range(len(self.shards), present):
+            self.shards.append(SQLiteShard(shard_path(self.location, index), index, self._durability))
+            log.info("serving %s, created by another process", self.shards[-1].name)
+        return True
 
     def watch(self, on_change: Callable[[], None]) -> None:
         with self._watch_lock:

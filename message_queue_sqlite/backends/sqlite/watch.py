@@ -37,7 +37,7 @@ class ChangeWatcher:
     def __init__(self, folder: str, db_paths: Sequence[str], on_change: Callable[[], None]):
         self._folder = folder
         self._db_paths = list(db_paths)
-        self._wal_names = {os.path.basename(p) + "-wal" for p in db_paths}
+        self._suffix = "-wal"
         self._on_change = on_change
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -87,7 +87,8 @@ class ChangeWatcher:
             _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
             name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
             offset += _EVENT.size + length
-            if os.fsdecode(name) in self._wal_names:
+            text = os.fsdecode(name)
+            if text.endswith(".db-wal") or text.endswith(".db"):  # a commit, or a new shard file
                 return True
         return False
 
