@@ -136,9 +136,9 @@ class MessageQueue:
     def _task_name(self, task: TaskRef) -> str:
         if isinstance(task, str):
             return task
-        for definition in self.registry:
-            if definition.func is task:
-                return definition.name
+        known = self.registry.name_of(task)
+        if known is not None:
+            return known
         name = getattr(task, "__name__", None)
         raise ValueError(f"function {name!r} is not a registered task of this queue; "
                          f"decorate it with @mq.task (known tasks: {self.registry.get_all_task_names()})")

@@ -85,6 +85,7 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDefinition] = {}
+        self._names: dict[int, str] = {}  # id(function) -> name
 
     def register(self, func: Callable[..., Any], options: TaskOptions | None = None,
                  name: str | None = None) -> TaskDefinition:
@@ -100,7 +101,13 @@ class TaskRegistry:
             )
         definition = TaskDefinition(task_name, func, opts)
         self._tasks[task_name] = definition
+        self._names[id(func)] = task_name
         return definition
+
+    def name_of(self, func: Callable[..., Any]) -> str | None:
+        """The name a registered function is known by (None if it is not registered)."""
+        name = self._names.get(id(func))
+        return name if name is not None and self._tasks[name].func is func else None
 
     def get(self, name: str) -> TaskDefinition | None:
         return self._tasks.get(name)

@@ -89,24 +89,26 @@ class Engine:
         placed: list[tuple[int, int]] = []  # (shard, position in that shard's batch)
         by_shard: dict[int, list[NewTask]] = {}
         cached: list[str] = []
+        single = self.balancer.single
         try:
-            for request in requests:
-                task, cache_args = self._prepare(request, now)
-                if cache_args is not None:
-                    self._ensure_node()
-                    task.args = f"{self.node}:{next(self._cache_keys)}"
-                    self.cache[task.args] = cache_args
-                    cached.append(task.args)
-                shard = self.balancer.pick()
-                batch = by_shard.setdefault(shard, [])
-                placed.append((shard, len(batch)))
-                batch.append(task)
+            if single:
+                tasks = [self._prepare(request, now, cached) for request in requests]
+                by_shard[0] = tasks
+            else:
+                for request in requests:
+                    shard = self.balancer.pick()
+                    batch = by_shard.setdefault(shard, [])
+                    placed.append((shard, len(batch)))
+                    batch.append(self._prepare(request, now, cached))
             row_ids = {shard: self.shards[shard].enqueue(tasks) for shard, tasks in by_shard.items()}
         except BaseException:
             for key in cached:
                 self.cache.pop(key, None)
             raise
-        task_ids = [format_task_id(shard, row_ids[shard][pos]) for shard, pos in placed]
+        if single:
+            task_ids = [format_task_id(0, row_id) for row_id in row_ids[0]]
+        else:
+            task_ids = [format_task_id(shard, row_ids[shard][pos]) for shard, pos in placed]
         callbacks = [(task_id, request.callback) for request, task_id in zip(requests, task_ids, strict=True)
                      if request.callback is not None]
         if callbacks:
@@ -114,9 +116,10 @@ class Engine:
         self.bell.ring()
         return task_ids
 
-    def _prepare(self, request: SendRequest, now: float) -> tuple[NewTask, dict[str, Any] | None]:
+    def _prepare(self, request: SendRequest, now: float, cached_keys: list[str]) -> NewTask:
+        """Validate one request and turn it into a row; cached arguments go to memory here."""
         name = request.task_name
-        if not isinstance(name, str) or not name:
+        if type(name) is not str or not name:
             raise TypeError(f"task name must be a non-empty string, got {name!r}")
         definition = self.registry.get(name)
         if definition is None and len(self.registry):
@@ -124,15 +127,16 @@ class Engine:
         if request.callback is not None and not callable(request.callback):
             raise TypeError(f"callback of task {name!r} must be callable or None, got {request.callback!r}")
         priority = request.priority
-        if isinstance(priority, bool) or not isinstance(priority, int):
+        if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority of task {name!r} must be an int (higher runs first), got {priority!r}")
-        if not isinstance(request.args, dict):
+        args = request.args
+        if type(args) is not dict and not isinstance(args, dict):
             raise TypeError(f"arguments of task {name!r} must be a dict of keyword arguments, "
-                            f"got {type(request.args).__name__}: {request.args!r}")
+                            f"got {type(args).__name__}: {args!r}")
         delay = request.delay
-        if not isinstance(delay, (int, float)) or delay < 0:
+        if delay and (not isinstance(delay, (int, float)) or delay < 0):
             raise ValueError(f"delay of task {name!r} must be a number of seconds >= 0, got {delay!r}")
-        cached = bool(request.use_cache) or (definition is not None and definition.options.use_cache)
+        cached = request.use_cache or (definition is not None and definition.options.use_cache)
         retry_json = None
         if request.retry is not None:
             max_retries = request.retry.max_retries
@@ -141,15 +145,16 @@ class Engine:
             max_retries = RetryPolicy(max_retries=request.retries).max_retries
         else:
             max_retries = definition.options.retry.max_retries if definition else 0
-        task = NewTask(
-            task_name=name, args=None if cached else dumps_args(name, request.args),
-            priority=priority, sender=self.node,
-            notify=request.callback is not None,
-            cache_owner=self.node if cached else None,
-            max_retries=max_retries, retry=retry_json,
-            run_after=now + delay if delay else 0.0, created_at=now,
-        )
-        return task, (request.args if cached else None)
+        if cached:
+            self._ensure_node()
+            payload = f"{self.node}:{next(self._cache_keys)}"  # the key of the arguments in memory
+            self.cache[payload] = args
+            cached_keys.append(payload)
+        else:
+            payload = dumps_args(name, args)
+        return NewTask(name, payload, priority, self.node, request.callback is not None,
+                       self.node if cached else None, max_retries, retry_json,
+                       now + delay if delay else 0.0, now)
 
     # -- running ---------------------------------------------------------------------
     def run_claim(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:

@@ -21,6 +21,7 @@ class ShardBalancer:
         self._shards = list(shards[:count])  # sends use the configured shards; workers serve all
         self._lock = threading.Lock()
         self._estimate = [0] * len(self._shards)
+        self.single = len(self._shards) == 1
         self._next_refresh = 0.0
         self._rotation = 0
 
