@@ -6,6 +6,16 @@ stuck and that every repeated execution is explained by a lease expiry.
     python scripts/faults.py --short          # two scenarios (1 and 3 shards), < 60 s
     python scripts/faults.py                  # long mode: 1 and 4 shards, about 4 minutes
     python scripts/faults.py --shards 2 --workers 4 --senders 3 --tasks 2000 --kills 80
+    python scripts/faults.py --short --backend postgres    # on $MQS_TEST_POSTGRES_DSN
+    python scripts/faults.py --broker-url postgresql://postgres@127.0.0.1:5432/test
+
+On PostgreSQL (``--broker-url URL``, or ``--backend postgres`` with the URL in
+``MQS_TEST_POSTGRES_DSN``) the same faults run against one queue schema: shard counts do
+not apply there (one scenario), each scenario gets a fresh schema ``mqs_faults_<random>``
+(its processes create it, racing, as on a cold start), the workers get its URL through
+``--broker-url`` and the senders through ``MQS_BROKER_URL``, and the check reads the rows
+from PostgreSQL (and saves them in queue/rows.jsonl); the schema is dropped at the end
+unless --keep.
 
 Each scenario uses a fresh queue folder, starts worker processes (the package's CLI
 ``worker`` serving ``scripts/fault_tasks.py``, whose task appends ``KEY PID NONCE`` to a
@@ -16,7 +26,7 @@ any process (restarted after a random delay), SIGTERM of a worker (graceful stop
 sometimes a second signal), SIGSTOP of any process for 0.5-4 leases (then SIGCONT). With
 one shard (or --cold-start) the processes create the queue file themselves. When the
 faults stop, ended processes restart, the senders finish, the workers drain (deadline),
-stop gracefully, and the check reads the shard files and the logs:
+stop gracefully, and the check reads the shard files (or the schema) and the logs:
 
 * lost: ids whose send returned that are not FINISHED/FAILED/CALLBACKED (or not stored);
 * stuck: rows still NOT_STARTED / RUNNING / SCHEDULED at the end (any sender's);
@@ -52,9 +62,11 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -175,6 +187,203 @@ def _task_plan(rng: random.Random, log_dir: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# Where the queue lives: what the supervisor reads, one small class per backend
+# ---------------------------------------------------------------------------------------
+
+class SQLiteStore:
+    """The queue as shard files ``mq-shard-N.db`` in a folder. The runner only reads them
+    (autocommit readers), except ``create`` before a warm start."""
+
+    backend = "sqlite"
+
+    def __init__(self, folder: str, shards: int):
+        self.folder = folder
+        self.shards = shards
+        self.conns: list[sqlite3.Connection] = []
+        self.location = folder
+
+    def paths(self) -> list[str]:
+        return [os.path.join(self.folder, f"mq-shard-{i}.db") for i in range(self.shards)]
+
+    def worker_args(self) -> list[str]:
+        return ["--path", self.folder]
+
+    def sender_args(self) -> list[str]:
+        return ["--path", self.folder, "--shards", str(self.shards)]
+
+    def process_env(self, env: dict[str, str]) -> None:
+        env.pop("MQS_BROKER_URL", None)
+
+    def create(self) -> None:
+        from message_queue_sqlite import MessageQueue
+
+        MessageQueue(self.folder, shards=self.shards).close()
+
+    def ready(self) -> bool:
+        """Open the read connections once every shard file exists and is migrated; never
+        create a file here (on a cold start the workers and senders do)."""
+        if self.conns:
+            return True
+        paths = self.paths()
+        if not all(os.path.exists(p) and os.path.getsize(p) > 0 for p in paths):
+            return False
+        conns = [sqlite3.connect(p, timeout=30) for p in paths]
+        try:
+            for conn in conns:
+                conn.execute("SELECT count(*) FROM mqs_tasks JOIN mqs_nodes ON 0").fetchone()
+        except sqlite3.DatabaseError:  # still being created or migrated
+            for conn in conns:
+                conn.close()
+            return False
+        self.conns = conns
+        return True
+
+    def node_pids(self) -> list[tuple[str, int]]:
+        return [row for conn in self.conns for row in conn.execute("SELECT node_id, pid FROM mqs_nodes")]
+
+    def waiting(self) -> int:
+        marks = ",".join("?" * len(WAITING_STATES))
+        return sum(c.execute(f"SELECT count(*) FROM mqs_tasks WHERE status IN ({marks})",
+                             WAITING_STATES).fetchone()[0] for c in self.conns)
+
+    def running_under(self, nodes: list[str]) -> int:
+        marks = ",".join("?" * len(nodes))
+        return sum(c.execute(f"SELECT count(*) FROM mqs_tasks WHERE status = 2 AND lease_owner IN ({marks})",
+                             nodes).fetchone()[0] for c in self.conns)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.conns = []
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """Every task row, each with its ``shard``; raises StoreMissing if a file is."""
+        missing = [i for i, p in enumerate(self.paths()) if not os.path.exists(p)]
+        if missing:
+            raise StoreMissing(f"shard file(s) {missing} were never created")
+        rows = []
+        for shard, path in enumerate(self.paths()):
+            conn = sqlite3.connect(path, timeout=30)
+            try:
+                conn.row_factory = sqlite3.Row
+                rows.extend({**dict(row), "shard": shard} for row in conn.execute("SELECT * FROM mqs_tasks"))
+            finally:
+                conn.close()
+        return rows
+
+    def discard(self) -> str:
+        self.close()
+        return ""  # the files go with the run folder
+
+
+class StoreMissing(Exception):
+    """The queue's storage was never created."""
+
+
+def split_broker_url(url: str) -> tuple[str, str | None]:
+    """(the URL without its ``schema`` parameter, that schema or None)."""
+    base, _, query_text = url.partition("?")
+    query = parse_qsl(query_text, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    rest = [(key, value) for key, value in query if key != "schema"]
+    return (f"{base}?{urlencode(rest)}" if rest else base), (schemas[-1] if schemas else None)
+
+
+class PostgresStore:
+    """The queue as one schema of its own, ``mqs_faults_<random>``, in a PostgreSQL database
+    (one shard: ids ``0-<id>``). The runner reads it over its own autocommit connection
+    (psycopg, not the package), and drops the schema in ``discard``."""
+
+    backend = "postgres"
+    shards = 1
+
+    def __init__(self, broker_url: str, folder: str):
+        self.dsn, _ = split_broker_url(broker_url)
+        self.schema = f"mqs_faults_{uuid.uuid4().hex[:12]}"
+        separator = "&" if "?" in self.dsn else "?"
+        self.url = f"{self.dsn}{separator}schema={self.schema}"
+        self.location = f"schema {self.schema}"
+        self.folder = folder  # the workers' --path (unused there); evidence goes here
+        self.tasks = f'"{self.schema}".mqs_tasks'
+        self.nodes = f'"{self.schema}".mqs_nodes'
+        self.conn: Any = None
+        self.created = False
+
+    def connect(self) -> Any:
+        import psycopg
+
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10,
+                               application_name="mqs_faults_runner")
+        conn.execute("SET statement_timeout = '30s'; SET lock_timeout = '10s'")
+        return conn
+
+    def worker_args(self) -> list[str]:
+        return ["--path", self.folder, "--broker-url", self.url]
+
+    def sender_args(self) -> list[str]:
+        return ["--path", self.folder, "--shards", "1"]  # the URL comes from MQS_BROKER_URL
+
+    def process_env(self, env: dict[str, str]) -> None:
+        env["MQS_BROKER_URL"] = self.url
+
+    def create(self) -> None:
+        raise AssertionError("on PostgreSQL the processes create the schema themselves")
+
+    def ready(self) -> bool:
+        """True once the processes created (and committed) the schema's tables."""
+        if self.created:
+            return True
+        if self.conn is None:
+            self.conn = self.connect()
+        self.created = bool(self.conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+            (self.tasks, self.nodes)).fetchone()[0])
+        return self.created
+
+    def node_pids(self) -> list[tuple[str, int]]:
+        return self.conn.execute(f"SELECT node_id, pid FROM {self.nodes}").fetchall()
+
+    def waiting(self) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM {self.tasks} WHERE status = ANY(%s)",
+                                 (list(WAITING_STATES),)).fetchone()[0]
+
+    def running_under(self, nodes: list[str]) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM {self.tasks} WHERE status = 2 AND "
+                                 "lease_owner = ANY(%s)", (nodes,)).fetchone()[0]
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def read_rows(self) -> list[dict[str, Any]]:
+        """Every task row (shard 0), also saved to queue/rows.jsonl as evidence."""
+        from psycopg.rows import dict_row
+
+        with self.connect() as conn:
+            if conn.execute("SELECT to_regclass(%s)", (self.tasks,)).fetchone()[0] is None:
+                raise StoreMissing(f"{self.tasks} was never created")
+            cursor = conn.cursor(row_factory=dict_row)
+            rows = [{**row, "shard": 0} for row in cursor.execute(f"SELECT * FROM {self.tasks} ORDER BY id")]
+        with open(os.path.join(self.folder, "rows.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+        return rows
+
+    def discard(self) -> str:
+        """Drop the schema; returns a problem to report, or ''."""
+        self.close()
+        try:
+            with self.connect() as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        except Exception as exc:
+            return f"could not drop schema {self.schema}: {type(exc).__name__}: {exc}"
+        return ""
+
+
+Store = SQLiteStore | PostgresStore
+
+
+# ---------------------------------------------------------------------------------------
 # The supervisor
 # ---------------------------------------------------------------------------------------
 
@@ -196,6 +405,7 @@ class Settings:
     seed: int
     keep: bool
     root: str | None
+    broker_url: str | None = None  # a postgresql:// URL: run on PostgreSQL (one shard)
 
 
 @dataclasses.dataclass
@@ -216,6 +426,7 @@ class Proc:
 @dataclasses.dataclass
 class Result:
     shards: int
+    backend: str = "sqlite"
     sent: int = 0
     accepted: int = 0
     stored: int = 0
@@ -262,16 +473,17 @@ class Scenario:
         for path in (self.queue, self.state, self.exec_dir, self.proc_logs):
             os.makedirs(path, exist_ok=True)
         self.rng = rng
-        # one shard (or --cold-start): every process races to create the queue files
+        self.store: Store = (PostgresStore(settings.broker_url, self.queue) if settings.broker_url
+                             else SQLiteStore(self.queue, shards))
+        # one shard (or --cold-start): every process races to create the queue files (schema)
         self.cold = shards == 1 or settings.cold_start
-        self.result = Result(shards)
+        self.result = Result(shards, self.store.backend)
         self.procs: list[Proc] = []
         self.pending_restarts: list[tuple[float, str, int]] = []
         self.generations: Counter[tuple[str, int]] = Counter()
         self.senders_done: set[int] = set()
         self.failures: Counter[tuple[str, int]] = Counter()  # failed runs in a row
         self.gave_up: set[tuple[str, int]] = set()
-        self.conns: list[sqlite3.Connection] = []
         self.nodes: dict[int, set[str]] = defaultdict(set)  # pid -> queue node ids (from mqs_nodes)
         self.next_node_poll = 0.0
         self.events = open(os.path.join(folder, "events.log"), "a", encoding="utf-8")  # noqa: SIM115
@@ -296,7 +508,7 @@ class Scenario:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH"), str(REPO)] if p)
-        env.pop("MQS_BROKER_URL", None)
+        self.store.process_env(env)
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -306,15 +518,15 @@ class Scenario:
         log_path = os.path.join(self.proc_logs, f"{role}-{index}-g{generation}.log")
         if role == "worker":
             cmd = [sys.executable, "-m", "message_queue_sqlite", "worker", TASK_PACKAGE,
-                   "--path", self.queue, "--workers", str(self.s.threads),
+                   *self.store.worker_args(), "--workers", str(self.s.threads),
                    "--visibility-timeout", str(self.s.visibility_timeout),
                    "--drain-timeout", str(self.s.drain_timeout)]
             cwd = str(SCRIPTS)
         else:
             first, count = self.ranges[index]
             pace = self.pace if self.chaos else 0.0
-            cmd = [sys.executable, str(Path(__file__).resolve()), "_sender", "--path", self.queue,
-                   "--shards", str(self.shards), "--index", str(index),
+            cmd = [sys.executable, str(Path(__file__).resolve()), "_sender", *self.store.sender_args(),
+                   "--index", str(index),
                    "--generation", str(generation), "--first", str(first), "--count", str(count),
                    "--pace", f"{pace:.5f}", "--state", self.state, "--log-dir", self.exec_dir,
                    "--seed", str(self.s.seed + self.shards)]
@@ -370,42 +582,20 @@ class Scenario:
         proc.paused_until = None
         self.signal(proc, signal.SIGCONT)
 
-    def ensure_conns(self) -> bool:
-        """Open the runner's read connections once every shard file has been created (by the
-        workers and senders themselves on a cold start); never create a file here."""
-        if self.conns:
-            return True
-        paths = [os.path.join(self.queue, f"mq-shard-{i}.db") for i in range(self.shards)]
-        if not all(os.path.exists(p) and os.path.getsize(p) > 0 for p in paths):
-            return False
-        conns = [sqlite3.connect(p, timeout=30) for p in paths]
-        try:
-            for conn in conns:
-                conn.execute("SELECT count(*) FROM mqs_tasks JOIN mqs_nodes ON 0").fetchone()
-        except sqlite3.DatabaseError:  # still being created or migrated
-            for conn in conns:
-                conn.close()
-            return False
-        self.conns = conns
-        return True
-
     def poll_nodes(self) -> None:
         """Learn which queue node (lease owner) each worker process is, while it lives."""
         now = time.monotonic()
-        if now < self.next_node_poll or not self.ensure_conns():
+        if now < self.next_node_poll or not self.store.ready():
             return
         self.next_node_poll = now + 0.2
-        for conn in self.conns:
-            for node, pid in conn.execute("SELECT node_id, pid FROM mqs_nodes"):
-                self.nodes[pid].add(node)
+        for node, pid in self.store.node_pids():
+            self.nodes[pid].add(node)
 
     def leases_left_by(self, pid: int) -> int:
         nodes = sorted(self.nodes.get(pid, ()))
-        if not nodes or not self.ensure_conns():
+        if not nodes or not self.store.ready():
             return 0
-        marks = ",".join("?" * len(nodes))
-        return sum(c.execute(f"SELECT count(*) FROM mqs_tasks WHERE status = 2 AND lease_owner IN ({marks})",
-                             nodes).fetchone()[0] for c in self.conns)
+        return self.store.running_under(nodes)
 
     def reap(self) -> None:
         """Handle processes that ended; schedule restarts; enforce graceful-stop deadlines."""
@@ -490,7 +680,7 @@ class Scenario:
         if self.cold:
             self.log("cold start: workers and senders create the queue file themselves")
         else:  # a worker serves the shard files present when it starts: create them all first
-            self.create_files()
+            self.store.create()
         for index in range(self.s.workers):
             self.spawn("worker", index)
         if self.s.cold_start:  # workers first, as a deployment would: then the senders
@@ -529,10 +719,10 @@ class Scenario:
             gave_up = {i for role, i in self.gave_up if role == "sender"}
             if len(self.senders_done | gave_up) < self.s.senders:
                 return False
-            return self.ensure_conns() and self.waiting_rows(self.conns) == 0
+            return self.store.ready() and self.store.waiting() == 0
 
         if not wait_for(settled, self.s.finish_timeout, TICK_S):
-            waiting = self.waiting_rows(self.conns) if self.ensure_conns() else "?"
+            waiting = self.store.waiting() if self.store.ready() else "?"
             self.result.note(f"the queue did not settle within {self.s.finish_timeout:.0f} s: "
                              f"{self.s.senders - len(self.senders_done)} sender(s) unfinished, "
                              f"{waiting} row(s) waiting")
@@ -553,57 +743,31 @@ class Scenario:
             self.signal(proc, signal.SIGKILL)
             proc.popen.wait()
         self.reap()
-        for conn in self.conns:
-            conn.close()
-        self.conns = []
-        # Phase 4: the verdict, from the files.
+        self.store.close()
+        # Phase 4: the verdict, from the files (or the schema).
         self.check()
         self.result.seconds = time.monotonic() - started
         self.events.close()
         return self.result
-
-    def create_files(self) -> None:
-        from message_queue_sqlite import MessageQueue
-
-        MessageQueue(self.queue, shards=self.shards).close()
-
-    def open_shards(self) -> list[sqlite3.Connection]:
-        return [sqlite3.connect(os.path.join(self.queue, f"mq-shard-{i}.db"), timeout=30)
-                for i in range(self.shards)]
-
-    @staticmethod
-    def waiting_rows(conns: list[sqlite3.Connection]) -> int:
-        marks = ",".join("?" * len(WAITING_STATES))
-        return sum(c.execute(f"SELECT count(*) FROM mqs_tasks WHERE status IN ({marks})",
-                             WAITING_STATES).fetchone()[0] for c in conns)
 
     # -- checking --------------------------------------------------------------------
     def check(self) -> None:
         r = self.result
         rows: dict[str, dict[str, Any]] = {}
         now = time.time()
-        missing = [i for i in range(self.shards)
-                   if not os.path.exists(os.path.join(self.queue, f"mq-shard-{i}.db"))]
-        if missing:
-            r.errors += 1
-            r.note(f"shard file(s) {missing} were never created")
-            return
-        conns = self.open_shards()
         try:
-            for shard, conn in enumerate(conns):
-                conn.row_factory = sqlite3.Row
-                for row in conn.execute("SELECT * FROM mqs_tasks"):
-                    record = dict(row)
-                    record["shard"] = shard
-                    # A task's public id is "<shard>-<row id>" (older schemas: a task_id column).
-                    task_id = record.get("task_id") or f"{shard}-{record['id']}"
-                    if task_id in rows:
-                        r.bad_outcomes += 1
-                        r.note(f"task id {task_id} stored twice")
-                    rows[task_id] = record
-        finally:
-            for conn in conns:
-                conn.close()
+            records = self.store.read_rows()
+        except StoreMissing as exc:
+            r.errors += 1
+            r.note(str(exc))
+            return
+        for record in records:
+            # A task's public id is "<shard>-<row id>" (older schemas: a task_id column).
+            task_id = record.get("task_id") or f"{record['shard']}-{record['id']}"
+            if task_id in rows:
+                r.bad_outcomes += 1
+                r.note(f"task id {task_id} stored twice")
+            rows[task_id] = record
         r.stored = len(rows)
 
         # What the senders tried and what they were told was stored.
@@ -706,7 +870,7 @@ class Scenario:
         for task_id, key in accepted.items():
             if task_id not in rows:
                 r.lost += 1
-                r.note(f"LOST task {task_id} key={key}: accepted but not in any shard file")
+                r.note(f"LOST task {task_id} key={key}: accepted but not stored in {self.store.location}")
         phantom = set(executions) - keys_stored
         if phantom:
             r.bad_outcomes += len(phantom)
@@ -714,7 +878,8 @@ class Scenario:
 
     def line(self) -> str:
         r = self.result
-        return (f"scenario shards={r.shards}: sent={r.sent} accepted={r.accepted} stored={r.stored} "
+        return (f"scenario backend={r.backend} shards={r.shards}: sent={r.sent} accepted={r.accepted} "
+                f"stored={r.stored} "
                 f"finished={r.finished} failed={r.failed} crash_failed={r.crash_failed} "
                 f"crash_failed_never_ran={r.crash_failed_never_ran} lost={r.lost} stuck={r.stuck} "
                 f"executions={r.executions} duplicate_executions={r.duplicate_executions} "
@@ -770,7 +935,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "when it starts)")
     parser.add_argument("--seed", type=int, help="random seed (printed; reuse it to replay)")
     parser.add_argument("--dir", help="parent folder of the run folder (default: a temporary one)")
-    parser.add_argument("--keep", action="store_true", help="keep the run folder even when it passes")
+    parser.add_argument("--keep", action="store_true", help="keep the run folder even when it passes "
+                        "(and, on PostgreSQL, the scenarios' schemas)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"),
+                        help="sqlite (default) or postgres: the database in $MQS_TEST_POSTGRES_DSN, "
+                        "unless --broker-url names one")
+    parser.add_argument("--broker-url", help="run on PostgreSQL at this postgresql:// URL (a schema in it "
+                        "is replaced by a fresh one per scenario); one scenario, shard counts do not apply")
     return parser
 
 
@@ -781,7 +952,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
         value = getattr(args, name)
         return base[name] if value is None else value
 
-    shards = [int(x) for x in str(pick("shards")).split(",") if x.strip()]
+    broker_url = args.broker_url
+    if args.backend == "sqlite" and broker_url:
+        raise SystemExit("--backend sqlite and --broker-url contradict each other")
+    if args.backend == "postgres" and not broker_url:
+        broker_url = os.environ.get("MQS_TEST_POSTGRES_DSN")
+        if not broker_url:
+            raise SystemExit("--backend postgres needs MQS_TEST_POSTGRES_DSN (or --broker-url)")
+    if broker_url and not broker_url.startswith(("postgresql://", "postgres://")):
+        raise SystemExit(f"--broker-url {broker_url!r} is not a postgresql:// URL")
+    if broker_url:  # one shard there: one scenario
+        if args.shards is not None and args.shards.strip() != "1":
+            raise SystemExit("--shards does not apply on PostgreSQL (a queue is one shard there)")
+        shards = [1]
+    else:
+        shards = [int(x) for x in str(pick("shards")).split(",") if x.strip()]
     if not shards or min(shards) < 1:
         raise SystemExit("--shards needs counts >= 1, e.g. 1,4")
     return Settings(shards=shards, workers=pick("workers"), threads=pick("threads"),
@@ -791,7 +976,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     sigterm_share=args.sigterm_share, sigstop_share=args.sigstop_share,
                     cold_start=args.cold_start,
                     seed=args.seed if args.seed is not None else random.randrange(1 << 30),
-                    keep=args.keep, root=args.dir)
+                    keep=args.keep, root=args.dir, broker_url=broker_url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,10 +987,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     folder = tempfile.mkdtemp(prefix="mqs-faults-", dir=settings.root)
     started = time.monotonic()
-    print(f"faults: run folder {folder}, seed {settings.seed}", flush=True)
+    backend = "postgres" if settings.broker_url else "sqlite"
+    where = f" on PostgreSQL {split_broker_url(settings.broker_url)[0]}" if settings.broker_url else ""
+    print(f"faults: run folder {folder}{where}, seed {settings.seed}", flush=True)
     results: list[Result] = []
     for number, shards in enumerate(settings.shards):
-        scenario = Scenario(settings, shards, os.path.join(folder, f"shards-{shards}-{number}"),
+        name = f"postgres-{number}" if settings.broker_url else f"shards-{shards}-{number}"
+        scenario = Scenario(settings, shards, os.path.join(folder, name),
                             random.Random(settings.seed * 31 + number))
         try:
             result = scenario.run()
@@ -815,6 +1003,15 @@ def main(argv: list[str] | None = None) -> int:
                     proc.popen.kill()
                     proc.popen.wait()
             raise
+        finally:
+            if settings.keep:
+                scenario.store.close()
+                if isinstance(scenario.store, PostgresStore):
+                    print(f"faults: kept {scenario.store.url}", flush=True)
+            else:
+                problem = scenario.store.discard()
+                if problem:
+                    print(f"faults: {problem}", flush=True)
         results.append(result)
         print(scenario.line(), flush=True)
         for note in result.notes:
@@ -830,7 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
           f"failed={total.failed} lost={total.lost} stuck={total.stuck} "
           f"duplicate_executions={total.duplicate_executions} "
           f"unexplained_duplicates={total.unexplained_duplicates} kills={total.kills} "
-          f"shards={','.join(str(s) for s in settings.shards)} stored={total.stored} "
+          f"backend={backend} shards={','.join(str(s) for s in settings.shards)} stored={total.stored} "
           f"crash_failed={total.crash_failed} bad_outcomes={total.bad_outcomes} errors={total.errors} "
           f"seconds={total.seconds:.1f} verdict={'PASS' if passed else 'FAIL'}", flush=True)
     if passed and not settings.keep:

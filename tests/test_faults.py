@@ -1,6 +1,7 @@
 """The fault-injection runner, short mode: workers and senders are SIGKILLed (and SIGTERMed)
 at random moments on 1 and on 3 shards, and no accepted task may be lost or stuck, nor run
-twice without a lease expiry to explain it."""
+twice without a lease expiry to explain it. The same on PostgreSQL (one schema, one shard)
+when MQS_TEST_POSTGRES_DSN is set; MQS_REQUIRE_POSTGRES (CI) makes its absence a failure."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+POSTGRES_DSN = os.environ.get("MQS_TEST_POSTGRES_DSN")
 
 
-def test_faults_short_run_passes() -> None:
+def run_short(*extra: str) -> dict[str, str]:
+    """Run ``faults.py --short`` and check its one verdict line; returns the line's figures."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
     env.pop("MQS_BROKER_URL", None)
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "faults.py"), "--short"],
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "faults.py"), "--short", *extra],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
     output = done.stdout + done.stderr
     verdicts = [line for line in done.stdout.splitlines() if line.startswith("faults: sent=")]
@@ -31,4 +36,27 @@ def test_faults_short_run_passes() -> None:
     assert int(figures["kills"]) > 0, output
     assert int(figures["accepted"]) > 0, output
     assert int(figures["finished"]) + int(figures["failed"]) == int(figures["accepted"]), output
-    assert figures["shards"].split(",") == ["1", "3"], output
+    figures["output"] = output
+    return figures
+
+
+def test_faults_short_run_passes() -> None:
+    figures = run_short()
+    assert figures["backend"] == "sqlite", figures["output"]
+    assert figures["shards"].split(",") == ["1", "3"], figures["output"]
+
+
+def test_faults_short_run_passes_on_postgres() -> None:
+    if not POSTGRES_DSN:
+        if os.environ.get("MQS_REQUIRE_POSTGRES"):
+            pytest.fail("MQS_REQUIRE_POSTGRES is set but MQS_TEST_POSTGRES_DSN is not")
+        pytest.skip("the PostgreSQL fault run needs MQS_TEST_POSTGRES_DSN "
+                    "(e.g. postgresql://postgres@127.0.0.1/test)")
+    if os.environ.get("MQS_REQUIRE_POSTGRES"):
+        import psycopg  # noqa: F401  (required: a missing driver fails here, it does not skip)
+    else:
+        pytest.importorskip("psycopg")
+    figures = run_short("--backend", "postgres")
+    assert figures["backend"] == "postgres", figures["output"]
+    assert figures["shards"] == "1", figures["output"]
+    assert int(figures["stored"]) >= int(figures["accepted"]), figures["output"]
