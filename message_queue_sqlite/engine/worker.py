@@ -57,7 +57,6 @@ class WorkerPool:
         self._failures = 0
         self._exited = 0
         self._threads: list[threading.Thread] = []
-        self.executed = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -275,7 +274,6 @@ class WorkerPool:
         if lost:
             log.warning("%d completion(s) discarded: their leases expired and the tasks were "
                         "taken over by another attempt", len(lost))
-        self.executed += len(batch)
         delivered = []
         for completion, outcome, claim in batch:
             if lost and completion.row_id in lost:

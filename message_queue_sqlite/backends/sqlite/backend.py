@@ -42,7 +42,6 @@ Q = load_queries(__package__)
 SHARD_FILE = "mq-shard-{index}.db"
 SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
-MAX_VARIABLES = 500  # ids per IN (...) chunk, well under SQLite's bound-parameter limit
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
 
 
@@ -64,11 +63,6 @@ def _record(shard: int, row: tuple) -> TaskRecord:
     return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
                       row[8], row[9], bool(row[10]), row[11], row[12], row[13], row[14], row[15],
                       row[16], row[17])
-
-
-def _chunks(items: Sequence, size: int = MAX_VARIABLES) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 class SQLiteShard(Shard):
