@@ -10,6 +10,7 @@ statement, so two processes can never lease the same row (pitfall 2).
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from message_queue_sqlite.backends.base import (
 )
 from message_queue_sqlite.backends.sql_files import load_queries
 from message_queue_sqlite.backends.sqlite.connection import (
+    check_sqlite_library,
     connect,
     retry_locked,
     warn_if_network_filesystem,
@@ -219,8 +221,9 @@ class SQLiteShard(Shard):
 
     def mark_callbacked(self, row_ids: Sequence[int]) -> None:
         if row_ids:
+            ids = json.dumps(list(row_ids))
             with self._write("mark callbacked") as conn:
-                conn.executemany(Q["mark_callbacked"], [(i,) for i in row_ids])
+                conn.execute(Q["mark_callbacked"], (ids,))
 
     def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
         with self._read() as conn:
@@ -291,6 +294,7 @@ class SQLiteBackend(Backend):
     """The shard files in one folder."""
 
     def __init__(self, folder: str, shard_count: int, durability: str = "normal"):
+        check_sqlite_library()
         self.location = folder
         try:
             os.makedirs(folder, exist_ok=True)

@@ -62,6 +62,21 @@ def _refuse(path: str, why: str) -> QueueStorageError:
                              "nothing was changed. Point middleware_path at another folder.")
 
 
+MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
+
+
+def check_sqlite_library() -> None:
+    """The queries need RETURNING (3.35) and the JSON functions: say so clearly if missing."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise QueueStorageError(
+            f"SQLite {sqlite3.sqlite_version} is too old: message_queue_sqlite needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or newer (use a newer Python, or pysqlite3)")
+    try:
+        sqlite3.connect(":memory:").execute("SELECT json_array(1)").fetchone()
+    except sqlite3.OperationalError as exc:
+        raise QueueStorageError(f"this SQLite library lacks the JSON functions ({exc})") from exc
+
+
 def connect(path: str, durability: str) -> sqlite3.Connection:
     """A configured connection to a verified, migrated shard file."""
     try:

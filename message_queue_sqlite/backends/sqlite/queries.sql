@@ -82,8 +82,8 @@ SELECT min(run_after) FROM mqs_tasks WHERE status = 6;
 SELECT id FROM mqs_tasks WHERE sender = ?1 AND notify = 1 AND status IN (3, 4) LIMIT ?2;
 
 -- name: mark_callbacked
--- The sender's callback ran for this task.
-UPDATE mqs_tasks SET status = 5 WHERE id = ?1 AND status IN (3, 4);
+-- The sender's callback ran for these tasks (?1: a JSON array of row ids; one statement per batch).
+UPDATE mqs_tasks SET status = 5 WHERE id IN (SELECT value FROM json_each(?1)) AND status IN (3, 4);
 
 -- name: get_task
 -- One task by its row id.
