@@ -77,7 +77,21 @@ class Engine:
 
     # -- sending ---------------------------------------------------------------------
     def send(self, request: SendRequest) -> str:
-        return self.send_many([request])[0]
+        if not self.balancer.single:
+            return self.send_many([request])[0]
+        self._check_open()  # the common case, without the batch bookkeeping
+        cached: list[str] = []
+        try:
+            row_id = self.shards[0].enqueue([self._prepare(request, self.clock(), cached)])[0]
+        except BaseException:
+            for key in cached:
+                self.cache.pop(key, None)
+            raise
+        task_id = format_task_id(0, row_id)
+        if request.callback is not None:
+            self.dispatcher.expect(((task_id, request.callback),))
+        self.bell.ring()
+        return task_id
 
     def send_many(self, requests: Sequence[SendRequest]) -> list[str]:
         """Store tasks durably (one transaction per shard touched); return their ids in order.

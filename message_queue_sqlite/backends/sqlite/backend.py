@@ -32,6 +32,7 @@ from message_queue_sqlite.backends.sql_files import load_queries
 from message_queue_sqlite.backends.sqlite.connection import (
     check_sqlite_library,
     connect,
+    is_locked_error,
     retry_locked,
     warn_if_network_filesystem,
 )
@@ -114,6 +115,21 @@ class SQLiteShard(Shard):
                     raise self._storage_error(what, exc) from exc
                 raise
 
+    def _write_one(self, sql: str, params: Sequence[object], what: str) -> sqlite3.Cursor:
+        """A single write statement in autocommit: SQLite takes the write lock when the
+        statement starts (as BEGIN IMMEDIATE would) and commits when it ends."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                try:
+                    return conn.execute(sql, params)
+                except sqlite3.OperationalError as exc:
+                    if not is_locked_error(exc):
+                        raise
+                    return retry_locked(lambda: conn.execute(sql, params), f"{what} on {self.name}")
+            except sqlite3.Error as exc:
+                raise self._storage_error(what, exc) from exc
+
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._read_lock:
@@ -140,9 +156,9 @@ class SQLiteShard(Shard):
                  int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after, t.created_at)
                 for t in tasks]
         self._sent_here = True
+        if len(rows) == 1:  # one statement is its own write transaction: no BEGIN/COMMIT round
+            return [self._write_one(Q["enqueue"], rows[0], "enqueue").lastrowid]
         with self._write("enqueue") as conn:
-            if len(rows) == 1:
-                return [conn.execute(Q["enqueue"], rows[0]).lastrowid]
             conn.executemany(Q["enqueue"], rows)
             last = conn.execute(Q["last_row_id"]).fetchone()[0]
         # one writer inside BEGIN IMMEDIATE, each rowid one past the largest: consecutive
