@@ -18,6 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from message_queue_sqlite.backends.base import (
     Backend,
@@ -115,18 +116,24 @@ class SQLiteShard(Shard):
                     raise self._storage_error(what, exc) from exc
                 raise
 
-    def _write_one(self, sql: str, params: Sequence[object], what: str) -> sqlite3.Cursor:
+    def _write_one(self, sql: str, params: Sequence[object], what: str, fetch: bool = False) -> Any:
         """A single write statement in autocommit: SQLite takes the write lock when the
-        statement starts (as BEGIN IMMEDIATE would) and commits when it ends."""
+        statement starts (as BEGIN IMMEDIATE would) and commits when it ends. Returns the
+        cursor, or with ``fetch`` its rows (read under the lock: the statement ends there)."""
+
+        def run() -> Any:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if fetch else cursor
+
         with self._lock:
             conn = self._connection()
             try:
                 try:
-                    return conn.execute(sql, params)
+                    return run()
                 except sqlite3.OperationalError as exc:
                     if not is_locked_error(exc):
                         raise
-                    return retry_locked(lambda: conn.execute(sql, params), f"{what} on {self.name}")
+                    return retry_locked(run, f"{what} on {self.name}")
             except sqlite3.Error as exc:
                 raise self._storage_error(what, exc) from exc
 
@@ -168,23 +175,34 @@ class SQLiteShard(Shard):
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
                            lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
-        hinted, self._sent_here = self._sent_here, False
-        if not completions and not hinted:  # a send through this object means work: no probe
-            with self._read() as conn:
-                if not conn.execute(Q["probe_claimable"], (owner, now)).fetchone()[0]:
-                    return rejected, []
+        claim = (owner, now + lease_seconds, now, limit)
+        if not completions:
+            hinted, self._sent_here = self._sent_here, False
+            if hinted:  # this object just stored ready work: no need to look first
+                ready, due = True, False
+            else:
+                with self._read() as conn:
+                    ready, due = conn.execute(Q["probe_claimable"], (owner, now)).fetchone()
+            if not ready and not due:
+                return rejected, []
+            if not due:  # the claim alone: one statement, its own write transaction
+                return rejected, self._claimed(self._write_one(Q["claim_batch"], claim, "claim", fetch=True))
         with self._write("complete/claim") as conn:
             if completions:
                 rejected = self._complete(conn, completions, owner)
-            claimed: list[ClaimedTask] = []
+            rows: list[tuple] = []
             if limit > 0:
                 conn.execute(Q["promote_due"], (now,))
-                rows = conn.execute(Q["claim_batch"], (owner, now + lease_seconds, now, limit)).fetchall()
-                index = self.index
-                claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
-                                       bool(r[8]), r[9], r[10], r[11]) for r in rows]
-                claimed.sort(key=lambda c: (-c.priority, c.row_id))
-        return rejected, claimed
+                rows = conn.execute(Q["claim_batch"], claim).fetchall()
+        return rejected, self._claimed(rows)
+
+    def _claimed(self, rows: list[tuple]) -> list[ClaimedTask]:
+        index = self.index
+        claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
+                               r[9], r[10], r[11]) for r in rows]
+        if len(claimed) > 1:
+            claimed.sort(key=lambda c: (-c.priority, c.row_id))
+        return claimed
 
     def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion],
                   owner: str) -> list[int]:

@@ -16,9 +16,9 @@ SELECT last_insert_rowid();
 UPDATE mqs_tasks SET status = 1 WHERE status = 6 AND run_after <= ?1;
 
 -- name: probe_claimable
--- Read-only check that a claim would find something (?1 owner, ?2 now), so idle workers never take the write lock for nothing.
-SELECT EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1))
-    OR EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 6 AND run_after <= ?2);
+-- Read-only: is anything ready for owner ?1, is any scheduled task due at ?2? Idle workers never take the write lock for nothing.
+SELECT EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1)),
+       EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 6 AND run_after <= ?2);
 
 -- name: claim_batch
 -- Lease up to ?4 ready tasks (best priority, then oldest) to owner ?1 until ?2; cached tasks only to their owner.
