@@ -25,3 +25,17 @@ test: lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache *.egg-info
+
+# The benchmark (bench/README.md): `make bench` compares this package with its peers and a
+# raw sqlite3 loop (~15-20 min; peers go into bench/.venvs); `make bench-quick` is a
+# seconds-long regression guard of this package against the raw loop.
+bench:
+	$(PYTHON) bench/run.py
+
+bench-quick:
+	$(PYTHON) bench/run.py --quick
+
+# The fault-injection runner (README, "Proof"): kills workers and senders at random and
+# checks from the files that nothing was lost or stuck. `--short` is what the tests run.
+faults: $(STAMP)
+	$(BIN)/python scripts/faults.py
