@@ -43,10 +43,10 @@ class ClaimedTask:
     cache_owner: str | None
     created_at: float
     started_at: float
+    task_id: str = ""  # derived from shard and row; computed once, it is read on every hop
 
-    @property
-    def task_id(self) -> str:
-        return format_task_id(self.shard, self.row_id)
+    def __post_init__(self) -> None:
+        self.task_id = format_task_id(self.shard, self.row_id)
 
 
 @dataclass(slots=True)

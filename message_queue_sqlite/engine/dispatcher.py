@@ -166,11 +166,12 @@ class OutcomeDispatcher:
                 self._lock.notify_all()
 
     def storage_changed(self) -> None:
-        """Called by the change feed."""
-        if self._remote:
+        """Called by the change feed (often: every commit of any process, ours included)."""
+        if self._remote and not self._changed:
             with self._lock:
                 self._changed = True
-                self._lock.notify_all()
+                if not self._busy:
+                    self._lock.notify_all()
 
     @property
     def awaiting_remote(self) -> bool:
