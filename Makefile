@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick faults clean
+.PHONY: demo test lint bench bench-quick bench-pg faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ clean:
 # seconds-long regression guard of this package against the raw loop.
 bench:
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/pg.py
+
+# The PostgreSQL part (bench/results/pg.md): ours vs a raw psycopg loop, pgqueuer and
+# procrastinate against the server at 127.0.0.1:5432 (~3-5 min; peers in bench/.venvs/pg-peers).
+bench-pg:
+	$(PYTHON) bench/pg.py
 
 bench-quick:
 	$(PYTHON) bench/run.py --quick
