@@ -228,3 +228,36 @@ def test_an_idle_worker_does_not_take_the_write_lock(tmp_path):
         reader.set_trace_callback(None)
         writes = [s for s in statements if s.split()[0] in ("BEGIN", "UPDATE", "INSERT", "DELETE")]
         assert not writes, writes
+
+
+def test_a_network_file_system_is_warned_about(tmp_path, caplog):
+    from message_queue_sqlite.backends.sqlite.connection import warn_if_network_filesystem
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw 0 0\n")
+    warn_if_network_filesystem(str(tmp_path / "q"), str(mounts))
+    assert "nfs4 network file system" in caplog.text
+    caplog.clear()
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\n/dev/vdb {tmp_path} ext4 rw 0 0\n")
+    warn_if_network_filesystem(str(tmp_path / "q"), str(mounts))
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(("durability", "level"), [("normal", 1), ("full", 2)])
+def test_durability_setting_reaches_sqlite(tmp_path, durability, level):
+    with MessageQueue(str(tmp_path / "q"), durability=durability) as mq:
+        shard = mq.engine.shards[0]
+        assert shard._connection().execute("PRAGMA synchronous").fetchone()[0] == level
+        assert shard._connection(reader=True).execute("PRAGMA synchronous").fetchone()[0] == level
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("max_workers", 0, "max_workers=0 is invalid; it must be an integer >= 1"),
+    ("middleware_num", "2", "middleware_num='2' is invalid"),
+    ("visibility_timeout", -1, "visibility_timeout=-1 is invalid"),
+    ("durability", "fast", "durability='fast' is not a mode"),
+    ("broker_url", "mysql://x", "broker_url='mysql://x' is not supported"),
+])
+def test_bad_settings_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Config(**{field: value})

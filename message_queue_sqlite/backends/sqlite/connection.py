@@ -173,10 +173,10 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def warn_if_network_filesystem(folder: str) -> None:
+def warn_if_network_filesystem(folder: str, mounts_file: str = "/proc/mounts") -> None:
     """WAL needs shared memory on one host; NFS/SMB locking corrupts databases."""
     try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
+        with open(mounts_file, encoding="utf-8") as mounts:
             entries = [line.split() for line in mounts]
     except OSError:
         return
