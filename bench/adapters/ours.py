@@ -14,8 +14,8 @@ NOTES = "send() per task, send_many() per batch; handle.result() for round trips
 
 
 def version() -> str:
-    """The package version and the commit it was measured at (``+changes`` when the
-    package's files differ from that commit)."""
+    """The package version and the last commit that changed the package (``+changes`` when
+    its files differ from that commit)."""
     import message_queue_sqlite
 
     folder = os.path.dirname(message_queue_sqlite.__file__)
@@ -28,7 +28,7 @@ def version() -> str:
         except OSError:
             return ""
 
-    rev = git("rev-parse", "--short", "HEAD")
+    rev = git("log", "-1", "--format=%h", "--", ".")  # the package's own last commit
     if not rev:
         return message_queue_sqlite.__version__
     changed = git("status", "--porcelain", "--", ".")
