@@ -46,14 +46,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import psycopg
 
+from message_queue_sqlite.backends.backoff import Backoff
 from message_queue_sqlite.backends.base import (
     Backend,
     ClaimedTask,
@@ -168,8 +167,7 @@ class PostgresShard(Shard):
         connection, on a new one, with ``broke`` True (the last try may have committed)
         after ``on_break`` ran."""
         session = self._reader if read else self._writer
-        deadline = time.monotonic() + RETRY_DEADLINE_S
-        delay = 0.005
+        backoff = Backoff(first=0.005, cap=1.0, deadline_s=RETRY_DEADLINE_S)
         broke = False
         with session.lock:
             while True:
@@ -195,12 +193,11 @@ class PostgresShard(Shard):
                                 what, self.name, self._target.location, str(exc).strip())
                 except psycopg.Error as exc:
                     raise QueueStorageError(f"{what} on {self.name} failed: {exc}") from exc
-                if time.monotonic() + delay > deadline:
+                if backoff.expired:
                     raise QueueStorageError(f"{what} on {self.name}: PostgreSQL at "
                                             f"{self._target.location} still failing after "
                                             f"{RETRY_DEADLINE_S:.0f} s ({problem})") from problem
-                time.sleep(random.uniform(delay / 2, delay))  # back-off, not a poll
-                delay = min(delay * 2, 1.0)
+                backoff.wait()
 
     def _settle(self, conn: psycopg.Connection) -> None:
         """Give back the leases of claims whose commit went unconfirmed (connection lost):

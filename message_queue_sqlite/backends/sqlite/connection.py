@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from message_queue_sqlite.backends.backoff import Backoff
 from message_queue_sqlite.backends.sql_files import load_migrations
 from message_queue_sqlite.core.errors import QueueStorageError
 
@@ -39,22 +38,20 @@ def is_locked_error(exc: BaseException) -> bool:
 def retry_locked(action: Callable[[], T], what: str, deadline_s: float = LOCK_DEADLINE_S) -> T:
     """Run ``action`` again with jittered back-off while the file is locked by another process,
     so "database is locked" never reaches a user unless the lock outlives ``deadline_s``."""
-    deadline = time.monotonic() + deadline_s
-    delay = 0.001
+    backoff = Backoff(first=0.001, cap=0.2, deadline_s=deadline_s)
     while True:
         try:
             return action()
         except sqlite3.OperationalError as exc:
             if not is_locked_error(exc):
                 raise
-            if time.monotonic() > deadline:
+            if backoff.expired:
                 raise QueueStorageError(
                     f"{what}: the queue file stayed locked by another process for over "
                     f"{deadline_s:.0f} s ({exc})"
                 ) from exc
-            log.debug("%s: file locked, retrying in %.3f s", what, delay)
-            time.sleep(random.uniform(delay / 2, delay))  # back-off, not a poll
-            delay = min(delay * 2, 0.2)
+            log.debug("%s: file locked, retrying in up to %.3f s", what, backoff.delay)
+            backoff.wait()
 
 
 def _refuse(path: str, why: str) -> QueueStorageError:
