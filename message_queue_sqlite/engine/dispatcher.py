@@ -76,13 +76,6 @@ class OutcomeDispatcher:
             self._ensure_thread()
         self._on_remote_interest()
 
-    def forget(self, task_id: str) -> None:
-        """The send failed: nothing will come."""
-        with self._lock:
-            entry = self._pending.pop(task_id, None)
-            if entry is not None and not entry.local:
-                self._remote -= 1
-
     def wait(self, task_id: str, timeout: float | None,
              lookup: Callable[[], TaskRecord | None]) -> TaskOutcome | None:
         """Block until ``task_id`` ends; None on timeout. ``lookup`` reads storage once after
@@ -172,10 +165,6 @@ class OutcomeDispatcher:
                 self._changed = True
                 if not self._busy:
                     self._lock.notify_all()
-
-    @property
-    def awaiting_remote(self) -> bool:
-        return self._remote > 0
 
     # -- the delivery thread ---------------------------------------------------------
     def _ensure_thread(self) -> None:
