@@ -29,6 +29,7 @@ IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
 POLL_INTERVAL_S = 0.002  # fallback only
+TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it pauses this long
 
 
 class ChangeWatcher:
@@ -67,8 +68,15 @@ class ChangeWatcher:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        trailing = False
         while not self._stop.is_set():
-            poller.poll()
+            # The WAL write is seen before its commit is visible to readers (the commit mark
+            # lands in the shared-memory index, which inotify does not report): one more
+            # notification once the writes pause lets a reader that looked too early see it.
+            if not poller.poll(TRAILING_NOTIFY_MS if trailing else None):
+                trailing = False
+                self._notify()
+                continue
             if self._stop.is_set():
                 break
             try:
@@ -79,6 +87,7 @@ class ChangeWatcher:
                 raise
             if self._mentions_wal(data):
                 self._notify()
+                trailing = True
         os.close(fd)
 
     def _mentions_wal(self, data: bytes) -> bool:
