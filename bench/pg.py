@@ -27,6 +27,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import log, read_lines, summarize  # noqa: E402
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venvs", "pg-peers")
@@ -66,10 +69,6 @@ WORKLOADS = {  # key: (trial, params, metrics [(field, label, unit, higher_bette
         ],
     ),
 }
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 # ------------------------------------------------------------------------- trial side
@@ -238,14 +237,6 @@ def child_env() -> dict:
     return env
 
 
-def read_lines(path: str) -> list[dict]:
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.endswith("\n")]
-    except (OSError, ValueError):
-        return []
-
-
 def run_trial(python: str, system: str, workload: str, rep: int) -> dict:
     kind, params, _ = WORKLOADS[workload]
     schema = f"bench_{system}_{workload}_{rep}_{os.getpid()}"
@@ -313,20 +304,6 @@ def run_trial(python: str, system: str, workload: str, rep: int) -> dict:
         if record["status"] == "ok" and os.path.exists(path):
             os.remove(path)
     return record
-
-
-def summarize(records: list[dict], key: str) -> dict | None:
-    values = [r[key] for r in records if r.get(key) is not None and r["status"] != "error"]
-    if not values:
-        return None
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-        "complete": sum(1 for r in records if r["status"] == "ok"),
-        "runs": len(records),
-    }
 
 
 def fmt(value: float | None, unit: str) -> str:

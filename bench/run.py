@@ -22,7 +22,6 @@ import shlex
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 from adapters import SYSTEMS  # noqa: E402
+from common import log, read_lines, summarize  # noqa: E402
 
 VENVS = os.path.join(BENCH, ".venvs")
 WORK = os.path.join(BENCH, ".work")
@@ -300,10 +300,6 @@ def workloads(quick: bool, backlog_n: int | None, systems: list[str]) -> list[Wo
 
 
 # ------------------------------------------------------------------------- environment
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
 def ensure_venv(name: str) -> str:
     """Create bench/.venvs/NAME with its requirements file installed (again if it changed)."""
     requirements = os.path.join(BENCH, REQUIREMENTS[name])
@@ -363,14 +359,6 @@ def machine() -> dict:
 
 
 # ------------------------------------------------------------------------- trials
-def read_lines(path: str) -> list[dict]:
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.endswith("\n")]
-    except (OSError, ValueError):
-        return []
-
-
 def run_trial(system: str, trial: str, params: dict, venvs: dict, tag: str) -> dict:
     workdir = os.path.join(WORK, tag)
     out = os.path.join(WORK, tag + ".jsonl")
@@ -484,20 +472,6 @@ def build_backlog(system: str, n: int, venvs: dict, name: str = "backlog") -> di
 
 
 # ------------------------------------------------------------------------- summaries
-def summarize(records: list[dict], key: str) -> dict | None:
-    values = [r[key] for r in records if r.get(key) is not None and r["status"] != "error"]
-    if not values:
-        return None
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-        "complete": sum(1 for r in records if r["status"] == "ok"),
-        "runs": len(records),
-    }
-
-
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
