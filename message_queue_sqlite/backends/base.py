@@ -44,6 +44,9 @@ class ClaimedTask:
     created_at: float
     started_at: float
     task_id: str = ""  # derived from shard and row; computed once, it is read on every hop
+    # Set by the engine at claim time: the sender's callback waits in this very process, so
+    # the outcome is handed over in memory and need not be looked up in storage.
+    callback_here: bool = False
 
     def __post_init__(self) -> None:
         self.task_id = format_task_id(self.shard, self.row_id)
@@ -61,6 +64,7 @@ class Completion:
     started_at: float
     ended_at: float
     run_after: float = 0.0
+    handed_over: bool = False  # the sender got the outcome in memory: clear the row's notify flag
 
 
 @dataclass(slots=True)

@@ -123,13 +123,20 @@ class OutcomeDispatcher:
                 self._remote -= 1
 
     # -- local workers ---------------------------------------------------------------
-    def claimed_locally(self, task_ids: Iterable[str]) -> None:
+    def claimed_locally(self, task_ids: Iterable[str]) -> set[str]:
+        """This object's workers hold these tasks now; returns those whose callback is
+        registered here (their outcomes are handed over in memory, never looked up)."""
+        with_callback = set()
         with self._lock:
             for task_id in task_ids:
                 entry = self._pending.get(task_id)
-                if entry is not None and not entry.local:
-                    entry.local = True
-                    self._remote -= 1
+                if entry is not None:
+                    if not entry.local:
+                        entry.local = True
+                        self._remote -= 1
+                    if entry.callback is not None:
+                        with_callback.add(task_id)
+        return with_callback
 
     def released_locally(self, task_ids: Iterable[str]) -> None:
         with self._lock:

@@ -189,7 +189,10 @@ class WorkerPool:
             if claims:
                 mine = [c.task_id for c in claims if c.sender == engine.node]
                 if mine:
-                    engine.dispatcher.claimed_locally(mine)
+                    callback_here = engine.dispatcher.claimed_locally(mine)
+                    if callback_here:
+                        for claim in claims:
+                            claim.callback_here = claim.task_id in callback_here
                 with self._cv:
                     stopping = self._stopping
                     if not stopping:
@@ -313,7 +316,7 @@ def build_completion(claim: ClaimedTask, policy: RetryPolicy, ok: bool, value: A
                 outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FINISHED, stored,
                                       None, None, started, ended, claim.attempt)
             return Completion(claim.row_id, claim.attempt, TaskStatus.FINISHED, text, None,
-                              started, ended), outcome
+                              started, ended, 0.0, claim.callback_here), outcome
     message = f"{type(value).__name__}: {value}"
     if policy.should_retry(value, claim.attempt):
         run_after = ended + policy.delay(claim.attempt)
@@ -322,7 +325,7 @@ def build_completion(claim: ClaimedTask, policy: RetryPolicy, ok: bool, value: A
     outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FAILED, None, message, tb,
                           started, ended, claim.attempt) if deliver else None
     return Completion(claim.row_id, claim.attempt, TaskStatus.FAILED, message, tb,
-                      started, ended), outcome
+                      started, ended, 0.0, claim.callback_here), outcome
 
 
 def decode_args(claim: ClaimedTask, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -245,7 +245,7 @@ class PostgresShard(Shard):
             return [], []
         params = {
             "completions": _json([[c.row_id, c.attempt, int(c.status), _text(c.result), _text(c.traceback),
-                                   float(c.ended_at), float(c.run_after), float(c.started_at)]
+                                   float(c.ended_at), float(c.run_after), float(c.started_at), c.handed_over]
                                   for c in completions]),
             "owner": owner, "expires": now + lease_seconds, "now": now, "limit": max(limit, 0),
             **self._channel,

@@ -25,12 +25,13 @@ SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
 SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
+-- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
 WITH batch AS MATERIALIZED (
     SELECT array_agg((e->>0)::bigint) AS ids, array_agg((e->>1)::integer) AS attempts,
            array_agg((e->>2)::integer) AS statuses, array_agg(e->>3) AS results,
            array_agg(e->>4) AS tracebacks, array_agg((e->>5)::float8) AS ended,
-           array_agg((e->>6)::float8) AS run_afters, array_agg((e->>7)::float8) AS started
+           array_agg((e->>6)::float8) AS run_afters, array_agg((e->>7)::float8) AS started,
+           array_agg((e->>8)::boolean) AS handed_over
       FROM json_array_elements(%(completions)s::json) AS e),
 done AS (
     UPDATE {schema}.mqs_tasks AS t
@@ -43,6 +44,7 @@ done AS (
                            THEN b.ended[array_position(b.ids, t.id)] END,
            run_after = b.run_afters[array_position(b.ids, t.id)],
            started_at = b.started[array_position(b.ids, t.id)],
+           notify = t.notify AND NOT b.handed_over[array_position(b.ids, t.id)],
            lease_owner = NULL, lease_expires = NULL
       FROM batch AS b
      WHERE t.id = ANY(b.ids) AND t.attempts = b.attempts[array_position(b.ids, t.id)]

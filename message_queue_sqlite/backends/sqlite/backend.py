@@ -207,7 +207,7 @@ class SQLiteShard(Shard):
     def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion],
                   owner: str) -> list[int]:
         rows = [(c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at, c.run_after,
-                 c.started_at, owner) for c in completions]
+                 c.started_at, owner, c.handed_over) for c in completions]
         if len(rows) == 1:
             return [] if conn.execute(Q["complete"], rows[0]).rowcount else [rows[0][0]]
         conn.execute("SAVEPOINT complete")

@@ -31,9 +31,9 @@ RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, n
           cache_owner, created_at, started_at;
 
 -- name: complete
--- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry) unless the lease was lost since (fenced by attempt and owner ?9).
+-- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry) unless the lease was lost since (fenced by attempt and owner ?9); ?10 = 1: the sender got the outcome in memory, so it need not look for it (notify = 0).
 UPDATE mqs_tasks
-   SET status = ?3,
+   SET status = ?3, notify = CASE WHEN ?10 THEN 0 ELSE notify END,
        outcome = CASE WHEN ?3 IN (3, 4) THEN ?3 END,
        result = ?4, traceback = ?5,
        ended_at = CASE WHEN ?3 IN (3, 4) THEN ?6 END,
