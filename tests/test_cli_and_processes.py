@@ -220,7 +220,7 @@ def test_the_original_example_app_runs_unmodified_on_postgres(tmp_path):
         assert not (app / "message_queue").exists()  # no SQLite file was made
         with MessageQueue(config=Config(broker_url=url)) as mq:
             totals = mq.stats()["totals"]
-        assert totals["RUNNING"] == 0 and out.count("{'task_id': ") == totals["CALLBACKED"]
+        assert totals["RUNNING"] == 0 and out.count("{'task_id': ") == totals["CALLBACKED"], err
     finally:
         if child.poll() is None:
             child.kill()

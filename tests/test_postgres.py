@@ -398,6 +398,44 @@ def test_an_enqueue_whose_commit_is_unknown_is_not_stored_twice(pg_url):
         backend.close()
 
 
+class _InterruptMidCommand:
+    """A connection whose next statement containing ``marker`` is sent and then interrupted
+    (as Ctrl-C interrupts psycopg's wait for the result): the connection is left with a
+    command in progress."""
+
+    def __init__(self, real, marker: str):
+        self.real = real
+        self.marker = marker
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def execute(self, query, params=None):
+        if self.marker in query:
+            self.real.pgconn.send_query(b"SELECT pg_sleep(0.2)")
+            raise KeyboardInterrupt
+        return self.real.execute(query, params)
+
+
+def test_a_command_interrupted_by_ctrl_c_leaves_no_half_used_connection(pg_url):
+    """The original example stops on KeyboardInterrupt, which can land inside a send; the
+    workers' next write must not reuse that connection ("another command is already in
+    progress"), and the interrupted claim's leases are given back."""
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        shard.enqueue(new_tasks(2))
+        shard._writer.conn = _InterruptMidCommand(shard._writer.conn, "claimed AS")
+        with pytest.raises(KeyboardInterrupt):
+            shard.complete_and_claim([], "w", 10, 30.0, time.time())
+        _, claims = shard.complete_and_claim([], "w", 10, 30.0, time.time())
+        assert len(claims) == 2 and shard.count_by_status() == {2: 2}
+        ids = shard.enqueue(new_tasks(1))
+        assert shard.count_ready() == 1 and len(ids) == 1
+    finally:
+        backend.close()
+
+
 def test_purge_never_deletes_the_newest_row(pg_url):
     backend = open_pg(pg_url)
     try:

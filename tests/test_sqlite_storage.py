@@ -261,3 +261,62 @@ def test_durability_setting_reaches_sqlite(tmp_path, durability, level):
 def test_bad_settings_are_named(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Config(**{field: value})
+
+
+def _new_task(name: str = "noop"):
+    import time
+
+    from message_queue_sqlite.backends.base import NewTask
+
+    return NewTask(name, "{}", 0, "sender", False, None, 0, None, 0.0, time.time())
+
+
+def test_the_change_feed_reports_other_connections_commits_not_our_own(tmp_path):
+    """Our own commits would wake our idle workers and outcome poller for nothing (the engine
+    rings its own bell): only another connection's commit is reported, once."""
+    from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+
+    folder = str(tmp_path / "q")
+    ours, theirs = SQLiteBackend(folder, 1), SQLiteBackend(folder, 1)
+    newest_when_reported: list[int] = []
+    reader = sqlite3.connect(str(tmp_path / "q" / "mq-shard-0.db"), check_same_thread=False)
+
+    def reported() -> None:
+        newest_when_reported.append(reader.execute("SELECT max(id) FROM mqs_tasks").fetchone()[0])
+
+    try:
+        ours.watch(reported)
+        for _ in range(3):
+            ours.shards[0].enqueue([_new_task()])  # rows 1-3: ours
+        [foreign] = theirs.shards[0].enqueue([_new_task()])
+        wait_until(lambda: foreign in newest_when_reported, what="the other connection's commit")
+        assert newest_when_reported == [foreign]
+    finally:
+        ours.close()
+        theirs.close()
+        reader.close()
+
+
+def test_shard_files_adopted_from_several_threads_at_once_keep_their_places(tmp_path):
+    """The change watcher, the housekeeper and idle workers all adopt new shard files: each
+    file must be opened once, at the position of its index (tasks name their shard by it)."""
+    from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+
+    folder = str(tmp_path / "q")
+    SQLiteBackend(folder, 6).close()
+    backend = SQLiteBackend(folder, 1)
+    start = threading.Barrier(4)
+
+    def adopt() -> None:
+        start.wait()
+        backend.adopt_new_shards()
+
+    threads = [threading.Thread(target=adopt) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [shard.index for shard in backend.shards] == list(range(6))
+    finally:
+        backend.close()

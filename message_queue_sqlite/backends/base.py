@@ -117,11 +117,12 @@ class Shard(ABC):
 
     @abstractmethod
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
-        """Record completions of ``owner``'s leases (fenced by owner and attempt) and lease up to
-        ``limit`` ready tasks, in one transaction. Without completions, an empty queue must be
-        detected without taking a write lock. Returns the row ids whose completion was rejected
-        as stale, and the claims."""
+                           lease_seconds: float, now: float,
+                           callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
+        """Record completions of ``owner``'s leases (fenced by owner and attempt), mark the
+        ``callbacked`` rows as in ``mark_callbacked``, and lease up to ``limit`` ready tasks, in
+        one transaction. With nothing to write, an empty queue must be detected without taking
+        a write lock. Returns the row ids whose completion was rejected as stale, and the claims."""
 
     @abstractmethod
     def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:

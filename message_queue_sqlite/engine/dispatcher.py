@@ -5,6 +5,11 @@ round trip), or from storage when another process ran the task. Storage is only 
 while some awaited task is not being run here, and then only when the change feed
 says something changed (with a slow fallback poll). Each task's own callback is kept
 under its own task id, and popped when it runs, so it runs once.
+
+That a callback ran is recorded (CALLBACKED) in the write transaction the workers of this
+object commit next anyway, when they run: a write of its own would queue behind theirs on
+the shard's single writer and rewrite the pages they just wrote. Marks no worker picked up
+within ``MARK_LATEST_S`` (the workers went idle, or none run here) are written directly.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ FALLBACK_POLL_S = 0.1
 MIN_POLL_INTERVAL_S = 0.0005  # a burst of change events costs one storage poll
 MAX_POLL_INTERVAL_S = 0.005  # while polls only find what local workers already deliver
 FETCH_LIMIT = 1000
+MARK_LATEST_S = 0.02  # a CALLBACKED mark waits at most this long for a worker's transaction
 
 
 def outcome_from_record(record: TaskRecord) -> TaskOutcome:
@@ -50,10 +56,14 @@ class _Pending:
 
 
 class OutcomeDispatcher:
-    def __init__(self, node: str, shards: Sequence[Shard], on_remote_interest: Callable[[], None]):
+    def __init__(self, node: str, shards: Sequence[Shard], on_remote_interest: Callable[[], None],
+                 workers_running: Callable[[], bool] = lambda: False):
         self._node = node
         self._shards = shards
         self._on_remote_interest = on_remote_interest
+        self._workers_running = workers_running
+        self._marks: dict[int, list[int]] = defaultdict(list)  # shard -> rows whose callback ran
+        self._marks_since = 0.0
         self._lock = threading.Condition(threading.Lock())
         self._pending: dict[str, _Pending] = {}
         self._remote = 0  # awaited tasks not held by a local worker
@@ -182,10 +192,14 @@ class OutcomeDispatcher:
     def _run(self) -> None:
         while True:
             with self._lock:
+                timeout = FALLBACK_POLL_S
+                if self._marks:
+                    timeout = min(timeout, max(0.0, self._marks_since + MARK_LATEST_S - time.monotonic()))
                 self._lock.wait_for(lambda: self._inbox or self._changed or self._closing,
-                                    FALLBACK_POLL_S)
+                                    timeout)
                 if self._closing and not self._inbox:
                     return
+                overdue = bool(self._marks) and time.monotonic() - self._marks_since >= MARK_LATEST_S
                 since = time.monotonic() - self._last_poll
                 poll = self._remote > 0 and (self._changed or since >= FALLBACK_POLL_S)
                 if poll and since < self._poll_interval and not self._inbox:
@@ -199,6 +213,8 @@ class OutcomeDispatcher:
                     batch.extend(self._poll_storage())
                 if batch:
                     self._run_callbacks(batch)
+                if overdue:
+                    self.write_marks()
             except Exception:
                 log.exception("delivering task outcomes failed; will retry")
             finally:
@@ -242,7 +258,7 @@ class OutcomeDispatcher:
         return found
 
     def _run_callbacks(self, batch: list[tuple[TaskOutcome, int, int]]) -> None:
-        called: dict[int, list[int]] = defaultdict(list)
+        called: list[tuple[int, int]] = []
         todo = []
         with self._lock:
             for outcome, shard, row_id in batch:
@@ -259,9 +275,40 @@ class OutcomeDispatcher:
             except Exception:
                 log.exception("callback of task %s (%s) raised; its outcome stays recorded",
                               outcome.task_name, outcome.task_id)
-            called[shard].append(row_id)
-        for shard, row_ids in called.items():
-            self._shards[shard].mark_callbacked(row_ids)
+            called.append((shard, row_id))
+        if called:
+            with self._lock:
+                if not self._marks:
+                    self._marks_since = time.monotonic()
+                for shard, row_id in called:
+                    self._marks[shard].append(row_id)
+            if not self._workers_running():
+                self.write_marks()
+
+    # -- CALLBACKED marks ------------------------------------------------------------
+    def take_marks(self, shard: int) -> list[int]:
+        """The rows of ``shard`` whose callback ran, for a worker to mark in its transaction."""
+        if not self._marks:
+            return []
+        with self._lock:
+            return self._marks.pop(shard, [])
+
+    def return_marks(self, shard: int, row_ids: list[int]) -> None:
+        """Marks a worker took but could not commit: kept for the next attempt."""
+        if row_ids:
+            with self._lock:
+                self._marks_since = time.monotonic()  # retried MARK_LATEST_S from now
+                self._marks[shard][:0] = row_ids
+
+    def write_marks(self) -> None:
+        """Record the pending marks now, one transaction per shard."""
+        for shard in list(self._marks):
+            row_ids = self.take_marks(shard)
+            try:
+                self._shards[shard].mark_callbacked(row_ids)
+            except BaseException:
+                self.return_marks(shard, row_ids)
+                raise
 
     # -- stopping --------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -270,7 +317,14 @@ class OutcomeDispatcher:
             if self._thread is None:
                 return True
             self._lock.notify_all()
-            return self._lock.wait_for(lambda: not self._inbox and not self._busy, timeout)
+            if not self._lock.wait_for(lambda: not self._inbox and not self._busy, timeout):
+                return False
+        try:
+            self.write_marks()
+        except Exception:
+            log.exception("recording that callbacks ran failed; those tasks stay FINISHED/FAILED")
+            return False
+        return True
 
     def close(self, timeout: float = 10.0, final_poll: bool = False) -> None:
         """Deliver what arrived; with ``final_poll``, also what storage holds for us now."""
@@ -278,6 +332,7 @@ class OutcomeDispatcher:
         if final_poll and self._remote > 0:
             try:
                 self._run_callbacks(self._poll_storage())
+                self.write_marks()
             except Exception:
                 log.exception("final delivery of task outcomes failed")
         with self._lock:

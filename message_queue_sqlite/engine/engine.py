@@ -63,7 +63,8 @@ class Engine:
         self.node = uuid.uuid4().hex[:16]
         self.bell = Bell()
         self.cache: dict[str, dict[str, Any]] = {}
-        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage)
+        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
+                                            lambda: self._pool is not None)
         self.balancer = ShardBalancer(self.shards, config.middleware_num)
         self._cache_keys = itertools.count()
         self._lock = threading.Lock()
@@ -72,6 +73,7 @@ class Engine:
         self._stopping_pool: WorkerPool | None = None
         self.housekeeper = Housekeeper(self)
         self._watching = False
+        self._next_shard_look = 0.0
         self._node_registered = False
         self._closed = False
 
@@ -199,8 +201,12 @@ class Engine:
 
     def idle_wait_timeout(self) -> float:
         """How long an idle worker may wait for a ring: until the next scheduled task is due.
-        (Idle is also when a worker looks for shard files another process added.)"""
-        self.backend.adopt_new_shards()
+        (Idle is also when a worker looks for shard files another process added, at most
+        once per ``IDLE_RECHECK_S``: a new file also rings through the change feed.)"""
+        mono = time.monotonic()
+        if mono >= self._next_shard_look:
+            self._next_shard_look = mono + IDLE_RECHECK_S
+            self.backend.adopt_new_shards()
         due = [t for t in (s.next_run_after() for s in self.shards) if t is not None]
         if not due:
             return IDLE_RECHECK_S
@@ -257,10 +263,12 @@ class Engine:
         if not self._watching:
             with self._watch_lock:
                 if not self._watching:
-                    self.backend.watch(self._storage_changed)
+                    self.backend.watch(self.storage_changed)
                     self._watching = True
 
-    def _storage_changed(self) -> None:
+    def storage_changed(self) -> None:
+        """Another process committed (the change feed), or this object made work ready or
+        ended tasks outside the send and worker paths: wake idle workers and the outcome poller."""
         self.bell.ring()
         self.dispatcher.storage_changed()
 

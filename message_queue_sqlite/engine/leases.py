@@ -68,7 +68,7 @@ class Housekeeper:
             report += shard.recover_expired(now, engine.config.crash_limit)
         if report.requeued or report.failed:
             log.warning("lease recovery: %d task(s) requeued, %d failed", report.requeued, report.failed)
-            engine.bell.ring()
+            engine.storage_changed()  # requeued work for idle workers, outcomes for senders
         mono = time.monotonic()
         retention = engine.config.retention
         if retention is not None and mono >= self._next_purge:

@@ -154,8 +154,10 @@ class WorkerPool:
                         idle = self._threads_wanted - len(self._running)
                         break
                     self._cv.wait()
+            wake = self._threads_wanted
             try:
-                self._claim_more(idle)
+                # as many threads as there are new claims: one may become the next claimer
+                wake = max(1, self._claim_more(idle))
                 self._failures = 0
             except Exception as exc:
                 self._failures += 1
@@ -165,14 +167,15 @@ class WorkerPool:
             finally:
                 with self._cv:
                     self._claiming = False
-                    self._cv.notify_all()
+                    self._cv.notify(wake)
 
     def _claim_limit(self, idle: int) -> int:
         per_thread = max(1, int(TARGET_BATCH_S / max(self._avg_task_s, 1e-6)))
         return max(1, min(self._engine.config.prefetch, max(idle, 1) * per_thread))
 
-    def _claim_more(self, idle: int) -> None:
-        """Claim from the shards in rotation until something comes, else wait for a ring."""
+    def _claim_more(self, idle: int) -> int:
+        """Claim from the shards in rotation until something comes, else wait for a ring.
+        Returns how many claims went into the buffer."""
         engine = self._engine
         while not self._stopping:
             seen = engine.bell.generation
@@ -200,20 +203,25 @@ class WorkerPool:
                             heapq.heappush(self._buffer, (-claim.priority, claim.shard, claim.row_id, claim))
                 if stopping:  # stop() began during the claim: these never start here
                     self._give_back(claims, started=False)
-                return
+                    return 0
+                return len(claims)
             engine.bell.wait(seen, engine.idle_wait_timeout())
+        return 0
 
     def _exchange(self, shard: int, limit: int) -> list[ClaimedTask]:
-        """Record this shard's completions and claim up to ``limit``, in one transaction.
-        On a storage error the completions go back to the pile, to be retried."""
+        """Record this shard's completions (and the callbacks that ran since) and claim up to
+        ``limit``, in one transaction. On a storage error all goes back, to be retried."""
+        dispatcher = self._engine.dispatcher
         with self._flush_lock:
             batch = self._take_pending(shard)
+            marks = dispatcher.take_marks(shard)
             try:
                 rejected, claims = self._engine.shards[shard].complete_and_claim(
                     [item[0] for item in batch], self._engine.node, limit,
-                    self._engine.config.visibility_timeout, self._engine.clock())
+                    self._engine.config.visibility_timeout, self._engine.clock(), marks)
             except BaseException:
                 self._put_back(shard, batch)
+                dispatcher.return_marks(shard, marks)
                 raise
         self._after_commit(batch, rejected)
         return claims
@@ -278,17 +286,22 @@ class WorkerPool:
             log.warning("%d completion(s) discarded: their leases expired and the tasks were "
                         "taken over by another attempt", len(lost))
         delivered = []
+        retries = False
         for completion, outcome, claim in batch:
             if lost and completion.row_id in lost:
                 if claim.sender == engine.node:
                     engine.dispatcher.released_locally([claim.task_id])
                 continue
+            if completion.status == TaskStatus.SCHEDULED:
+                retries = True
             if claim.cache_owner is not None and completion.status != TaskStatus.SCHEDULED:
                 engine.cache.pop(claim.args or "", None)
             if outcome is not None:
                 delivered.append((outcome, claim.shard, claim.row_id))
         if delivered:
             engine.dispatcher.deliver(delivered)
+        if retries:
+            engine.bell.ring()  # an idle worker's wait must end when the retry is due
 
 
 def execute(func: Callable[..., Any], args: dict[str, Any]) -> tuple[bool, Any, str | None]:

@@ -193,6 +193,13 @@ class PostgresShard(Shard):
                                 what, self.name, self._target.location, str(exc).strip())
                 except psycopg.Error as exc:
                     raise QueueStorageError(f"{what} on {self.name} failed: {exc}") from exc
+                except BaseException:
+                    # Interrupted mid-command (KeyboardInterrupt lands in psycopg's Python wait
+                    # loop): the connection may still expect a result, so it is never reused.
+                    session.discard()
+                    if on_break is not None:
+                        on_break()
+                    raise
                 if backoff.expired:
                     raise QueueStorageError(f"{what} on {self.name}: PostgreSQL at "
                                             f"{self._target.location} still failing after "
@@ -240,15 +247,16 @@ class PostgresShard(Shard):
 
     # -- working ---------------------------------------------------------------------
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
-        if not completions and limit <= 0:
+                           lease_seconds: float, now: float,
+                           callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
+        if not completions and not callbacked and limit <= 0:
             return [], []
         params = {
             "completions": _json([[c.row_id, c.attempt, int(c.status), _text(c.result), _text(c.traceback),
                                    float(c.ended_at), float(c.run_after), float(c.started_at), c.handed_over]
                                   for c in completions]),
             "owner": owner, "expires": now + lease_seconds, "now": now, "limit": max(limit, 0),
-            **self._channel,
+            "callbacked": _int_array(callbacked), **self._channel,
         }
         query = self._q["complete_and_claim"]
 
@@ -257,7 +265,7 @@ class PostgresShard(Shard):
             claims = claims or []
             if promoted and len(claims) < limit:
                 # tasks just became ready (scheduled, now due): claim them in a second statement
-                again = dict(params, completions="[]", limit=limit - len(claims))
+                again = dict(params, completions="[]", callbacked="{}", limit=limit - len(claims))
                 claims += conn.execute(query, again).fetchone()[3] or []
             return set(applied or ()), claims
 

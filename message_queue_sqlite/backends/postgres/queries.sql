@@ -25,7 +25,7 @@ SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
 SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
+-- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
 WITH batch AS MATERIALIZED (
     SELECT array_agg((e->>0)::bigint) AS ids, array_agg((e->>1)::integer) AS attempts,
            array_agg((e->>2)::integer) AS statuses, array_agg(e->>3) AS results,
@@ -50,6 +50,10 @@ done AS (
      WHERE t.id = ANY(b.ids) AND t.attempts = b.attempts[array_position(b.ids, t.id)]
        AND t.status = 2 AND t.lease_owner = %(owner)s
     RETURNING t.id, t.status),
+marked AS (
+    UPDATE {schema}.mqs_tasks SET status = 5
+     WHERE id = ANY(%(callbacked)s::bigint[]) AND status IN (3, 4)
+    RETURNING 1),
 promoted AS (
     UPDATE {schema}.mqs_tasks SET status = 1
      WHERE id IN (SELECT id FROM {schema}.mqs_tasks

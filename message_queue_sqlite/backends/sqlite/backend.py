@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -46,6 +47,7 @@ Q = load_queries(__package__)
 SHARD_FILE = "mq-shard-{index}.db"
 SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
+OWN_WRITE_ECHO_S = 0.0005  # a WAL event this soon after our own commit is most likely its echo
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
 
 
@@ -84,6 +86,11 @@ class SQLiteShard(Shard):
         self._conn: sqlite3.Connection | None = connect(path, durability)
         self._reader: sqlite3.Connection | None = connect(path, durability)
         self._sent_here = False  # this object stored ready work since its last claim
+        # Telling another process's commits from this object's own: PRAGMA data_version on
+        # the writer connection changes only when some other connection committed.
+        self._seen_version: int | None = None
+        self._last_write_end = 0.0  # monotonic
+        self.on_foreign_commit: Callable[[], None] | None = None  # set while watched
 
     # -- connection and transactions -------------------------------------------------
     def _connection(self, reader: bool = False) -> sqlite3.Connection:
@@ -115,6 +122,53 @@ class SQLiteShard(Shard):
                 if isinstance(exc, sqlite3.Error):
                     raise self._storage_error(what, exc) from exc
                 raise
+            foreign = self._foreign_commit_seen(conn)
+        if foreign:
+            self._report_foreign_commit()
+
+    def _foreign_commit_seen(self, conn: sqlite3.Connection) -> bool:
+        """Under the writer lock, after a write: did another connection commit since the last
+        look? Whoever holds the lock looks when it is done, so the change watcher never has
+        to wait for the lock: a commit it cannot check now is seen by the holder."""
+        if self.on_foreign_commit is None:
+            return False
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return True  # cannot tell: assume it was another process
+        seen, self._seen_version = self._seen_version, version
+        self._last_write_end = time.monotonic()
+        return seen is not None and version != seen
+
+    def _report_foreign_commit(self) -> None:
+        callback = self.on_foreign_commit
+        if callback is not None:
+            callback()
+
+    def watch_foreign_commits(self, callback: Callable[[], None] | None) -> None:
+        """Report other connections' commits from now on (the baseline is taken here)."""
+        with self._lock:
+            self.on_foreign_commit = callback
+            self._seen_version = None
+            if callback is not None and self._conn is not None:
+                self._foreign_commit_seen(self._connection())
+
+    def check_foreign_commit(self, skip_echo: bool) -> bool:
+        """For the change watcher: True when another connection committed since the last look.
+        False also when a write of this object holds the lock (it looks when it ends), and with
+        ``skip_echo`` right after one (the watcher looks again once the writes pause), so the
+        echo of this object's own commit never holds up its next write."""
+        if skip_echo and time.monotonic() - self._last_write_end < OWN_WRITE_ECHO_S:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._conn
+            if conn is None or self._pid != os.getpid():
+                return False
+            return self._foreign_commit_seen(conn)
+        finally:
+            self._lock.release()
 
     def _write_one(self, sql: str, params: Sequence[object], what: str, fetch: bool = False) -> Any:
         """A single write statement in autocommit: SQLite takes the write lock when the
@@ -129,13 +183,17 @@ class SQLiteShard(Shard):
             conn = self._connection()
             try:
                 try:
-                    return run()
+                    result = run()
                 except sqlite3.OperationalError as exc:
                     if not is_locked_error(exc):
                         raise
-                    return retry_locked(run, f"{what} on {self.name}")
+                    result = retry_locked(run, f"{what} on {self.name}")
             except sqlite3.Error as exc:
                 raise self._storage_error(what, exc) from exc
+            foreign = self._foreign_commit_seen(conn)
+        if foreign:
+            self._report_foreign_commit()
+        return result
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -173,10 +231,11 @@ class SQLiteShard(Shard):
 
     # -- working ---------------------------------------------------------------------
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float, now: float) -> tuple[list[int], list[ClaimedTask]]:
+                           lease_seconds: float, now: float,
+                           callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
         claim = (owner, now + lease_seconds, now, limit)
-        if not completions:
+        if not completions and not callbacked:
             hinted, self._sent_here = self._sent_here, False
             if hinted:  # this object just stored ready work: no need to look first
                 ready, due = True, False
@@ -188,6 +247,8 @@ class SQLiteShard(Shard):
             if not due:  # the claim alone: one statement, its own write transaction
                 return rejected, self._claimed(self._write_one(Q["claim_batch"], claim, "claim", fetch=True))
         with self._write("complete/claim") as conn:
+            if callbacked:
+                conn.execute(Q["mark_callbacked"], (json.dumps(list(callbacked)),))
             if completions:
                 rejected = self._complete(conn, completions, owner)
             rows: list[tuple] = []
@@ -339,6 +400,8 @@ class SQLiteBackend(Backend):
         warn_if_network_filesystem(folder)
         self._durability = durability
         self._watcher: ChangeWatcher | None = None
+        self._on_change: Callable[[], None] | None = None
+        self._adopt_lock = threading.Lock()
         self._watch_lock = threading.Lock()
         self.shards: list[SQLiteShard] = []
         try:
@@ -353,15 +416,39 @@ class SQLiteBackend(Backend):
         present = existing_shard_count(self.location)
         if present <= len(self.shards):
             return False
-        for index in range(len(self.shards), present):
-            self.shards.append(SQLiteShard(shard_path(self.location, index), index, self._durability))
-            log.info("serving %s, created by another process", self.shards[-1].name)
+        with self._adopt_lock:  # the watcher, the housekeeper and idle workers all look
+            for index in range(len(self.shards), present):
+                shard = SQLiteShard(shard_path(self.location, index), index, self._durability)
+                shard.watch_foreign_commits(self._on_change)
+                self.shards.append(shard)
+                log.info("serving %s, created by another process", shard.name)
         return True
 
     def watch(self, on_change: Callable[[], None]) -> None:
+        """Only other processes' commits are reported: this object's own writes would wake
+        its idle workers and its outcome poller for nothing (the engine rings its own bell)."""
         with self._watch_lock:
             if self._watcher is None:
-                self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards], on_change)
+                self._on_change = on_change
+                for shard in self.shards:
+                    shard.watch_foreign_commits(on_change)
+                self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards],
+                                              self._files_changed)
+
+    def _files_changed(self, names: set[str], trailing: bool) -> None:
+        """The watcher saw writes to these shard files (or their WAL): report the change if
+        another connection committed, or if a shard file appeared that is not open here.
+        ``trailing``: the writes have paused (the last look of a burst)."""
+        known = {shard.name: shard for shard in self.shards}
+        foreign = any(name not in known for name in names)
+        if foreign:
+            self.adopt_new_shards()
+        for name in names:
+            shard = known.get(name)
+            if shard is not None and shard.check_foreign_commit(skip_echo=not trailing):
+                foreign = True
+        if foreign and self._on_change is not None:
+            self._on_change()
 
     def close(self) -> None:
         with self._watch_lock:

@@ -33,9 +33,13 @@ TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it 
 
 
 class ChangeWatcher:
-    """Calls ``on_change`` from its own daemon thread when a shard's WAL is written."""
+    """Calls ``on_change(names, trailing)`` from its own daemon thread when shard files are
+    written: the base names of the databases whose WAL was written, or that appeared, and
+    ``trailing`` for the one more call once a burst of writes pauses. Whose commit it was is
+    for the caller to tell (the events do not say)."""
 
-    def __init__(self, folder: str, db_paths: Sequence[str], on_change: Callable[[], None]):
+    def __init__(self, folder: str, db_paths: Sequence[str],
+                 on_change: Callable[[set[str], bool], None]):
         self._folder = folder
         self._db_paths = list(db_paths)
         self._suffix = "-wal"
@@ -68,14 +72,14 @@ class ChangeWatcher:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        trailing = False
+        burst: set[str] = set()
         while not self._stop.is_set():
             # The WAL write is seen before its commit is visible to readers (the commit mark
             # lands in the shared-memory index, which inotify does not report): one more
             # notification once the writes pause lets a reader that looked too early see it.
-            if not poller.poll(TRAILING_NOTIFY_MS if trailing else None):
-                trailing = False
-                self._notify()
+            if not poller.poll(TRAILING_NOTIFY_MS if burst else None):
+                self._notify(burst, trailing=True)
+                burst = set()
                 continue
             if self._stop.is_set():
                 break
@@ -85,36 +89,43 @@ class ChangeWatcher:
                 if exc.errno == errno.EAGAIN:
                     continue
                 raise
-            if self._mentions_wal(data):
-                self._notify()
-                trailing = True
+            names = self._databases_written(data)
+            if names:
+                self._notify(names)
+                burst |= names
         os.close(fd)
 
-    def _mentions_wal(self, data: bytes) -> bool:
+    def _databases_written(self, data: bytes) -> set[str]:
+        """Base names of the databases whose WAL was written (a commit) or that appeared."""
+        names = set()
         offset = 0
         while offset + _EVENT.size <= len(data):
             _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
             name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
             offset += _EVENT.size + length
             text = os.fsdecode(name)
-            if text.endswith(".db-wal") or text.endswith(".db"):  # a commit, or a new shard file
-                return True
-        return False
+            if text.endswith(".db-wal"):
+                names.add(text[:-4])
+            elif text.endswith(".db"):
+                names.add(text)
+        return names
 
     def _run_polling(self) -> None:
         conns = [sqlite3.connect(p, check_same_thread=False) for p in self._db_paths]
+        names = [os.path.basename(p) for p in self._db_paths]
         last = [c.execute("PRAGMA data_version").fetchone()[0] for c in conns]
         while not self._stop.wait(POLL_INTERVAL_S):
             now = [c.execute("PRAGMA data_version").fetchone()[0] for c in conns]
             if now != last:
+                self._notify({name for name, a, b in zip(names, now, last, strict=True) if a != b},
+                             trailing=True)
                 last = now
-                self._notify()
         for c in conns:
             c.close()
 
-    def _notify(self) -> None:
+    def _notify(self, names: set[str], trailing: bool = False) -> None:
         try:
-            self._on_change()
+            self._on_change(names, trailing)
         except Exception:  # a broken listener must not kill the watcher
             log.exception("change listener failed")
 
