@@ -11,6 +11,19 @@ from typing import Any
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode
 _decode = json.loads
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+if _make_c_encoder is not None:
+    def _encode(value: Any) -> str:  # noqa: F811 - the same encoding, without JSONEncoder's layers
+        """``_encode`` above, calling the C encoder directly: a send or a result is encoded once
+        per task, and the Python layers of ``JSONEncoder.encode`` cost as much as the encoding."""
+        return "".join(_make_c_encoder({}, _not_json, json.encoder.encode_basestring, None, ":", ",",
+                                       False, False, True)(value, 0))
 
 
 def dumps_args(task_name: str, args: Any) -> str:
