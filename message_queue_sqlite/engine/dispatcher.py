@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[dict[str, Any]], Any]
 FALLBACK_POLL_S = 0.1
-MIN_POLL_INTERVAL_S = 0.0005  # a burst of change events costs one storage poll
+MIN_POLL_INTERVAL_S = 0.0001  # a burst of change events costs one storage poll
 MAX_POLL_INTERVAL_S = 0.005  # while polls only find what local workers already deliver
 FETCH_LIMIT = 1000
 MARK_LATEST_S = 0.02  # a CALLBACKED mark waits at most this long for a worker's transaction

@@ -123,6 +123,7 @@ class SQLiteShard(Shard):
                     raise self._storage_error(what, exc) from exc
                 raise
             foreign = self._foreign_commit_seen(conn)
+            self._last_write_end = time.monotonic()
         if foreign:
             self._report_foreign_commit()
 
@@ -137,7 +138,6 @@ class SQLiteShard(Shard):
         except sqlite3.Error:
             return True  # cannot tell: assume it was another process
         seen, self._seen_version = self._seen_version, version
-        self._last_write_end = time.monotonic()
         return seen is not None and version != seen
 
     def _report_foreign_commit(self) -> None:
@@ -191,6 +191,7 @@ class SQLiteShard(Shard):
             except sqlite3.Error as exc:
                 raise self._storage_error(what, exc) from exc
             foreign = self._foreign_commit_seen(conn)
+            self._last_write_end = time.monotonic()
         if foreign:
             self._report_foreign_commit()
         return result
