@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 Q = load_queries(__package__)
 SHARD_FILE = "mq-shard-{index}.db"
 SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
+# the NUL-padded name field of a change event on a shard file or its WAL: "mq-shard-3.db-wal\0"
+SHARD_EVENT_NAME = re.compile(rb"(mq-shard-\d+\.db)(?:-wal)?\x00")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 OWN_WRITE_ECHO_S = 0.0005  # a WAL event this soon after our own commit is most likely its echo
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
@@ -434,7 +436,7 @@ class SQLiteBackend(Backend):
                 for shard in self.shards:
                     shard.watch_foreign_commits(on_change)
                 self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards],
-                                              self._files_changed)
+                                              self._files_changed, SHARD_EVENT_NAME)
 
     def _files_changed(self, names: set[str], trailing: bool) -> None:
         """The watcher saw writes to these shard files (or their WAL): report the change if

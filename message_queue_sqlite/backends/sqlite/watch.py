@@ -14,9 +14,9 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import select
 import sqlite3
-import struct
 import threading
 from collections.abc import Callable, Sequence
 
@@ -27,7 +27,6 @@ IN_CREATE = 0x00000100
 IN_MOVED_TO = 0x00000080
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
-_EVENT = struct.Struct("iIII")
 POLL_INTERVAL_S = 0.002  # fallback only
 TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it pauses this long
 
@@ -39,11 +38,12 @@ class ChangeWatcher:
     for the caller to tell (the events do not say)."""
 
     def __init__(self, folder: str, db_paths: Sequence[str],
-                 on_change: Callable[[set[str], bool], None]):
+                 on_change: Callable[[set[str], bool], None], event_name: re.Pattern[bytes]):
         self._folder = folder
         self._db_paths = list(db_paths)
         self._suffix = "-wal"
         self._on_change = on_change
+        self._event_name = event_name  # group 1: the database's name in an event's name field
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._inotify_fd = self._open_inotify()
@@ -96,19 +96,10 @@ class ChangeWatcher:
         os.close(fd)
 
     def _databases_written(self, data: bytes) -> set[str]:
-        """Base names of the databases whose WAL was written (a commit) or that appeared."""
-        names = set()
-        offset = 0
-        while offset + _EVENT.size <= len(data):
-            _wd, _mask, _cookie, length = _EVENT.unpack_from(data, offset)
-            name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
-            offset += _EVENT.size + length
-            text = os.fsdecode(name)
-            if text.endswith(".db-wal"):
-                names.add(text[:-4])
-            elif text.endswith(".db"):
-                names.add(text)
-        return names
+        """Base names of the shard databases whose WAL was written (a commit) or that appeared.
+        A commit writes many pages, each an event: the names are picked out by one regular
+        expression over the whole read, not event by event."""
+        return {os.fsdecode(name) for name in self._event_name.findall(data)}
 
     def _run_polling(self) -> None:
         conns = [sqlite3.connect(p, check_same_thread=False) for p in self._db_paths]
