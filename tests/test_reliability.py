@@ -408,3 +408,33 @@ def test_delayed_send_waits_for_its_time(make_queue):
     clock.advance(30)
     mq.engine.bell.ring()
     assert handle.result(timeout=10) >= 1_000_030
+
+
+def test_a_retry_run_by_another_worker_still_reaches_the_senders_callback(make_queue):
+    """The first attempt ran in the sender's own workers; the retry is taken by another
+    queue object (as another process would): the sender must look for its outcome in
+    storage again, not wait for its own workers to hand it over."""
+    clock = FakeClock()
+    sender = make_queue(workers=1, clock=clock)
+    other = make_queue(workers=1, clock=clock)
+    calls = []
+
+    for mq in (sender, other):
+        @mq.task(retries=1, retry_backoff=5, retry_jitter=False)
+        def flaky():
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConnectionError("first try")
+            return "second try"
+
+    got = []
+    handle = sender.send("flaky", callback=got.append)
+    sender.start()
+    wait_until(lambda: handle.status == TaskStatus.SCHEDULED, what="the retry to be scheduled")
+    sender.stop()
+    other.start()
+    clock.advance(5)
+    other.engine.bell.ring()
+    wait_until(lambda: got, what="the sender's callback")
+    assert got[0]["result"] == "second try" and got[0]["attempts"] == 2
+    assert handle.result(timeout=10) == "second try"

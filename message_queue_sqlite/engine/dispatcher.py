@@ -74,6 +74,9 @@ class OutcomeDispatcher:
         self._last_poll = 0.0
         self._poll_interval = MIN_POLL_INTERVAL_S
         self._waited: set[str] = set()  # tasks someone waits on without a callback
+        # Tasks of this object that its own workers hold (claimed, outcome not delivered yet)
+        # and nobody waited for at claim time: a wait registered now needs no storage lookup.
+        self._held_here: set[str] = set()
         self._thread: threading.Thread | None = None
 
     # -- registration (sender threads) ------------------------------------------------
@@ -101,8 +104,14 @@ class OutcomeDispatcher:
             entry.waiters.append(event)
             self._waited.add(task_id)
             self._ensure_thread()
+            held_here = task_id in self._held_here
+            if held_here and not entry.local:
+                entry.local = True
+                self._remote -= 1
         self._on_remote_interest()
-        record = lookup()
+        # A task this object's workers hold ends in memory, after this registration: only
+        # one that may have ended elsewhere (or before we looked) is looked up in storage.
+        record = None if held_here else lookup()
         if record is not None and TaskStatus(record.status).is_terminal:
             outcome = outcome_from_record(record)
             with self._lock:
@@ -140,17 +149,20 @@ class OutcomeDispatcher:
         with self._lock:
             for task_id in task_ids:
                 entry = self._pending.get(task_id)
-                if entry is not None:
-                    if not entry.local:
-                        entry.local = True
-                        self._remote -= 1
-                    if entry.callback is not None:
-                        with_callback.add(task_id)
+                if entry is None:
+                    self._held_here.add(task_id)
+                    continue
+                if not entry.local:
+                    entry.local = True
+                    self._remote -= 1
+                if entry.callback is not None:
+                    with_callback.add(task_id)
         return with_callback
 
     def released_locally(self, task_ids: Iterable[str]) -> None:
         with self._lock:
             for task_id in task_ids:
+                self._held_here.discard(task_id)
                 entry = self._pending.get(task_id)
                 if entry is not None and entry.local:
                     entry.local = False
@@ -161,8 +173,11 @@ class OutcomeDispatcher:
         callbacks run on the delivery thread, so a slow callback never holds a worker."""
         with self._lock:
             queued = False
+            held = self._held_here
             for item in items:
                 outcome = item[0]
+                if held:
+                    held.discard(outcome.task_id)
                 entry = self._pending.get(outcome.task_id)
                 if entry is None:
                     continue  # nobody waits for it (yet): a later wait finds it in storage

@@ -48,6 +48,7 @@ class WorkerPool:
         self._pending_count = 0
         self._oldest_pending = 0.0
         self._claiming = False
+        self._looked_empty_at = -1  # bell generation when a look last found storage drained
         self._stopping = False
         self._avg_task_s = 0.01
         self._next_shard = 0
@@ -182,6 +183,13 @@ class WorkerPool:
             shards = engine.shards
             limit = self._claim_limit(idle)
             claims: list[ClaimedTask] = []
+            if seen == self._looked_empty_at and not self._pending_count:
+                # The last look left nothing claimable and nothing rang since (every way work
+                # becomes ready rings the bell): wait without asking storage again. A wait that
+                # times out (a scheduled task is due; the missed-event guard) looks next.
+                if not engine.bell.wait(seen, engine.idle_wait_timeout()):
+                    self._looked_empty_at = -1
+                continue
             for step in range(len(shards)):
                 index = (self._next_shard + step) % len(shards)
                 claims = self._exchange(index, limit)
@@ -189,6 +197,8 @@ class WorkerPool:
                     self._next_shard = (index + 1) % len(shards)
                     break
             self._flush()  # completions of shards not visited
+            if not claims or (len(claims) < limit and len(shards) == 1):
+                self._looked_empty_at = seen  # this look took everything there was
             if claims:
                 mine = [c.task_id for c in claims if c.sender == engine.node]
                 if mine:
@@ -205,7 +215,8 @@ class WorkerPool:
                     self._give_back(claims, started=False)
                     return 0
                 return len(claims)
-            engine.bell.wait(seen, engine.idle_wait_timeout())
+            if not engine.bell.wait(seen, engine.idle_wait_timeout()):
+                self._looked_empty_at = -1  # timed out: something may be due, look again
         return 0
 
     def _exchange(self, shard: int, limit: int) -> list[ClaimedTask]:
@@ -294,6 +305,8 @@ class WorkerPool:
                 continue
             if completion.status == TaskStatus.SCHEDULED:
                 retries = True
+                if claim.sender == engine.node:  # the retry may run in another process
+                    engine.dispatcher.released_locally([claim.task_id])
             if claim.cache_owner is not None and completion.status != TaskStatus.SCHEDULED:
                 engine.cache.pop(claim.args or "", None)
             if outcome is not None:
