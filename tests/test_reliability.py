@@ -438,3 +438,18 @@ def test_a_retry_run_by_another_worker_still_reaches_the_senders_callback(make_q
     wait_until(lambda: got, what="the sender's callback")
     assert got[0]["result"] == "second try" and got[0]["attempts"] == 2
     assert handle.result(timeout=10) == "second try"
+
+
+def test_retention_purge_keeps_up_with_a_busy_queue(tmp_path):
+    """More tasks end than one purge round removes: the housekeeper comes back sooner
+    instead of waiting a full period, so the file stops growing (it once removed at most
+    10,000 rows a round, one round per period)."""
+    with MessageQueue(str(tmp_path / "q"), retention=0, workers=2) as mq:
+        @mq.task
+        def noop(i):
+            return i
+
+        mq.send_many([(noop, {"i": i}) for i in range(15_000)])
+        with mq.running():
+            wait_until(lambda: sum(mq.stats()["totals"].values()) <= 1, timeout=8,
+                       what="the tasks to run and the housekeeper to purge them (its period: 10 s)")

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PURGE_EVERY_S = 60.0
-PURGE_BATCH = 500
-PURGE_BATCHES_PER_ROUND = 20
+PURGE_BATCH = 500  # rows per delete transaction: short, so workers' transactions interleave
+PURGE_BUDGET_S = 0.05  # one round of purging at most this long
+PURGE_DUTY = 0.1  # while behind, purging takes up to this share of the time (rounds come sooner)
 MAINTAIN_EVERY_S = 10.0
 
 
@@ -34,6 +35,7 @@ class Housekeeper:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._next_purge = 0.0
+        self._purge_from = 0  # the shard a round starts with, rotated so none is starved
         self._next_maintain = 0.0
         self._thread: threading.Thread | None = None
 
@@ -52,7 +54,8 @@ class Housekeeper:
                 self.run_once()
             except Exception:
                 log.exception("housekeeping failed; retrying next round")
-            self._kick.wait(self.interval)  # the renewal period, not a poll for work
+            # the renewal period (sooner while retention purging is behind), not a poll for work
+            self._kick.wait(max(0.0, min(self.interval, self._next_purge - time.monotonic())))
             self._kick.clear()
 
     def run_once(self) -> RecoveryReport:
@@ -72,19 +75,30 @@ class Housekeeper:
         mono = time.monotonic()
         retention = engine.config.retention
         if retention is not None and mono >= self._next_purge:
-            self._next_purge = mono + min(PURGE_EVERY_S, max(retention, self.interval))
-            self._purge(now - engine.config.retention)
+            if self._purge(now - retention):
+                self._next_purge = mono + min(PURGE_EVERY_S, max(retention, self.interval))
+            else:  # more ended than one round removes: come back soon, at the duty cycle
+                spent = time.monotonic() - mono
+                self._next_purge = time.monotonic() + spent * (1 - PURGE_DUTY) / PURGE_DUTY
         if mono >= self._next_maintain:
             self._next_maintain = mono + MAINTAIN_EVERY_S
             for shard in engine.shards:
                 shard.maintain()
         return report
 
-    def _purge(self, before: float) -> None:
-        for shard in self._engine.shards:
-            for _ in range(PURGE_BATCHES_PER_ROUND):
-                if shard.purge_ended(before, PURGE_BATCH) < PURGE_BATCH:
-                    break
+    def _purge(self, before: float) -> bool:
+        """Delete what ended before ``before``, batch by batch, for at most ``PURGE_BUDGET_S``;
+        True when every shard is caught up. The rate follows the queue's: a queue that ends
+        thousands of tasks a second is purged as fast, in short transactions."""
+        shards = list(self._engine.shards)
+        deadline = time.monotonic() + PURGE_BUDGET_S
+        start, self._purge_from = self._purge_from, (self._purge_from + 1) % max(1, len(shards))
+        for step in range(len(shards)):
+            shard = shards[(start + step) % len(shards)]
+            while shard.purge_ended(before, PURGE_BATCH) == PURGE_BATCH:
+                if time.monotonic() >= deadline:
+                    return False
+        return True
 
     def kick(self) -> None:
         self._kick.set()
