@@ -320,3 +320,49 @@ def test_shard_files_adopted_from_several_threads_at_once_keep_their_places(tmp_
         assert [shard.index for shard in backend.shards] == list(range(6))
     finally:
         backend.close()
+
+
+def test_the_last_look_of_a_burst_waits_for_a_write_lock_held_without_looking(tmp_path):
+    """A checkpoint holds the writer lock without looking for other processes' commits when
+    it ends: the change watcher's look once the writes pause must wait for the lock, not
+    give up (a commit made meanwhile would go unreported)."""
+    from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+
+    folder = str(tmp_path / "q")
+    ours, theirs = SQLiteBackend(folder, 1), SQLiteBackend(folder, 1)
+    shard = ours.shards[0]
+    shard.watch_foreign_commits(lambda: None)
+
+    class WatchedLock:
+        def __init__(self, real):
+            self.real, self.tried = real, threading.Event()
+
+        def acquire(self, blocking=True, timeout=-1):
+            self.tried.set()
+            return self.real.acquire(blocking, timeout)
+
+        def release(self):
+            self.real.release()
+
+        def locked(self):
+            return self.real.locked()
+
+        __enter__ = acquire
+
+        def __exit__(self, *exc):
+            self.real.release()
+
+    lock = shard._lock = WatchedLock(shard._lock)
+    seen = []
+    try:
+        lock.real.acquire()  # held as a checkpoint holds it
+        theirs.shards[0].enqueue([_new_task()])
+        looker = threading.Thread(target=lambda: seen.append(shard.check_foreign_commit(skip_echo=False)))
+        looker.start()
+        assert lock.tried.wait(10)
+        lock.real.release()
+        looker.join(10)
+        assert seen == [True]
+    finally:
+        ours.close()
+        theirs.close()

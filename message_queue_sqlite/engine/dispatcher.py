@@ -67,6 +67,7 @@ class OutcomeDispatcher:
         self._lock = threading.Condition(threading.Lock())
         self._pending: dict[str, _Pending] = {}
         self._remote = 0  # awaited tasks not held by a local worker
+        self._callbacks_pending = 0  # registered callbacks not run yet
         self._inbox: deque[tuple[TaskOutcome, int, int]] = deque()  # outcome, shard, row id
         self._changed = False
         self._busy = False
@@ -85,6 +86,7 @@ class OutcomeDispatcher:
         with self._lock:
             for task_id, callback in callbacks:
                 self._pending[task_id] = _Pending(callback)
+                self._callbacks_pending += 1
                 self._remote += 1
             self._ensure_thread()
         self._on_remote_interest()
@@ -251,7 +253,8 @@ class OutcomeDispatcher:
                     wanted[shard].append(row_id)
         seen = useful = 0
         for shard in self._shards:
-            ended = shard.outcome_row_ids(self._node, FETCH_LIMIT)
+            # only callbacks need the scan for ended rows; a waited-for task is read by id
+            ended = shard.outcome_row_ids(self._node, FETCH_LIMIT) if self._callbacks_pending else []
             seen += len(ended)
             with self._lock:
                 for row_id in ended:
@@ -283,6 +286,7 @@ class OutcomeDispatcher:
                 callback, entry.callback = entry.callback, None
                 self._finish_waiter(outcome.task_id, entry, outcome)
                 if callback is not None:
+                    self._callbacks_pending -= 1
                     todo.append((callback, outcome, shard, row_id))
         for callback, outcome, shard, row_id in todo:
             try:

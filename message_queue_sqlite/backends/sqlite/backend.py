@@ -155,15 +155,24 @@ class SQLiteShard(Shard):
             if callback is not None and self._conn is not None:
                 self._foreign_commit_seen(self._connection())
 
+    @property
+    def writing(self) -> bool:
+        """A write of this object is in progress (its end looks for foreign commits)."""
+        return self._lock.locked()
+
     def check_foreign_commit(self, skip_echo: bool) -> bool:
         """For the change watcher: True when another connection committed since the last look.
-        False also when a write of this object holds the lock (it looks when it ends), and with
-        ``skip_echo`` right after one (the watcher looks again once the writes pause), so the
-        echo of this object's own commit never holds up its next write."""
-        if skip_echo and time.monotonic() - self._last_write_end < OWN_WRITE_ECHO_S:
-            return False
-        if not self._lock.acquire(blocking=False):
-            return False
+        With ``skip_echo`` (a first look, while writes may go on), False right after a write of
+        this object, or while one holds the lock (it looks when it ends): the echo of our own
+        commit never holds up our next write. Without it (the look once the writes paused),
+        it waits for the lock: whatever held it (a checkpoint, say) may not have looked."""
+        if skip_echo:
+            if time.monotonic() - self._last_write_end < OWN_WRITE_ECHO_S:
+                return False
+            if not self._lock.acquire(blocking=False):
+                return False
+        else:
+            self._lock.acquire()
         try:
             conn = self._conn
             if conn is None or self._pid != os.getpid():
@@ -436,7 +445,8 @@ class SQLiteBackend(Backend):
                 for shard in self.shards:
                     shard.watch_foreign_commits(on_change)
                 self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards],
-                                              self._files_changed, SHARD_EVENT_NAME)
+                                              self._files_changed, SHARD_EVENT_NAME,
+                                              lambda: any(s.writing for s in self.shards))
 
     def _files_changed(self, names: set[str], trailing: bool) -> None:
         """The watcher saw writes to these shard files (or their WAL): report the change if
