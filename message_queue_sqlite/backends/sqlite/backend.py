@@ -155,11 +155,6 @@ class SQLiteShard(Shard):
             if callback is not None and self._conn is not None:
                 self._foreign_commit_seen(self._connection())
 
-    @property
-    def writing(self) -> bool:
-        """A write of this object is in progress (its end looks for foreign commits)."""
-        return self._lock.locked()
-
     def check_foreign_commit(self, skip_echo: bool) -> bool:
         """For the change watcher: True when another connection committed since the last look.
         With ``skip_echo`` (a first look, while writes may go on), False right after a write of
@@ -445,8 +440,7 @@ class SQLiteBackend(Backend):
                 for shard in self.shards:
                     shard.watch_foreign_commits(on_change)
                 self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards],
-                                              self._files_changed, SHARD_EVENT_NAME,
-                                              lambda: any(s.writing for s in self.shards))
+                                              self._files_changed, SHARD_EVENT_NAME)
 
     def _files_changed(self, names: set[str], trailing: bool) -> None:
         """The watcher saw writes to these shard files (or their WAL): report the change if

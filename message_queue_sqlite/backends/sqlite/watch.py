@@ -18,7 +18,6 @@ import re
 import select
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
@@ -39,14 +38,12 @@ class ChangeWatcher:
     for the caller to tell (the events do not say)."""
 
     def __init__(self, folder: str, db_paths: Sequence[str],
-                 on_change: Callable[[set[str], bool], None], event_name: re.Pattern[bytes],
-                 writing: Callable[[], bool] = lambda: False):
+                 on_change: Callable[[set[str], bool], None], event_name: re.Pattern[bytes]):
         self._folder = folder
         self._db_paths = list(db_paths)
         self._suffix = "-wal"
         self._on_change = on_change
         self._event_name = event_name  # group 1: the database's name in an event's name field
-        self._writing = writing  # this process holds a shard's write lock now
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._inotify_fd = self._open_inotify()
@@ -72,60 +69,31 @@ class ChangeWatcher:
     def _run_inotify(self) -> None:
         fd = self._inotify_fd
         assert fd is not None
-        # Edge-triggered: events left unread wake nobody, and the kernel folds identical
-        # unread events (every page a commit writes to one WAL) into one. While this
-        # process is writing, the watcher lets them pile up and reads them once, at the
-        # trailing look: the writer itself looks for other processes' commits when it ends.
-        poller = select.epoll()
-        poller.register(fd, select.EPOLLIN | select.EPOLLET)
-        poller.register(self._wake_r, select.EPOLLIN)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         burst: set[str] = set()
-        unread_since = 0.0  # monotonic time events were first left unread; 0: none are
-        trailing_s = TRAILING_NOTIFY_MS / 1000
         while not self._stop.is_set():
             # The WAL write is seen before its commit is visible to readers (the commit mark
             # lands in the shared-memory index, which inotify does not report): one more
             # notification once the writes pause lets a reader that looked too early see it.
-            if unread_since:
-                timeout = max(0.0, unread_since + trailing_s - time.monotonic())
-            else:
-                timeout = trailing_s if burst else -1
-            if not poller.poll(timeout):
-                if unread_since:
-                    burst |= self._databases_written(self._read_all(fd))
-                    unread_since = 0.0
+            if not poller.poll(TRAILING_NOTIFY_MS if burst else None):
                 self._notify(burst, trailing=True)
                 burst = set()
                 continue
             if self._stop.is_set():
                 break
-            if self._writing() and (not unread_since
-                                    or time.monotonic() - unread_since < trailing_s):
-                # the echo of our own write, most likely: read it later, in one go
-                unread_since = unread_since or time.monotonic()
-                continue
-            names = self._databases_written(self._read_all(fd))
-            unread_since = 0.0
+            try:
+                data = os.read(fd, 65536)
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    continue
+                raise
+            names = self._databases_written(data)
             if names:
                 self._notify(names)
                 burst |= names
-        poller.close()
         os.close(fd)
-
-    @staticmethod
-    def _read_all(fd: int) -> bytes:
-        """Every pending event (edge-triggered: the next wake-up needs an empty queue)."""
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError as exc:
-                if exc.errno == errno.EAGAIN:
-                    return b"".join(chunks)
-                raise
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
 
     def _databases_written(self, data: bytes) -> set[str]:
         """Base names of the shard databases whose WAL was written (a commit) or that appeared.
