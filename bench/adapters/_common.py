@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 
 IDLE_POLL_S = 0.002  # how often adapters of systems without a wake-up poll when idle
 
@@ -29,3 +30,21 @@ def counter(paths: list[str], sql: str):
         return total
 
     return count
+
+
+def start_threads(q, threads: int, pass_index: bool = False) -> None:
+    """Start ``threads`` daemon threads running ``q.work`` (given its thread number when
+    ``pass_index``), remembered in ``q.threads``; ``q.stopping`` is cleared first."""
+    q.stopping = False
+    for k in range(threads):
+        t = threading.Thread(target=q.work, args=(k,) if pass_index else (), daemon=True)
+        t.start()
+        q.threads.append(t)
+
+
+def stop_threads(q) -> None:
+    """Set ``q.stopping`` and wait for the threads ``start_threads`` started."""
+    q.stopping = True
+    for t in q.threads:
+        t.join()
+    q.threads.clear()

@@ -16,7 +16,7 @@ from importlib import metadata
 
 from litequeue import LiteQueue
 
-from adapters._common import IDLE_POLL_S
+from adapters._common import IDLE_POLL_S, start_threads, stop_threads
 
 LABEL = "litequeue"
 CAPS = {"batch": True, "callbacks": False, "shards": False, "durability": False}
@@ -97,18 +97,11 @@ def prefill(q, n):
 
 
 def start(q, threads):
-    q.stopping = False
-    for _ in range(threads):
-        t = threading.Thread(target=q.work, daemon=True)
-        t.start()
-        q.threads.append(t)
+    start_threads(q, threads)
 
 
 def stop(q):
-    q.stopping = True
-    for t in q.threads:
-        t.join()
-    q.threads.clear()
+    stop_threads(q)
 
 
 def done_counter(q, path, shards=1):

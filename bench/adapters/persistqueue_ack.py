@@ -9,14 +9,13 @@ Round trips send the result back through a second ack queue (``name="results"``)
 from __future__ import annotations
 
 import os
-import threading
 import time
 from importlib import metadata
 
 from persistqueue import SQLiteAckQueue
 from persistqueue.exceptions import Empty
 
-from adapters._common import IDLE_POLL_S
+from adapters._common import IDLE_POLL_S, start_threads, stop_threads
 
 LABEL = "persist-queue SQLiteAckQueue"
 CAPS = {"batch": False, "callbacks": False, "shards": False, "durability": False}
@@ -75,18 +74,11 @@ def prefill(q, n):
 
 
 def start(q, threads):
-    q.stopping = False
-    for _ in range(threads):
-        t = threading.Thread(target=q.work, daemon=True)
-        t.start()
-        q.threads.append(t)
+    start_threads(q, threads)
 
 
 def stop(q):
-    q.stopping = True
-    for t in q.threads:
-        t.join()
-    q.threads.clear()
+    stop_threads(q)
 
 
 def done_counter(q, path, shards=1):

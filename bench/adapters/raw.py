@@ -157,18 +157,15 @@ def prefill(q, n):
 
 
 def start(q, threads):
-    q.stopping = False
-    for k in range(threads):
-        t = threading.Thread(target=q.work, args=(k,), daemon=True)
-        t.start()
-        q.threads.append(t)
+    from adapters._common import start_threads
+
+    start_threads(q, threads, pass_index=True)
 
 
 def stop(q):
-    q.stopping = True
-    for t in q.threads:
-        t.join()
-    q.threads.clear()
+    from adapters._common import stop_threads
+
+    stop_threads(q)
 
 
 def done_counter(q, path, shards=1):
