@@ -41,7 +41,6 @@ class ChangeWatcher:
                  on_change: Callable[[set[str], bool], None], event_name: re.Pattern[bytes]):
         self._folder = folder
         self._db_paths = list(db_paths)
-        self._suffix = "-wal"
         self._on_change = on_change
         self._event_name = event_name  # group 1: the database's name in an event's name field
         self._stop = threading.Event()
