@@ -297,6 +297,56 @@ def test_the_change_feed_reports_other_connections_commits_not_our_own(tmp_path)
         reader.close()
 
 
+def test_own_writes_do_not_wake_the_change_watcher(tmp_path):
+    """Each own commit used to wake the watcher thread in the middle of the same round trip
+    (it then competed for the interpreter lock): own writes are muted; the one look at every
+    shard once they pause comes from a timer, and other processes' writes still wake it."""
+    from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+
+    folder = str(tmp_path / "q")
+    ours, theirs = SQLiteBackend(folder, 1), SQLiteBackend(folder, 1)
+    calls: list[tuple[frozenset[str] | None, bool]] = []
+    real = ours._files_changed
+
+    def recording(names, trailing):
+        calls.append((None if names is None else frozenset(names), trailing))
+        real(names, trailing)
+
+    ours._files_changed = recording  # the watcher calls what it was given when it started
+    try:
+        ours.watch(lambda: None)
+        for _ in range(20):
+            ours.shards[0].enqueue([_new_task()])
+        wait_until(lambda: (None, True) in calls, what="the look after own writes paused")
+        assert all(names is None for names, _ in calls), calls
+        theirs.shards[0].enqueue([_new_task()])
+        wait_until(lambda: any(names and "mq-shard-0.db" in names for names, _ in calls),
+                   what="another process's write")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_commit_of_another_process_during_an_own_write_is_reported(tmp_path):
+    """Its WAL writes land while our watch is muted: the look once our writes pause finds it,
+    though nothing of ours writes again."""
+    from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+
+    folder = str(tmp_path / "q")
+    ours, theirs = SQLiteBackend(folder, 1), SQLiteBackend(folder, 1)
+    reported = threading.Event()
+    try:
+        ours.watch(reported.set)
+        watcher = ours._watcher
+        watcher.mute()  # as during a write of ours
+        theirs.shards[0].enqueue([_new_task()])
+        watcher.unmute()
+        assert reported.wait(10)
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_shard_files_adopted_from_several_threads_at_once_keep_their_places(tmp_path):
     """The change watcher, the housekeeper and idle workers all adopt new shard files: each
     file must be opened once, at the position of its index (tasks name their shard by it)."""
@@ -357,7 +407,7 @@ def test_the_last_look_of_a_burst_waits_for_a_write_lock_held_without_looking(tm
     try:
         lock.real.acquire()  # held as a checkpoint holds it
         theirs.shards[0].enqueue([_new_task()])
-        looker = threading.Thread(target=lambda: seen.append(shard.check_foreign_commit(skip_echo=False)))
+        looker = threading.Thread(target=lambda: seen.append(shard.check_foreign_commit(wait_for_lock=True)))
         looker.start()
         assert lock.tried.wait(10)
         lock.real.release()

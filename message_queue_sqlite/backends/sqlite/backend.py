@@ -16,7 +16,6 @@ import os
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -49,7 +48,6 @@ SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 # the NUL-padded name field of a change event on a shard file or its WAL: "mq-shard-3.db-wal\0"
 SHARD_EVENT_NAME = re.compile(rb"(mq-shard-\d+\.db)(?:-wal)?\x00")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
-OWN_WRITE_ECHO_S = 0.0005  # a WAL event this soon after our own commit is most likely its echo
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
 
 
@@ -91,8 +89,8 @@ class SQLiteShard(Shard):
         # Telling another process's commits from this object's own: PRAGMA data_version on
         # the writer connection changes only when some other connection committed.
         self._seen_version: int | None = None
-        self._last_write_end = 0.0  # monotonic
         self.on_foreign_commit: Callable[[], None] | None = None  # set while watched
+        self._watcher: ChangeWatcher | None = None  # muted during this object's own writes
 
     # -- connection and transactions -------------------------------------------------
     def _connection(self, reader: bool = False) -> sqlite3.Connection:
@@ -107,10 +105,28 @@ class SQLiteShard(Shard):
         return conn
 
     @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One short write transaction; locked files are retried, any error rolls back."""
+    def _writer(self) -> Iterator[sqlite3.Connection]:
+        """The writer lock and connection. The change watcher of this object ignores the file
+        writes made meanwhile (they are its own); other connections' commits are looked for
+        when the work under the lock succeeded, and reported once it is released."""
         with self._lock:
             conn = self._connection()
+            watcher = self._watcher
+            if watcher is not None:
+                watcher.mute()
+            try:
+                yield conn
+            finally:
+                if watcher is not None:
+                    watcher.unmute()
+            foreign = self._foreign_commit_seen(conn)
+        if foreign:
+            self._report_foreign_commit()
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; locked files are retried, any error rolls back."""
+        with self._writer() as conn:
             try:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -124,10 +140,6 @@ class SQLiteShard(Shard):
                 if isinstance(exc, sqlite3.Error):
                     raise self._storage_error(what, exc) from exc
                 raise
-            foreign = self._foreign_commit_seen(conn)
-            self._last_write_end = time.monotonic()
-        if foreign:
-            self._report_foreign_commit()
 
     def _foreign_commit_seen(self, conn: sqlite3.Connection) -> bool:
         """Under the writer lock, after a write: did another connection commit since the last
@@ -147,23 +159,23 @@ class SQLiteShard(Shard):
         if callback is not None:
             callback()
 
-    def watch_foreign_commits(self, callback: Callable[[], None] | None) -> None:
-        """Report other connections' commits from now on (the baseline is taken here)."""
+    def watch_foreign_commits(self, callback: Callable[[], None] | None,
+                              watcher: ChangeWatcher | None = None) -> None:
+        """Report other connections' commits from now on (the baseline is taken here); mute
+        ``watcher`` during this object's own writes."""
         with self._lock:
             self.on_foreign_commit = callback
+            self._watcher = watcher
             self._seen_version = None
             if callback is not None and self._conn is not None:
                 self._foreign_commit_seen(self._connection())
 
-    def check_foreign_commit(self, skip_echo: bool) -> bool:
+    def check_foreign_commit(self, wait_for_lock: bool) -> bool:
         """For the change watcher: True when another connection committed since the last look.
-        With ``skip_echo`` (a first look, while writes may go on), False right after a write of
-        this object, or while one holds the lock (it looks when it ends): the echo of our own
-        commit never holds up our next write. Without it (the look once the writes paused),
-        it waits for the lock: whatever held it (a checkpoint, say) may not have looked."""
-        if skip_echo:
-            if time.monotonic() - self._last_write_end < OWN_WRITE_ECHO_S:
-                return False
+        A first look gives up while a write of this object holds the lock (it looks when it
+        ends), so the watcher never holds up our writes; the look once the writes paused
+        (``wait_for_lock``) waits: whatever held the lock may have failed before looking."""
+        if not wait_for_lock:
             if not self._lock.acquire(blocking=False):
                 return False
         else:
@@ -185,22 +197,16 @@ class SQLiteShard(Shard):
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if fetch else cursor
 
-        with self._lock:
-            conn = self._connection()
+        with self._writer() as conn:
             try:
                 try:
-                    result = run()
+                    return run()
                 except sqlite3.OperationalError as exc:
                     if not is_locked_error(exc):
                         raise
-                    result = retry_locked(run, f"{what} on {self.name}")
+                    return retry_locked(run, f"{what} on {self.name}")
             except sqlite3.Error as exc:
                 raise self._storage_error(what, exc) from exc
-            foreign = self._foreign_commit_seen(conn)
-            self._last_write_end = time.monotonic()
-        if foreign:
-            self._report_foreign_commit()
-        return result
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -378,8 +384,8 @@ class SQLiteShard(Shard):
         except OSError:
             return
         if size > WAL_CHECKPOINT_BYTES:
-            with self._lock:
-                busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            with self._writer() as conn:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             log.info("%s: WAL was %d bytes; checkpoint %s", self.name, size,
                      "deferred (readers busy)" if busy else "done")
 
@@ -426,7 +432,7 @@ class SQLiteBackend(Backend):
         with self._adopt_lock:  # the watcher, the housekeeper and idle workers all look
             for index in range(len(self.shards), present):
                 shard = SQLiteShard(shard_path(self.location, index), index, self._durability)
-                shard.watch_foreign_commits(self._on_change)
+                shard.watch_foreign_commits(self._on_change, self._watcher)
                 self.shards.append(shard)
                 log.info("serving %s, created by another process", shard.name)
         return True
@@ -437,22 +443,24 @@ class SQLiteBackend(Backend):
         with self._watch_lock:
             if self._watcher is None:
                 self._on_change = on_change
-                for shard in self.shards:
-                    shard.watch_foreign_commits(on_change)
                 self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards],
                                               self._files_changed, SHARD_EVENT_NAME)
+                for shard in self.shards:
+                    shard.watch_foreign_commits(on_change, self._watcher)
 
-    def _files_changed(self, names: set[str], trailing: bool) -> None:
-        """The watcher saw writes to these shard files (or their WAL): report the change if
-        another connection committed, or if a shard file appeared that is not open here.
-        ``trailing``: the writes have paused (the last look of a burst)."""
+    def _files_changed(self, names: set[str] | None, trailing: bool) -> None:
+        """The watcher saw writes to these shard files (or their WAL; None: to any): report
+        the change if another connection committed, or if a shard file appeared that is not
+        open here. ``trailing``: the writes have paused (the last look of a burst)."""
         known = {shard.name: shard for shard in self.shards}
+        if names is None:
+            names = set(known)
         foreign = any(name not in known for name in names)
         if foreign:
             self.adopt_new_shards()
         for name in names:
             shard = known.get(name)
-            if shard is not None and shard.check_foreign_commit(skip_echo=not trailing):
+            if shard is not None and shard.check_foreign_commit(wait_for_lock=trailing):
                 foreign = True
         if foreign and self._on_change is not None:
             self._on_change()
