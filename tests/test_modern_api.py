@@ -149,3 +149,44 @@ def test_stop_waits_for_running_task_and_start_again(make_queue):
     assert handle.status == TaskStatus.FINISHED
     mq.start()
     assert mq.send(blocked).result(timeout=10) == "ok"
+
+
+def test_waiting_on_a_task_just_sent_does_not_read_storage(make_queue):
+    """A wait on a task sent when nothing could have ended since skips the storage lookup,
+    which would only compete with the worker about to run it (round-trip latency)."""
+    mq = make_queue()
+
+    @mq.task
+    def echo(i):
+        return i
+
+    lookups = []
+    real_find = mq.engine.find
+    mq.engine.find = lambda task_id: lookups.append(task_id) or real_find(task_id)
+    mq.start()
+    assert mq.send(echo, {"i": -1}).result(timeout=10) == -1  # (the change feed starting up)
+    lookups.clear()
+    for i in range(20):
+        assert mq.send(echo, {"i": i}).result(timeout=10) == i
+    assert lookups == []
+
+
+def test_a_task_that_ended_elsewhere_before_the_wait_is_looked_up(make_queue):
+    """The other side of skipping lookups: once another process (here another queue object)
+    ended the task before anyone waited, the wait reads storage at once instead of leaving
+    it to the slow fallback poll."""
+    sender, worker = make_queue(), make_queue()
+
+    @worker.task
+    def echo(i):
+        return i
+
+    with pytest.raises(TimeoutError):  # waiting turns on the sender's change feed
+        sender.send("echo", {"i": 0}).result(timeout=0.01)
+    handle = sender.send("echo", {"i": 1})
+    epoch = sender.engine.outcome_epoch()
+    assert epoch is not None
+    worker.start()
+    wait_until(lambda: worker.get(handle.task_id).status == TaskStatus.FINISHED, what="the other object's run")
+    wait_until(lambda: sender.engine.outcome_epoch() != epoch, what="the sender noticing the commit")
+    assert handle.result(timeout=0.05) == 1  # the fallback poll comes only after 0.1 s

@@ -30,12 +30,13 @@ TaskRef = str | Callable[..., Any]
 class TaskHandle:
     """A sent task: its id, its live status, and its result when it ends."""
 
-    __slots__ = ("task_id", "task_name", "_engine")
+    __slots__ = ("task_id", "task_name", "_engine", "_since")
 
-    def __init__(self, task_id: str, task_name: str, engine: Engine):
+    def __init__(self, task_id: str, task_name: str, engine: Engine, since: int | None = None):
         self.task_id = task_id
         self.task_name = task_name
         self._engine = engine
+        self._since = since  # the engine's outcome epoch before the send
 
     @property
     def status(self) -> TaskStatus:
@@ -46,7 +47,7 @@ class TaskHandle:
 
     def outcome(self, timeout: float | None = None) -> TaskOutcome:
         """Wait for the task to end; TimeoutError if it has not after ``timeout`` seconds."""
-        outcome = self._engine.wait_outcome(self.task_id, timeout)
+        outcome = self._engine.wait_outcome(self.task_id, timeout, self._since)
         if outcome is None:
             raise TimeoutError(f"task {self.task_name!r} ({self.task_id}) did not end within {timeout} s")
         return outcome
@@ -116,15 +117,17 @@ class MessageQueue:
              delay: float = 0.0) -> TaskHandle:
         """Store a task durably (committed before this returns) and return its handle."""
         request = self._request(task, kwargs, priority, callback, use_cache, retries, retry, delay)
-        return TaskHandle(self._engine.send(request), request.task_name, self._engine)
+        since = self._engine.outcome_epoch()
+        return TaskHandle(self._engine.send(request), request.task_name, self._engine, since)
 
     def send_many(self, tasks: Iterable[tuple[TaskRef, dict[str, Any]]], *, priority: int = 0,
                   callback: Callback | None = None, use_cache: bool = False) -> list[TaskHandle]:
         """Store many tasks in one transaction per shard (much faster than one send each)."""
         requests = [self._request(t, k, priority, callback, use_cache, None, None, 0.0)
                     for t, k in tasks]
+        since = self._engine.outcome_epoch()
         sent = self._engine.send_many(requests)
-        return [TaskHandle(task_id, r.task_name, self._engine)
+        return [TaskHandle(task_id, r.task_name, self._engine, since)
                 for task_id, r in zip(sent, requests, strict=True)]
 
     def _request(self, task: TaskRef, kwargs: dict[str, Any] | None, priority: int,

@@ -78,6 +78,11 @@ class OutcomeDispatcher:
         # Tasks of this object that its own workers hold (claimed, outcome not delivered yet)
         # and nobody waited for at claim time: a wait registered now needs no storage lookup.
         self._held_here: set[str] = set()
+        # Bumped whenever an outcome may have become available that a wait registered later
+        # would miss (a local delivery, another process's commit): a wait whose task was sent
+        # at the same epoch skips the storage lookup, which would only compete with the worker
+        # that is about to run it.
+        self._epoch = 0
         self._thread: threading.Thread | None = None
 
     # -- registration (sender threads) ------------------------------------------------
@@ -91,10 +96,16 @@ class OutcomeDispatcher:
             self._ensure_thread()
         self._on_remote_interest()
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
     def wait(self, task_id: str, timeout: float | None,
-             lookup: Callable[[], TaskRecord | None]) -> TaskOutcome | None:
+             lookup: Callable[[], TaskRecord | None], since: int | None = None) -> TaskOutcome | None:
         """Block until ``task_id`` ends; None on timeout. ``lookup`` reads storage once after
-        registering, for a task that ended before anyone waited."""
+        registering, for a task that ended before anyone waited, unless nothing could have
+        ended since epoch ``since`` (taken before the task was sent, while watching storage).
+        Should that miss an outcome, the poll every ``FALLBACK_POLL_S`` finds it."""
         event = threading.Event()
         with self._lock:
             entry = self._pending.get(task_id)
@@ -110,10 +121,11 @@ class OutcomeDispatcher:
             if held_here and not entry.local:
                 entry.local = True
                 self._remote -= 1
+            unchanged = since is not None and since == self._epoch
         self._on_remote_interest()
         # A task this object's workers hold ends in memory, after this registration: only
         # one that may have ended elsewhere (or before we looked) is looked up in storage.
-        record = None if held_here else lookup()
+        record = None if held_here or unchanged else lookup()
         if record is not None and TaskStatus(record.status).is_terminal:
             outcome = outcome_from_record(record)
             with self._lock:
@@ -174,6 +186,7 @@ class OutcomeDispatcher:
         """Outcomes recorded by this object's workers. Waiting handles are woken right here;
         callbacks run on the delivery thread, so a slow callback never holds a worker."""
         with self._lock:
+            self._epoch += 1
             queued = False
             held = self._held_here
             for item in items:
@@ -193,7 +206,9 @@ class OutcomeDispatcher:
                 self._lock.notify_all()
 
     def storage_changed(self) -> None:
-        """Called by the change feed (often: every commit of any process, ours included)."""
+        """Called by the change feed: another process committed (or this object made work
+        ready or ended tasks outside the worker path)."""
+        self._epoch += 1  # (a lost concurrent increment still moves it on)
         if self._remote and not self._changed:
             with self._lock:
                 self._changed = True

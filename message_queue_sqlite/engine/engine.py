@@ -254,9 +254,16 @@ class Engine:
         found = self.shards[shard].get_tasks([row_id])
         return found[0] if found else None
 
-    def wait_outcome(self, task_id: str, timeout: float | None) -> TaskOutcome | None:
+    def outcome_epoch(self) -> int | None:
+        """Taken before a send, given back to ``wait_outcome``: lets a wait skip the storage
+        lookup when nothing could have ended since. None while storage is not watched (then
+        another process's commits would go unnoticed)."""
+        return self.dispatcher.epoch if self._watching else None
+
+    def wait_outcome(self, task_id: str, timeout: float | None,
+                     since: int | None = None) -> TaskOutcome | None:
         self.shard_of(task_id)
-        return self.dispatcher.wait(task_id, timeout, lambda: self.find(task_id))
+        return self.dispatcher.wait(task_id, timeout, lambda: self.find(task_id), since)
 
     # -- liveness and change feed ----------------------------------------------------
     def _watch_storage(self) -> None:

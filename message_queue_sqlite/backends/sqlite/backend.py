@@ -248,6 +248,9 @@ class SQLiteShard(Shard):
                            callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
         claim = (owner, now + lease_seconds, now, limit)
+        if limit <= 0 and len(completions) == 1 and not callbacked:
+            row = self._completion_row(completions[0], owner)  # its own write transaction
+            return ([] if self._write_one(Q["complete"], row, "complete").rowcount else [row[0]]), []
         if not completions and not callbacked:
             hinted, self._sent_here = self._sent_here, False
             if hinted:  # this object just stored ready work: no need to look first
@@ -280,8 +283,7 @@ class SQLiteShard(Shard):
 
     def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion],
                   owner: str) -> list[int]:
-        rows = [(c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at, c.run_after,
-                 c.started_at, owner, c.handed_over) for c in completions]
+        rows = [self._completion_row(c, owner) for c in completions]
         if len(rows) == 1:
             return [] if conn.execute(Q["complete"], rows[0]).rowcount else [rows[0][0]]
         conn.execute("SAVEPOINT complete")
@@ -293,6 +295,11 @@ class SQLiteShard(Shard):
         rejected = [row[0] for row in rows if conn.execute(Q["complete"], row).rowcount == 0]
         conn.execute("RELEASE complete")
         return rejected
+
+    @staticmethod
+    def _completion_row(c: Completion, owner: str) -> tuple:
+        return (c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at, c.run_after,
+                c.started_at, owner, c.handed_over)
 
     def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
         if not claims:
