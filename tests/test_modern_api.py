@@ -187,6 +187,7 @@ def test_a_task_that_ended_elsewhere_before_the_wait_is_looked_up(make_queue):
     epoch = sender.engine.outcome_epoch()
     assert epoch is not None
     worker.start()
-    wait_until(lambda: worker.get(handle.task_id).status == TaskStatus.FINISHED, what="the other object's run")
+    wait_until(lambda: worker.get(handle.task_id).status == TaskStatus.FINISHED,
+               what="the other object's run")
     wait_until(lambda: sender.engine.outcome_epoch() != epoch, what="the sender noticing the commit")
     assert handle.result(timeout=0.05) == 1  # the fallback poll comes only after 0.1 s

@@ -33,3 +33,24 @@ def test_values_json_cannot_carry_are_named():
     loop.append(loop)
     with pytest.raises(TypeError, match="return value .list. cannot be stored as JSON.*Circular"):
         dumps_result(loop)
+
+
+def test_a_failed_encoding_leaves_nothing_behind_for_the_next():
+    """The encoder is kept per thread; a failure midway must not leave the value marked as
+    "being encoded", or encoding it again once fixed would report a circular reference."""
+    value = {"a": [object()]}
+    with pytest.raises(TypeError):
+        dumps_result(value)
+    value["a"] = [1]
+    assert dumps_result(value) == '{"a":[1]}'
+
+
+@pytest.mark.parametrize("text", [' {"a":1}', '{"a":1} ', "[1,2]\n", '{"a":', "nul", "1 2", ""])
+def test_decoding_reads_what_json_loads_reads_and_fails_as_it_fails(text):
+    try:
+        expected = json.loads(text)
+    except json.JSONDecodeError as exc:
+        with pytest.raises(json.JSONDecodeError, match=exc.msg):
+            loads_result(text)
+        return
+    assert loads_result(text) == expected
