@@ -96,7 +96,7 @@ def test_concurrent_openers_of_a_fresh_file_agree(tmp_path):
 
 
 @pytest.mark.parametrize("query", ["claim_batch", "get_task", "outcome_row_ids", "renew_leases",
-                                   "promote_due", "purge_ended"])
+                                   "promote_due", "purge_ended", "purge_window"])
 def test_hot_queries_use_an_index(tmp_path, query):
     with MessageQueue(str(tmp_path / "q")) as mq:
         conn = mq.engine.shards[0]._connection()
@@ -416,3 +416,37 @@ def test_the_last_look_of_a_burst_waits_for_a_write_lock_held_without_looking(tm
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_retention_sweep_stops_where_recent_tasks_begin(tmp_path):
+    """No index on end times is kept per task: the purge walks row ids in windows and stops
+    at the first window created after the cut-off, so a long queue of recent tasks costs one
+    window, not a read of the whole table. An old task that has not ended stays."""
+    from message_queue_sqlite.backends.base import Completion, NewTask
+    from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+
+    backend = SQLiteBackend(str(tmp_path / "q"), 1)
+    shard = backend.shards[0]
+    old, now = 1_000.0, 1_000_000.0
+
+    def tasks(count: int, created: float) -> list[NewTask]:
+        return [NewTask("t", "{}", 0, "s", False, None, 0, None, 0.0, created) for _ in range(count)]
+
+    try:
+        [stuck] = shard.enqueue(tasks(1, old))  # old, still running (a long task, say)
+        shard.enqueue(tasks(999, old))
+        _, claims = shard.complete_and_claim([], "w", 1000, 30.0, old)
+        claims = [c for c in claims if c.row_id != stuck]
+        shard.complete_and_claim([Completion(c.row_id, c.attempt, 3, "1", None, old, old) for c in claims],
+                                 "w", 0, 0.0, old)
+        shard.enqueue(tasks(4000, now))
+        calls = 1
+        while shard.purge_ended(now - 3600, 500):
+            calls += 1
+        assert calls == 3  # two windows of old rows, then the first window of recent ones
+        assert shard.count_ready() == 4000
+        assert shard.get_tasks([stuck])[0].status == TaskStatus.RUNNING
+        assert shard.purge_ended(now - 3600, 500) is True  # the next sweep starts over: the stuck
+        assert shard.purge_ended(now - 3600, 500) is False  # one's window, then recent rows
+    finally:
+        backend.close()

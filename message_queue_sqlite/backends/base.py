@@ -182,9 +182,10 @@ class Shard(ABC):
         """Forget a node that stops; fail its cached tasks that can no longer run."""
 
     @abstractmethod
-    def purge_ended(self, before: float, limit: int) -> int:
-        """Delete up to ``limit`` tasks that ended before ``before``, never the newest row (so
-        row ids are never reused)."""
+    def purge_ended(self, before: float, limit: int) -> bool:
+        """Delete some tasks that ended before ``before`` (up to ``limit`` rows' worth of work,
+        one short transaction), never the newest row (so row ids are never reused). True
+        while more may be left: the caller calls again, within its time budget."""
 
     @abstractmethod
     def maintain(self) -> None:

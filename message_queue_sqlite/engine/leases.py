@@ -95,7 +95,7 @@ class Housekeeper:
         start, self._purge_from = self._purge_from, (self._purge_from + 1) % max(1, len(shards))
         for step in range(len(shards)):
             shard = shards[(start + step) % len(shards)]
-            while shard.purge_ended(before, PURGE_BATCH) == PURGE_BATCH:
+            while shard.purge_ended(before, PURGE_BATCH):
                 if time.monotonic() >= deadline:
                     return False
         return True

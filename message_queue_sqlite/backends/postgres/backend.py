@@ -373,9 +373,10 @@ class PostgresShard(Shard):
 
         return self._run("unregister node", body)
 
-    def purge_ended(self, before: float, limit: int) -> int:
-        return self._run("purge", lambda conn, _broke: conn.execute(
+    def purge_ended(self, before: float, limit: int) -> bool:
+        deleted = self._run("purge", lambda conn, _broke: conn.execute(
             self._q["purge_ended"], {"before": before, "limit": limit}).rowcount)
+        return deleted == limit
 
     def maintain(self) -> None:
         """Nothing to do: autovacuum keeps the table and its indexes in shape (the migration

@@ -48,6 +48,7 @@ SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 # the NUL-padded name field of a change event on a shard file or its WAL: "mq-shard-3.db-wal\0"
 SHARD_EVENT_NAME = re.compile(rb"(mq-shard-\d+\.db)(?:-wal)?\x00")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
+PURGE_CLOCK_SLACK_S = 60.0  # rows stamped by processes whose clocks differ a little still get swept
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
 
 
@@ -91,6 +92,7 @@ class SQLiteShard(Shard):
         self._seen_version: int | None = None
         self.on_foreign_commit: Callable[[], None] | None = None  # set while watched
         self._watcher: ChangeWatcher | None = None  # muted during this object's own writes
+        self._purge_after = 0  # the retention sweep's position (a row id)
 
     # -- connection and transactions -------------------------------------------------
     def _connection(self, reader: bool = False) -> sqlite3.Connection:
@@ -380,9 +382,23 @@ class SQLiteShard(Shard):
             conn.execute(Q["unregister_node"], (node,))
             return len(conn.execute(Q["fail_orphaned_cached"], (now,)).fetchall())
 
-    def purge_ended(self, before: float, limit: int) -> int:
-        with self._write("purge") as conn:
-            return conn.execute(Q["purge_ended"], (before, limit)).rowcount
+    def purge_ended(self, before: float, limit: int) -> bool:
+        """One window of ``limit`` rows, walked by row id from where the last call stopped
+        (a sweep). Rows are created in row-id order, so once a window holds only rows created
+        after ``before`` nothing further can have ended before it: the sweep ends there, and
+        a table of recent tasks costs one window to sweep. The write lock is taken only for
+        a window that holds something to delete."""
+        with self._read() as conn:
+            last_id, due, oldest = conn.execute(
+                Q["purge_window"], (self._purge_after, before, limit)).fetchone()
+        if last_id is None or oldest > before + PURGE_CLOCK_SLACK_S:
+            self._purge_after = 0
+            return False
+        if due:
+            with self._write("purge") as conn:
+                conn.execute(Q["purge_ended"], (before, self._purge_after, last_id))
+        self._purge_after = last_id
+        return True
 
     def maintain(self) -> None:
         """Truncate the WAL when it grew past its bound (a long reader starved checkpoints)."""

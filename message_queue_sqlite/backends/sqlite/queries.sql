@@ -134,8 +134,12 @@ DELETE FROM mqs_nodes WHERE node_id = ?1;
 -- Drop liveness rows long expired.
 DELETE FROM mqs_nodes WHERE expires_at < ?1;
 
+-- name: purge_window
+-- Read-only, for the retention purge: over the ?3 rows after row id ?1, the last id, how many ended before ?2, and the oldest creation time.
+SELECT max(id), sum(ended_at < ?2), min(created_at)
+  FROM (SELECT id, ended_at, created_at FROM mqs_tasks WHERE id > ?1 ORDER BY id LIMIT ?3);
+
 -- name: purge_ended
--- Delete up to ?2 tasks that ended before ?1 (retention), oldest first; never the newest row, so row ids are never reused.
-DELETE FROM mqs_tasks WHERE id IN (
-    SELECT id FROM mqs_tasks WHERE ended_at IS NOT NULL AND ended_at < ?1 ORDER BY ended_at LIMIT ?2)
-  AND id < (SELECT max(id) FROM mqs_tasks);
+-- Delete the tasks that ended before ?1 among row ids ?2 < id <= ?3 (one window); never the newest row, so row ids are never reused.
+DELETE FROM mqs_tasks
+ WHERE id > ?2 AND id <= ?3 AND ended_at < ?1 AND id < (SELECT max(id) FROM mqs_tasks);
