@@ -9,9 +9,10 @@ import threading
 IDLE_POLL_S = 0.002  # how often adapters of systems without a wake-up poll when idle
 
 
-def counter(paths: list[str], sql: str):
-    """A function that sums ``sql`` (a count) over the database files in ``paths``,
-    through connections of its own; files that do not exist yet count 0."""
+def counter(paths: list[str], query):
+    """A function that sums a count over the database files in ``paths``, through connections
+    of its own; files that do not exist yet (or have no table yet) count 0. ``query``: SQL
+    returning the count, or ``query(conn, path)`` returning it."""
     conns: dict[str, sqlite3.Connection] = {}
 
     def count() -> int:
@@ -23,7 +24,7 @@ def counter(paths: list[str], sql: str):
                     continue
                 conn = conns[path] = sqlite3.connect(path, timeout=30, check_same_thread=False)
             try:
-                total += conn.execute(sql).fetchone()[0]
+                total += query(conn, path) if callable(query) else conn.execute(query).fetchone()[0]
             except sqlite3.OperationalError as exc:  # table not created yet, or a lock
                 if "no such table" not in str(exc) and "locked" not in str(exc):
                     raise

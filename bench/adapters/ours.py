@@ -88,39 +88,26 @@ def done_counter(q, path, shards=1):
     every row has ended, and each look reads only a window of rows past it. A row that ends
     beyond the window is counted once the window reaches it: the count may lag, never lead.
     Over a 1M backlog this costs a few thousand rows per look, not a million."""
+    from adapters._common import counter
+
     files = [os.path.join(path, f"mq-shard-{k}.db") for k in range(shards)]
-    state = {f: [0, 0] for f in files}  # file -> [cursor row id, rows ended at or below it]
-    conns = {}
+    state = {f: (0, 0) for f in files}  # file -> (cursor row id, rows ended at or below it)
 
-    def count() -> int:
-        total = 0
-        for f in files:
-            conn = conns.get(f)
-            if conn is None:
-                if not os.path.exists(f):
-                    continue
-                conn = conns[f] = sqlite3.connect(f, timeout=30, check_same_thread=False)
-            cursor, below = state[f]
-            try:  # in SQL (it runs in the workers' process: no Python loop holding the GIL)
-                (first_open,) = conn.execute(
-                    "SELECT coalesce((SELECT id FROM mqs_tasks WHERE id > ?1 AND status NOT IN "
-                    "(3, 4, 5) ORDER BY id LIMIT 1), (SELECT max(id) + 1 FROM mqs_tasks), ?1 + 1)",
-                    (cursor,)).fetchone()
-                ended_run, ahead = conn.execute(
-                    "SELECT (SELECT count(*) FROM mqs_tasks WHERE id > ?1 AND id < ?2), "
-                    "(SELECT count(*) FROM (SELECT status FROM mqs_tasks WHERE id > ?2 "
-                    "ORDER BY id LIMIT 4000) WHERE status IN (3, 4, 5))", (cursor, first_open)).fetchone()
-            except sqlite3.OperationalError as exc:  # table not created yet, or a lock
-                if "no such table" not in str(exc) and "locked" not in str(exc):
-                    raise
-                total += below
-                continue
-            cursor, below = first_open - 1, below + ended_run
-            state[f] = [cursor, below]
-            total += below + ahead
-        return total
+    def ended(conn: sqlite3.Connection, f: str) -> int:
+        cursor, below = state[f]
+        # in SQL: this runs in the workers' process, and a Python loop would hold the GIL
+        (first_open,) = conn.execute(
+            "SELECT coalesce((SELECT id FROM mqs_tasks WHERE id > ?1 AND status NOT IN "
+            "(3, 4, 5) ORDER BY id LIMIT 1), (SELECT max(id) + 1 FROM mqs_tasks), ?1 + 1)",
+            (cursor,)).fetchone()
+        ended_run, ahead = conn.execute(
+            "SELECT (SELECT count(*) FROM mqs_tasks WHERE id > ?1 AND id < ?2), "
+            "(SELECT count(*) FROM (SELECT status FROM mqs_tasks WHERE id > ?2 "
+            "ORDER BY id LIMIT 4000) WHERE status IN (3, 4, 5))", (cursor, first_open)).fetchone()
+        state[f] = (first_open - 1, below + ended_run)
+        return below + ended_run + ahead
 
-    return count
+    return counter(files, ended)
 
 
 def callbacks(q):
