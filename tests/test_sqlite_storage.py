@@ -450,3 +450,28 @@ def test_the_retention_sweep_stops_where_recent_tasks_begin(tmp_path):
         assert shard.purge_ended(now - 3600, 500) is False  # one's window, then recent rows
     finally:
         backend.close()
+
+
+def test_a_plain_send_stores_the_same_row_as_the_full_statement_would(tmp_path):
+    """Sends without cached arguments, retries or delay use a shorter INSERT (fewer values to
+    bind): every column must come out as the full INSERT writes it."""
+    import time
+
+    from message_queue_sqlite.backends.base import NewTask
+    from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+
+    backend = SQLiteBackend(str(tmp_path / "q"), 1)
+    try:
+        shard = backend.shards[0]
+        task = NewTask("t", '{"a":1}', 3, "sender", True, None, 0, None, 0.0, time.time())
+        [plain] = shard.enqueue([task])
+        conn = shard._connection()
+        conn.execute(Q["enqueue"], (task.task_name, task.args, task.priority, 1, task.sender, 1, None, 0,
+                                    None, 0.0, task.created_at))
+        full = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        rows = [conn.execute("SELECT * FROM mqs_tasks WHERE id = ?", (row_id,)).fetchone()[1:]
+                for row_id in (plain, full)]
+        assert rows[0] == rows[1]
+        assert shard.enqueue([task, task]) == [full + 1, full + 2]  # batches too
+    finally:
+        backend.close()

@@ -72,6 +72,42 @@ def _record(shard: int, row: tuple) -> TaskRecord:
                       row[16], row[17])
 
 
+class _Writer:
+    """``with shard._writer as conn``: the writer lock and connection. The change watcher of
+    this object ignores the file writes made meanwhile (they are its own); other connections'
+    commits are looked for when the work under the lock succeeded, and reported once it is
+    released. A class, not a generator context manager: a single send goes through it, and
+    contextlib's layers cost a tenth of that send."""
+
+    __slots__ = ("_shard",)
+
+    def __init__(self, shard: SQLiteShard):
+        self._shard = shard
+
+    def __enter__(self) -> sqlite3.Connection:
+        shard = self._shard
+        shard._lock.acquire()
+        try:
+            conn = shard._connection()
+            if shard._watcher is not None:
+                shard._watcher.mute()
+        except BaseException:
+            shard._lock.release()
+            raise
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        shard = self._shard
+        try:
+            if shard._watcher is not None:
+                shard._watcher.unmute()
+            foreign = exc_type is None and shard._foreign_commit_seen(shard._connection())
+        finally:
+            shard._lock.release()
+        if foreign:
+            shard._report_foreign_commit()
+
+
 class SQLiteShard(Shard):
     """A writer connection for every write, and a reader connection so that lookups,
     probes and counts never wait behind a write transaction (WAL readers never block)."""
@@ -93,6 +129,7 @@ class SQLiteShard(Shard):
         self.on_foreign_commit: Callable[[], None] | None = None  # set while watched
         self._watcher: ChangeWatcher | None = None  # muted during this object's own writes
         self._purge_after = 0  # the retention sweep's position (a row id)
+        self._writer = _Writer(self)
 
     # -- connection and transactions -------------------------------------------------
     def _connection(self, reader: bool = False) -> sqlite3.Connection:
@@ -107,28 +144,9 @@ class SQLiteShard(Shard):
         return conn
 
     @contextmanager
-    def _writer(self) -> Iterator[sqlite3.Connection]:
-        """The writer lock and connection. The change watcher of this object ignores the file
-        writes made meanwhile (they are its own); other connections' commits are looked for
-        when the work under the lock succeeded, and reported once it is released."""
-        with self._lock:
-            conn = self._connection()
-            watcher = self._watcher
-            if watcher is not None:
-                watcher.mute()
-            try:
-                yield conn
-            finally:
-                if watcher is not None:
-                    watcher.unmute()
-            foreign = self._foreign_commit_seen(conn)
-        if foreign:
-            self._report_foreign_commit()
-
-    @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
         """One short write transaction; locked files are retried, any error rolls back."""
-        with self._writer() as conn:
+        with self._writer as conn:
             try:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -199,7 +217,7 @@ class SQLiteShard(Shard):
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if fetch else cursor
 
-        with self._writer() as conn:
+        with self._writer as conn:
             try:
                 try:
                     return run()
@@ -232,14 +250,21 @@ class SQLiteShard(Shard):
         if not tasks:
             return []
         now = tasks[0].created_at
-        rows = [(t.task_name, t.args, t.priority, 6 if t.run_after > now else 1, t.sender,
-                 int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after, t.created_at)
-                for t in tasks]
+        if all(t.cache_owner is None and not t.max_retries and t.retry is None and not t.run_after
+               for t in tasks):
+            sql = Q["enqueue_plain"]
+            rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at)
+                    for t in tasks]
+        else:
+            sql = Q["enqueue"]
+            rows = [(t.task_name, t.args, t.priority, 6 if t.run_after > now else 1, t.sender,
+                     int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after, t.created_at)
+                    for t in tasks]
         self._sent_here = True
         if len(rows) == 1:  # one statement is its own write transaction: no BEGIN/COMMIT round
-            return [self._write_one(Q["enqueue"], rows[0], "enqueue").lastrowid]
+            return [self._write_one(sql, rows[0], "enqueue").lastrowid]
         with self._write("enqueue") as conn:
-            conn.executemany(Q["enqueue"], rows)
+            conn.executemany(sql, rows)
             last = conn.execute(Q["last_row_id"]).fetchone()[0]
         # one writer inside BEGIN IMMEDIATE, each rowid one past the largest: consecutive
         return list(range(last - len(rows) + 1, last + 1))
@@ -407,7 +432,7 @@ class SQLiteShard(Shard):
         except OSError:
             return
         if size > WAL_CHECKPOINT_BYTES:
-            with self._writer() as conn:
+            with self._writer as conn:
                 busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             log.info("%s: WAL was %d bytes; checkpoint %s", self.name, size,
                      "deferred (readers busy)" if busy else "done")
