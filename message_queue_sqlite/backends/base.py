@@ -28,7 +28,7 @@ class NewTask:
     created_at: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity: the worker keeps sets of them
 class ClaimedTask:
     shard: int
     row_id: int

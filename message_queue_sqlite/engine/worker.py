@@ -10,7 +10,6 @@ whichever comes first, so callbacks and results are prompt under any load.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
@@ -36,13 +35,18 @@ TARGET_BATCH_S = 0.02  # a claim should hold about this much work per thread
 _PLAIN = (str, int, float, bool, type(None))
 
 
+def _run_order(claim: ClaimedTask) -> tuple[int, int, int]:
+    """Best priority first, then send order (the buffer is sorted on the reverse of this)."""
+    return (-claim.priority, claim.shard, claim.row_id)
+
+
 class WorkerPool:
     def __init__(self, engine: Engine, threads: int):
         self._engine = engine
         self._threads_wanted = threads
         self._cv = threading.Condition(threading.Lock())
-        self._buffer: list[tuple[int, int, int, ClaimedTask]] = []  # heap: -priority, shard, row id
-        self._running: dict[tuple[int, int], ClaimedTask] = {}
+        self._buffer: list[ClaimedTask] = []  # claimed, not started: the next to run is last
+        self._running: set[ClaimedTask] = set()
         self._pending: dict[int, list[tuple[Completion, TaskOutcome | None, ClaimedTask]]] = (
             defaultdict(list))
         self._pending_count = 0
@@ -71,8 +75,8 @@ class WorkerPool:
         ``drain_timeout``; then give their leases back too (they run again elsewhere)."""
         with self._cv:
             self._stopping = True
-            unstarted = [item[3] for item in self._buffer]
-            self._buffer.clear()
+            unstarted = self._buffer
+            self._buffer = []
             self._cv.notify_all()
         self._engine.bell.ring()
         self._give_back(unstarted, started=False)
@@ -87,9 +91,9 @@ class WorkerPool:
             log.error("%d completion(s) could not be recorded before stopping; those tasks "
                       "will run again once their leases expire", self._pending_count)
         with self._cv:
-            left = list(self._running.values())
-            unstarted = [item[3] for item in self._buffer] + self._give_back_later
-            self._buffer.clear()
+            left = list(self._running)
+            unstarted = self._buffer + self._give_back_later
+            self._buffer = []
             self._give_back_later = []
         self._give_back(unstarted, started=False)
         if left:
@@ -146,9 +150,11 @@ class WorkerPool:
                         take = 1
                         if self._avg_task_s < 0.0005:
                             take = max(1, min(16, len(self._buffer) // self._threads_wanted))
-                        claims = [heapq.heappop(self._buffer)[3] for _ in range(take)]
-                        for claim in claims:
-                            self._running[(claim.shard, claim.row_id)] = claim
+                        buffer = self._buffer
+                        claims = buffer[-take:]
+                        del buffer[-take:]
+                        claims.reverse()
+                        self._running.update(claims)
                         return claims
                     if not self._claiming:
                         self._claiming = True
@@ -209,8 +215,8 @@ class WorkerPool:
                 with self._cv:
                     stopping = self._stopping
                     if not stopping:
-                        for claim in claims:
-                            heapq.heappush(self._buffer, (-claim.priority, claim.shard, claim.row_id, claim))
+                        self._buffer.extend(claims)  # already in claim order: sorting is a pass
+                        self._buffer.sort(key=_run_order, reverse=True)
                 if stopping:  # stop() began during the claim: these never start here
                     self._give_back(claims, started=False)
                     return 0
@@ -250,12 +256,11 @@ class WorkerPool:
             if not self._pending_count:
                 self._oldest_pending = time.monotonic()
             for claim, completion, outcome in done:
-                self._running.pop((claim.shard, claim.row_id), None)
+                self._running.discard(claim)
                 self._pending[claim.shard].append((completion, outcome, claim))
             self._pending_count += len(done)
             if not_started:
-                for claim in not_started:
-                    self._running.pop((claim.shard, claim.row_id), None)
+                self._running.difference_update(not_started)
                 self._give_back_later.extend(not_started)
             flush_now = (
                 self._pending_count >= FLUSH_MAX
