@@ -76,6 +76,35 @@ def test_an_expired_lease_is_recovered_and_the_stale_completion_rejected(make_qu
     assert (record.attempts, record.status) == (2, TaskStatus.FINISHED)
 
 
+def test_a_batch_of_completions_with_a_stale_one_records_the_rest(make_queue):
+    """Finished and failed completions go through different statements; a lease lost in the
+    middle of the batch is rejected alone, whichever statement carries it."""
+    clock = FakeClock()
+    mq = make_queue(visibility_timeout=5, clock=clock)
+    handles = [mq.send("job", {"i": i}) for i in range(4)]
+    shard = mq.engine.shards[0]
+    _, [stale] = shard.complete_and_claim([], "worker-a", 1, 5, clock())
+    clock.advance(3)
+    _, again = shard.complete_and_claim([], "worker-a", 3, 5, clock())
+    claims = [stale, *again]
+    clock.advance(3)  # only the first lease has expired
+    assert shard.recover_expired(clock(), crash_limit=5).requeued == 1
+    _, [taken] = shard.complete_and_claim([], "worker-b", 1, 5, clock())
+    assert taken.row_id == stale.row_id
+    now = clock()
+    batch = [Completion(again[0].row_id, again[0].attempt, TaskStatus.FINISHED, '"ok"', None, now, now),
+             Completion(stale.row_id, stale.attempt, TaskStatus.FINISHED, '"late"', None, now, now),
+             Completion(again[1].row_id, again[1].attempt, TaskStatus.FAILED, "ValueError: x", "tb", now, now),
+             Completion(again[2].row_id, again[2].attempt, TaskStatus.FINISHED, '"ok"', None, now, now)]
+    rejected, _ = shard.complete_and_claim(batch, "worker-a", 0, 5, clock())
+    assert rejected == [stale.row_id]
+    statuses = {r.row_id: r.status for r in shard.get_tasks([c.row_id for c in claims])}
+    assert statuses[stale.row_id] == TaskStatus.RUNNING  # still worker-b's
+    assert sorted(statuses.values()) == sorted([TaskStatus.FINISHED, TaskStatus.FINISHED,
+                                                TaskStatus.FAILED, TaskStatus.RUNNING])
+    assert len(handles) == 4
+
+
 def test_crash_limit_fails_a_task_that_kills_its_workers(make_queue):
     clock = FakeClock()
     mq = make_queue(visibility_timeout=1, clock=clock, crash_limit=2)

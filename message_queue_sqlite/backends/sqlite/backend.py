@@ -39,6 +39,7 @@ from message_queue_sqlite.backends.sqlite.connection import (
 )
 from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
 from message_queue_sqlite.core.errors import QueueStorageError
+from message_queue_sqlite.core.status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +277,8 @@ class SQLiteShard(Shard):
         rejected: list[int] = []
         claim = (owner, now + lease_seconds, now, limit)
         if limit <= 0 and len(completions) == 1 and not callbacked:
-            row = self._completion_row(completions[0], owner)  # its own write transaction
-            return ([] if self._write_one(Q["complete"], row, "complete").rowcount else [row[0]]), []
+            sql, row = self._completion_row(completions[0], owner)  # its own write transaction
+            return ([] if self._write_one(sql, row, "complete").rowcount else [row[0]]), []
         if not completions and not callbacked:
             hinted, self._sent_here = self._sent_here, False
             if hinted:  # this object just stored ready work: no need to look first
@@ -310,23 +311,38 @@ class SQLiteShard(Shard):
 
     def _complete(self, conn: sqlite3.Connection, completions: Sequence[Completion],
                   owner: str) -> list[int]:
-        rows = [self._completion_row(c, owner) for c in completions]
+        by_statement: dict[str, list[tuple]] = {}
+        for completion in completions:
+            sql, row = self._completion_row(completion, owner)
+            by_statement.setdefault(sql, []).append(row)
+        rejected: list[int] = []
+        for sql, rows in by_statement.items():
+            rejected += self._complete_rows(conn, sql, rows)
+        return rejected
+
+    @staticmethod
+    def _complete_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> list[int]:
+        """Run one completion statement over ``rows``; the row ids whose lease was lost."""
         if len(rows) == 1:
-            return [] if conn.execute(Q["complete"], rows[0]).rowcount else [rows[0][0]]
+            return [] if conn.execute(sql, rows[0]).rowcount else [rows[0][0]]
         conn.execute("SAVEPOINT complete")
-        if conn.executemany(Q["complete"], rows).rowcount == len(rows):
+        if conn.executemany(sql, rows).rowcount == len(rows):
             conn.execute("RELEASE complete")
             return []
         # Some lease was lost (taken over after expiry): redo one by one to learn which.
         conn.execute("ROLLBACK TO complete")
-        rejected = [row[0] for row in rows if conn.execute(Q["complete"], row).rowcount == 0]
+        rejected = [row[0] for row in rows if conn.execute(sql, row).rowcount == 0]
         conn.execute("RELEASE complete")
         return rejected
 
     @staticmethod
-    def _completion_row(c: Completion, owner: str) -> tuple:
-        return (c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at, c.run_after,
-                c.started_at, owner, c.handed_over)
+    def _completion_row(c: Completion, owner: str) -> tuple[str, tuple]:
+        """The statement and its values for one completion (row id first in both)."""
+        if c.status == TaskStatus.FINISHED:
+            return Q["complete_finished"], (c.row_id, c.attempt, c.result, c.handed_over,
+                                            c.ended_at, c.started_at, owner)
+        return Q["complete"], (c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at,
+                               c.run_after, c.started_at, owner, c.handed_over)
 
     def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
         if not claims:

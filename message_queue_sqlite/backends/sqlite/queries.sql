@@ -45,6 +45,14 @@ UPDATE mqs_tasks
        run_after = ?7, started_at = ?8, lease_owner = NULL, lease_expires = NULL
  WHERE id = ?1 AND attempts = ?2 AND status = 2 AND lease_owner = ?9;
 
+-- name: complete_finished
+-- The same as complete for a task that FINISHED (no traceback, no retry time): fewer values to bind per row. ?4 = 1: handed over in memory.
+UPDATE mqs_tasks
+   SET status = 3, notify = CASE WHEN ?4 THEN 0 ELSE notify END, outcome = 3, result = ?3,
+       traceback = NULL, ended_at = ?5, run_after = 0, started_at = ?6, lease_owner = NULL,
+       lease_expires = NULL
+ WHERE id = ?1 AND attempts = ?2 AND status = 2 AND lease_owner = ?7;
+
 -- name: release
 -- Give a lease back at once (graceful stop); ?3 is 1 when the task never started, so that claim is not counted.
 UPDATE mqs_tasks
