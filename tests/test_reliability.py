@@ -94,7 +94,8 @@ def test_a_batch_of_completions_with_a_stale_one_records_the_rest(make_queue):
     now = clock()
     batch = [Completion(again[0].row_id, again[0].attempt, TaskStatus.FINISHED, '"ok"', None, now, now),
              Completion(stale.row_id, stale.attempt, TaskStatus.FINISHED, '"late"', None, now, now),
-             Completion(again[1].row_id, again[1].attempt, TaskStatus.FAILED, "ValueError: x", "tb", now, now),
+             Completion(again[1].row_id, again[1].attempt, TaskStatus.FAILED, "ValueError: x", "tb",
+                        now, now),
              Completion(again[2].row_id, again[2].attempt, TaskStatus.FINISHED, '"ok"', None, now, now)]
     rejected, _ = shard.complete_and_claim(batch, "worker-a", 0, 5, clock())
     assert rejected == [stale.row_id]

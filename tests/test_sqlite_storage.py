@@ -475,3 +475,28 @@ def test_a_plain_send_stores_the_same_row_as_the_full_statement_would(tmp_path):
         assert shard.enqueue([task, task]) == [full + 1, full + 2]  # batches too
     finally:
         backend.close()
+
+
+def test_a_long_own_write_does_not_spin_the_watchers_timer(tmp_path):
+    """While an own write stays muted past the trailing delay, the look after own writes is
+    re-armed a full delay later each time, not at once (that spun a core)."""
+    import re
+
+    from message_queue_sqlite.backends.sqlite.watch import TRAILING_NOTIFY_MS, ChangeWatcher
+
+    looks: list[bool] = []
+    watcher = ChangeWatcher(str(tmp_path), [], lambda names, trailing: looks.append(trailing),
+                            re.compile(rb"(x)"))
+    try:
+        watcher.mute()
+        watcher.unmute()  # arms the look
+        watcher.mute()  # a long write begins before it comes
+        held = threading.Event()
+        held.wait(0.1)
+        during = len(looks)
+        watcher.unmute()
+        wait_until(lambda: looks and looks[-1] is True, what="the last look, once writes paused")
+    finally:
+        watcher.close()
+    assert 1 <= during <= 0.1 / (TRAILING_NOTIFY_MS / 1000) + 2, during
+    assert not any(looks[:during])  # looks during the write never wait for its lock

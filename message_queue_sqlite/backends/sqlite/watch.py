@@ -155,13 +155,17 @@ class ChangeWatcher:
             os.read(self._timer_fd, 8)
         except BlockingIOError:
             pass
+        pause = TRAILING_NOTIFY_MS / 1000
         with self._mute_lock:
             since = time.monotonic() - self._last_unmute
-            again = since < TRAILING_NOTIFY_MS / 1000 or self._muted > 0
+            again = since < pause or self._muted > 0
             self._look_pending = again
-            if again:
-                self._set_timer(TRAILING_NOTIFY_MS / 1000 - min(since, TRAILING_NOTIFY_MS / 1000))
-        self._notify(None, trailing=True)
+            if again:  # (a write still in progress: look again a full delay later)
+                self._set_timer(pause - since if since < pause else pause)
+        # A look while own writes go on skips a shard whose lock a write holds (that write
+        # looks when it ends, and if it fails, the next look comes): the watcher never makes
+        # a busy writer wait. The last look, once the writes paused, waits for the lock.
+        self._notify(None, trailing=not again)
 
     # -- the watcher thread ----------------------------------------------------------
     def _run_inotify(self) -> None:
