@@ -483,3 +483,21 @@ def test_retention_purge_keeps_up_with_a_busy_queue(tmp_path):
         with mq.running():
             wait_until(lambda: sum(mq.stats()["totals"].values()) <= 1, timeout=8,
                        what="the tasks to run and the housekeeper to purge them (its period: 10 s)")
+
+
+def test_without_a_change_feed_work_and_outcomes_still_arrive_by_the_fallback_polls(make_queue):
+    """A missed notification costs a fallback poll, never a task: with no change feed at all,
+    an idle worker re-checks storage (every second) and a waiting sender polls for its
+    outcome (every 0.1 s)."""
+    worker, sender = make_queue(workers=1), make_queue()
+    for mq in (worker, sender):
+        mq.engine.backend.watch = lambda on_change: None  # no notifications, ever
+
+    @worker.task
+    def echo(i):
+        return i
+
+    worker.start()
+    wait_until(lambda: worker.engine.bell._waiting, what="the worker to wait, idle")
+    handles = [sender.send("echo", {"i": i}) for i in range(3)]
+    assert [h.result(timeout=15) for h in handles] == [0, 1, 2]

@@ -440,10 +440,14 @@ def test_the_retention_sweep_stops_where_recent_tasks_begin(tmp_path):
         shard.complete_and_claim([Completion(c.row_id, c.attempt, 3, "1", None, old, old) for c in claims],
                                  "w", 0, 0.0, old)
         shard.enqueue(tasks(4000, now))
+        writes = []
+        real_write = shard._write
+        shard._write = lambda what: writes.append(what) or real_write(what)
         calls = 1
         while shard.purge_ended(now - 3600, 500):
             calls += 1
         assert calls == 3  # two windows of old rows, then the first window of recent ones
+        assert writes == ["purge", "purge"]  # the window of recent rows took no write lock
         assert shard.count_ready() == 4000
         assert shard.get_tasks([stuck])[0].status == TaskStatus.RUNNING
         assert shard.purge_ended(now - 3600, 500) is True  # the next sweep starts over: the stuck
