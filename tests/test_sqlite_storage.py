@@ -504,3 +504,38 @@ def test_a_long_own_write_does_not_spin_the_watchers_timer(tmp_path):
         watcher.close()
     assert 1 <= during <= 0.1 / (TRAILING_NOTIFY_MS / 1000) + 2, during
     assert not any(looks[:during])  # looks during the write never wait for its lock
+
+
+def test_when_muting_fails_midway_the_watcher_does_not_keep_looking(tmp_path):
+    """If the folder watch cannot be changed (the folder was replaced), muting stops for good:
+    the write that was muting must not stay counted, or the look after own writes would
+    re-arm itself every few milliseconds forever."""
+    import re
+
+    from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
+
+    looks: list[bool] = []
+    watcher = ChangeWatcher(str(tmp_path), [], lambda names, trailing: looks.append(trailing),
+                            re.compile(rb"(x)"))
+    real = watcher._libc
+
+    class Replaced:  # the folder's watch now answers with another descriptor
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def inotify_add_watch(self, fd, path, mask):
+            return real.inotify_add_watch(fd, path, mask) + 1
+
+    try:
+        watcher.mute()
+        watcher.unmute()  # arms the look after own writes
+        watcher._libc = Replaced()
+        watcher.mute()  # fails: muting is off from here on
+        watcher._libc = real
+        watcher.unmute()
+        wait_until(lambda: looks and looks[-1] is True, what="the last look")
+        settled = len(looks)
+        threading.Event().wait(0.05)
+        assert len(looks) == settled
+    finally:
+        watcher.close()

@@ -118,11 +118,12 @@ class ChangeWatcher:
 
     def unmute(self) -> None:
         """An own write ended (committed or rolled back)."""
-        if self._wd < 0 or os.getpid() != self._pid:
+        if os.getpid() != self._pid:
             return
         with self._mute_lock:
-            self._muted -= 1
-            if self._muted or self._wd < 0:  # (closed meanwhile)
+            if self._muted:  # (a mute made while muting was off counted nothing)
+                self._muted -= 1
+            if self._muted or self._wd < 0:  # (muting off, or closed, meanwhile)
                 return
             self._set_mask(WATCHED)
             self._last_unmute = time.monotonic()
@@ -158,7 +159,7 @@ class ChangeWatcher:
         pause = TRAILING_NOTIFY_MS / 1000
         with self._mute_lock:
             since = time.monotonic() - self._last_unmute
-            again = since < pause or self._muted > 0
+            again = self._wd >= 0 and (since < pause or self._muted > 0)
             self._look_pending = again
             if again:  # (a write still in progress: look again a full delay later)
                 self._set_timer(pause - since if since < pause else pause)
