@@ -192,6 +192,12 @@ class Shard(ABC):
         """Backend upkeep between bursts (e.g. WAL checkpoint)."""
 
     @abstractmethod
+    def after_fork_in_child(self) -> None:
+        """In a child made by ``fork()``: fresh locks (a parent's thread may have held one at
+        the fork, forever in the child); the parent's connections are never used or closed
+        here: the child opens its own on first use."""
+
+    @abstractmethod
     def close(self) -> None:
         ...
 
@@ -206,6 +212,12 @@ class Backend(ABC):
         """Open shards that other processes created since this backend opened (a worker
         serves every shard of its queue); True if any were added. Default: none can appear."""
         return False
+
+    def after_fork_in_child(self) -> None:
+        """In a child made by ``fork()``: forget the parent's change-feed thread (it does not
+        exist here) and reset every shard's locks and connections."""
+        for shard in self.shards:
+            shard.after_fork_in_child()
 
     @abstractmethod
     def watch(self, on_change: Callable[[], None]) -> None:

@@ -7,7 +7,3 @@ decorated so) stores no arguments in the queue file; only workers of the same qu
 object may run it, and if that object closes or its process dies first, the task ends
 FAILED with the reason.
 """
-
-ArgumentCache = dict  # what a queue object's cache is: task id -> keyword arguments
-
-__all__ = ["ArgumentCache"]

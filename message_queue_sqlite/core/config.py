@@ -39,6 +39,9 @@ class Config:
     """Seconds a graceful stop waits for running tasks before giving their leases back."""
     crash_limit: int = 5
     """Lease expiries (worker deaths) after which a task is FAILED instead of run again."""
+    max_pending_callbacks: int = 1_000_000
+    """Callbacks one queue object may hold for tasks not ended yet; a send with a callback
+    beyond it waits for room (back-pressure), and fails if none ends for 30 s."""
     broker_url: str | None = field(default_factory=_default_broker_url)
     """A ``postgresql://`` URL selects PostgreSQL; None (default) uses SQLite files."""
 
@@ -48,6 +51,7 @@ class Config:
         _require_int("middleware_num", self.middleware_num, minimum=1)
         _require_int("prefetch", self.prefetch, minimum=1)
         _require_int("crash_limit", self.crash_limit, minimum=1)
+        _require_int("max_pending_callbacks", self.max_pending_callbacks, minimum=1)
         _require_positive("visibility_timeout", self.visibility_timeout)
         _require_positive("drain_timeout", self.drain_timeout, allow_zero=True)
         if self.retention is not None:

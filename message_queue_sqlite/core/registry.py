@@ -7,6 +7,7 @@ functions, so two queues in one process never share hidden state.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,11 @@ class TaskRegistry:
                  name: str | None = None) -> TaskDefinition:
         opts = options or getattr(func, MARK, None) or TaskOptions()
         task_name = name or opts.name or func.__name__
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"task {task_name!r} ({getattr(func, '__module__', '?')}) is an 'async def' function; "
+                "async tasks are not supported yet. Register a plain function, e.g. "
+                f"def {func.__name__}(**kwargs): return asyncio.run(coro(**kwargs))")
         existing = self._tasks.get(task_name)
         if existing is not None:
             if existing.func is func:
@@ -111,12 +117,6 @@ class TaskRegistry:
 
     def get(self, name: str) -> TaskDefinition | None:
         return self._tasks.get(name)
-
-    def require(self, name: str) -> TaskDefinition:
-        definition = self._tasks.get(name)
-        if definition is None:
-            raise ValueError(f"unknown task {name!r}; known tasks: {sorted(self._tasks)}")
-        return definition
 
     def get_all_task_names(self) -> list[str]:
         return sorted(self._tasks)

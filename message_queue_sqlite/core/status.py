@@ -21,5 +21,3 @@ class TaskStatus(IntEnum):
     def is_terminal(self) -> bool:
         return self in (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CALLBACKED)
 
-
-TERMINAL_STATUSES = frozenset({TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CALLBACKED})

@@ -19,13 +19,15 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from message_queue_sqlite.backends.base import Shard, TaskRecord
+from message_queue_sqlite.core.errors import MessageQueueError
 from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.engine.hooks import HookChain
 from message_queue_sqlite.serialization import loads_result
 
 log = logging.getLogger(__name__)
@@ -47,18 +49,21 @@ def outcome_from_record(record: TaskRecord) -> TaskOutcome:
                        record.started_at, record.ended_at, record.attempts)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
+    """One awaited task: a sender may have millions of these in flight, so it is small."""
+
     callback: Callback | None = None
-    waiters: list[threading.Event] = field(default_factory=list)
+    waiters: list[threading.Event] | None = None  # allocated by the first wait
     outcome: TaskOutcome | None = None
     local: bool = False  # a worker of this queue object holds it now
 
 
 class OutcomeDispatcher:
     def __init__(self, node: str, shards: Sequence[Shard], on_remote_interest: Callable[[], None],
-                 workers_running: Callable[[], bool] = lambda: False):
+                 workers_running: Callable[[], bool] = lambda: False, hooks: HookChain | None = None):
         self._node = node
+        self._hooks = hooks
         self._shards = shards
         self._on_remote_interest = on_remote_interest
         self._workers_running = workers_running
@@ -68,6 +73,7 @@ class OutcomeDispatcher:
         self._pending: dict[str, _Pending] = {}
         self._remote = 0  # awaited tasks not held by a local worker
         self._callbacks_pending = 0  # registered callbacks not run yet
+        self._blocked = 0  # senders waiting for room (back-pressure)
         self._inbox: deque[tuple[TaskOutcome, int, int]] = deque()  # outcome, shard, row id
         self._changed = False
         self._busy = False
@@ -86,6 +92,28 @@ class OutcomeDispatcher:
         self._thread: threading.Thread | None = None
 
     # -- registration (sender threads) ------------------------------------------------
+    def make_room(self, count: int, limit: int, timeout: float) -> None:
+        """Back-pressure: before ``count`` more callbacks are sent, wait while ``limit`` are
+        already waiting here for their outcomes; raise once none ends within ``timeout``."""
+        if self._callbacks_pending + count <= limit:
+            return
+        with self._lock:
+            self._blocked += 1
+            try:
+                deadline = time.monotonic() + timeout
+                while self._callbacks_pending + count > limit:
+                    before = self._callbacks_pending
+                    if not self._lock.wait(max(0.0, deadline - time.monotonic())):
+                        if self._callbacks_pending >= before:
+                            raise MessageQueueError(
+                                f"{self._callbacks_pending} callbacks of this queue object are waiting "
+                                f"for their tasks to end (max_pending_callbacks={limit}) and none "
+                                f"ended within {timeout:.0f} s; are workers running? Raise "
+                                "max_pending_callbacks, or send without callbacks and wait on handles")
+                        deadline = time.monotonic() + timeout  # progress: keep waiting
+            finally:
+                self._blocked -= 1
+
     def expect(self, callbacks: Iterable[tuple[str, Callback]]) -> None:
         """Register callbacks for stored tasks, by task id (an outcome may already be stored)."""
         with self._lock:
@@ -114,6 +142,8 @@ class OutcomeDispatcher:
             if entry is None:
                 entry = self._pending[task_id] = _Pending()
                 self._remote += 1
+            if entry.waiters is None:
+                entry.waiters = []
             entry.waiters.append(event)
             self._waited.add(task_id)
             self._ensure_thread()
@@ -133,7 +163,7 @@ class OutcomeDispatcher:
             return outcome
         if not event.wait(timeout):
             with self._lock:
-                if event in entry.waiters:
+                if entry.waiters and event in entry.waiters:
                     entry.waiters.remove(event)
                 if not entry.waiters and entry.callback is None and entry.outcome is None:
                     self._waited.discard(task_id)  # nobody waits any more: stop looking for it
@@ -146,9 +176,10 @@ class OutcomeDispatcher:
 
     def _finish_waiter(self, task_id: str, entry: _Pending, outcome: TaskOutcome) -> None:
         entry.outcome = outcome
-        for event in entry.waiters:
-            event.set()
-        entry.waiters.clear()
+        if entry.waiters:
+            for event in entry.waiters:
+                event.set()
+            entry.waiters = None
         self._waited.discard(task_id)
         if entry.callback is None and self._pending.get(task_id) is entry:
             del self._pending[task_id]
@@ -247,7 +278,7 @@ class OutcomeDispatcher:
                     self._run_callbacks(batch)
                 if overdue:
                     self.write_marks()
-            except Exception:
+            except BaseException:  # noqa: BLE001 - the delivery thread must outlive any failure
                 log.exception("delivering task outcomes failed; will retry")
             finally:
                 with self._lock:
@@ -303,13 +334,18 @@ class OutcomeDispatcher:
                 if callback is not None:
                     self._callbacks_pending -= 1
                     todo.append((callback, outcome, shard, row_id))
+            if todo and self._blocked:
+                self._lock.notify_all()
+        hooks = self._hooks
         for callback, outcome, shard, row_id in todo:
             try:
                 callback(outcome.as_callback_dict())
-            except Exception:
+            except BaseException:  # noqa: BLE001 - even sys.exit() in one callback spares the rest
                 log.exception("callback of task %s (%s) raised; its outcome stays recorded",
                               outcome.task_name, outcome.task_id)
             called.append((shard, row_id))
+            if hooks is not None and hooks.callback_ran:
+                hooks.fire(hooks.callback_ran, outcome)
         if called:
             with self._lock:
                 if not self._marks:

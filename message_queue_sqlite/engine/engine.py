@@ -10,32 +10,39 @@ import atexit
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from message_queue_sqlite.backends.base import Backend, ClaimedTask, Completion, NewTask, TaskRecord
+from message_queue_sqlite.backends.base import Backend, NewTask, TaskRecord
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import MessageQueueError
 from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.registry import TaskRegistry
-from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
+from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
+from message_queue_sqlite.engine.executors import ThreadExecutor
+from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
+from message_queue_sqlite.engine.running import TaskRunner
 from message_queue_sqlite.engine.sharding import ShardBalancer
-from message_queue_sqlite.engine.worker import WorkerPool, build_completion, decode_args, execute
+from message_queue_sqlite.engine.worker import Worker
 from message_queue_sqlite.serialization import dumps_args
 
 log = logging.getLogger(__name__)
 
 IDLE_RECHECK_S = 1.0  # an idle worker re-checks storage at least this often (missed-event guard)
+BACKPRESSURE_WAIT_S = 30.0  # a send waits this long for pending callbacks to make room
+PRIORITY_RANGE = (-(2**63), 2**63 - 1)  # what both backends store (SQLite INTEGER, PostgreSQL BIGINT)
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # closed at exit, reset in a forked child
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,34 +61,52 @@ class SendRequest:
 
 class Engine:
     def __init__(self, config: Config, backend: Backend, registry: TaskRegistry,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, hooks: Iterable[Hook] = ()):
         self.config = config
         self.backend = backend
         self.registry = registry
         self.clock = clock
         self.shards = backend.shards
+        self.hooks = HookChain([*default_hooks(), *hooks])
+        self.cache: dict[str, dict[str, Any]] = {}
+        self._closed = False
+        self._fresh_process_state()
+        _open_engines.add(self)
+
+    def _fresh_process_state(self) -> None:
+        """Everything that belongs to one process: the node id, locks, threads and the
+        callbacks waiting here. Set at creation, and again in a child after ``fork()``,
+        where the parent's threads do not exist and its locks may be held forever."""
         self.node = uuid.uuid4().hex[:16]
         self.bell = Bell()
-        self.cache: dict[str, dict[str, Any]] = {}
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
-                                            lambda: self._pool is not None)
-        self.balancer = ShardBalancer(self.shards, config.middleware_num)
+                                            lambda: self._worker is not None, self.hooks)
+        self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
+        self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock)
         self._cache_keys = itertools.count()
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
-        self._pool: WorkerPool | None = None
-        self._stopping_pool: WorkerPool | None = None
+        self._worker: Worker | None = None
+        self._stopping_worker: Worker | None = None
         self.housekeeper = Housekeeper(self)
         self._watching = False
         self._next_shard_look = 0.0
         self._node_registered = False
-        self._closed = False
+
+    def after_fork_in_child(self) -> None:
+        """In a child process made by ``fork()``: this object starts over as a new node
+        (the parent's leases, workers, callbacks and cached arguments stay the parent's)."""
+        self.cache.clear()
+        self.backend.after_fork_in_child()
+        self._fresh_process_state()
 
     # -- sending ---------------------------------------------------------------------
     def send(self, request: SendRequest) -> str:
-        if not self.balancer.single:
+        if not self.balancer.single or self.hooks.before_send or self.hooks.after_send:
             return self.send_many([request])[0]
         self._check_open()  # the common case, without the batch bookkeeping
+        if request.callback is not None:
+            self.dispatcher.make_room(1, self.config.max_pending_callbacks, BACKPRESSURE_WAIT_S)
         cached: list[str] = []
         try:
             row_id = self.shards[0].enqueue([self._prepare(request, self.clock(), cached)])[0]
@@ -101,6 +126,13 @@ class Engine:
         Callbacks are registered after the commit, when the ids exist; an outcome that a
         worker records before that is found in storage by the dispatcher, so none is lost."""
         self._check_open()
+        with_callback = sum(1 for request in requests if request.callback is not None)
+        if with_callback:
+            self.dispatcher.make_room(with_callback, self.config.max_pending_callbacks, BACKPRESSURE_WAIT_S)
+        hooks = self.hooks
+        if hooks.before_send:
+            for request in requests:
+                hooks.fire(hooks.before_send, request)
         now = self.clock()
         placed: list[tuple[int, int]] = []  # (shard, position in that shard's batch)
         by_shard: dict[int, list[NewTask]] = {}
@@ -130,6 +162,9 @@ class Engine:
         if callbacks:
             self.dispatcher.expect(callbacks)
         self.bell.ring()
+        if hooks.after_send:
+            for request, task_id in zip(requests, task_ids, strict=True):
+                hooks.fire(hooks.after_send, task_id, request)
         return task_ids
 
     def _prepare(self, request: SendRequest, now: float, cached_keys: list[str]) -> NewTask:
@@ -145,13 +180,18 @@ class Engine:
         priority = request.priority
         if type(priority) is not int and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority of task {name!r} must be an int (higher runs first), got {priority!r}")
+        if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+            raise ValueError(f"priority={priority!r} of task {name!r} is out of range; it must be "
+                             f"an integer from -2**63 to 2**63-1 (higher runs first)")
         args = request.args
         if type(args) is not dict and not isinstance(args, dict):
             raise TypeError(f"arguments of task {name!r} must be a dict of keyword arguments, "
                             f"got {type(args).__name__}: {args!r}")
         delay = request.delay
-        if delay and (not isinstance(delay, (int, float)) or delay < 0):
-            raise ValueError(f"delay of task {name!r} must be a number of seconds >= 0, got {delay!r}")
+        if delay and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                      or not math.isfinite(delay) or delay < 0):
+            raise ValueError(f"delay={delay!r} of task {name!r} is invalid; it must be a finite "
+                             "number of seconds >= 0")
         cached = request.use_cache or (definition is not None and definition.options.use_cache)
         retry_json = None
         if request.retry is not None:
@@ -173,32 +213,6 @@ class Engine:
                        now + delay if delay else 0.0, now)
 
     # -- running ---------------------------------------------------------------------
-    def run_claim(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
-        """Run one claimed task to a completion record (never raises)."""
-        started = self.clock()
-        definition = self.registry.get(claim.task_name)
-        if definition is None:
-            ok, value, tb = False, LookupError(
-                f"no task named {claim.task_name!r} is registered in this worker; known tasks: "
-                f"{self.registry.get_all_task_names()}"), None
-        else:
-            try:
-                args = decode_args(claim, self.cache)
-            except Exception as exc:
-                ok, value, tb = False, exc, None
-            else:
-                ok, value, tb = execute(definition.func, args)
-        policy = NO_RETRY if ok or definition is None else self._policy(claim, definition.options.retry)
-        return build_completion(claim, policy, ok, value, tb, started, self.clock(),
-                                claim.sender == self.node)
-
-    @staticmethod
-    def _policy(claim: ClaimedTask, default: RetryPolicy) -> RetryPolicy:
-        policy = RetryPolicy.from_json(claim.retry) if claim.retry else default
-        if policy.max_retries != claim.max_retries:
-            policy = dataclasses.replace(policy, max_retries=claim.max_retries)
-        return policy
-
     def idle_wait_timeout(self) -> float:
         """How long an idle worker may wait for a ring: until the next scheduled task is due.
         (Idle is also when a worker looks for shard files another process added, at most
@@ -215,30 +229,41 @@ class Engine:
     def start_workers(self, threads: int | None = None) -> None:
         self._check_open()
         with self._lock:
-            if self._pool is not None:
+            if self._worker is not None:
                 raise MessageQueueError("workers are already running on this queue object")
             self._ensure_node_locked()
             self._watch_storage()
-            self._pool = WorkerPool(self, threads or self.config.max_workers)
-            self._pool.start()
+            executor = ThreadExecutor(threads or self.config.max_workers)
+            self._worker = Worker(self, executor, self.runner)
+            self._worker.start()
 
     def hurry(self) -> None:
         """Make a stop in progress give its leases back now instead of draining."""
-        pool = self._pool or self._stopping_pool
-        if pool is not None:
-            pool.hurry()
+        worker = self._worker or self._stopping_worker
+        if worker is not None:
+            worker.hurry()
 
     def stop_workers(self, drain_timeout: float | None = None) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-            self._stopping_pool = pool
-        if pool is not None:
-            pool.stop(self.config.drain_timeout if drain_timeout is None else drain_timeout)
+            worker, self._worker = self._worker, None
+            self._stopping_worker = worker
+        try:
+            if worker is not None:
+                worker.stop(self.config.drain_timeout if drain_timeout is None else drain_timeout)
+        finally:
+            with self._lock:
+                if self._stopping_worker is worker:
+                    self._stopping_worker = None
         self.dispatcher.flush(timeout=30)
 
     @property
     def workers_running(self) -> bool:
-        return self._pool is not None
+        return self._worker is not None
+
+    @property
+    def worker(self) -> Worker | None:
+        """The running worker (its ledger and executor), or None."""
+        return self._worker
 
     # -- outcomes --------------------------------------------------------------------
     def shard_of(self, task_id: str) -> tuple[int, int]:
@@ -293,7 +318,6 @@ class Engine:
                                 now + self.config.visibility_timeout, now)
         self._node_registered = True
         self.housekeeper.start()
-        atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- closing ---------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -323,12 +347,26 @@ class Engine:
         self.dispatcher.close(final_poll=True)
         self.cache.clear()
         self.backend.close()
+        _open_engines.discard(self)
 
 
-def _close_at_exit(ref: weakref.ref[Engine]) -> None:
-    engine = ref()
-    if engine is not None:
+@atexit.register
+def _close_at_exit() -> None:
+    """One handler for every queue object still open (registered once, not per object)."""
+    for engine in list(_open_engines):
         try:
             engine.close()
         except Exception:
             log.exception("closing the queue at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_open_engines):
+        try:
+            engine.after_fork_in_child()
+        except Exception:  # noqa: BLE001 - the child must go on; its queue object then fails clearly
+            log.exception("resetting a queue object after fork failed")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

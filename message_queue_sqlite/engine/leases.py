@@ -33,7 +33,6 @@ class Housekeeper:
     def __init__(self, engine: Engine):
         self._engine = engine
         self._stop = threading.Event()
-        self._kick = threading.Event()
         self._next_purge = 0.0
         self._purge_from = 0  # the shard a round starts with, rotated so none is starved
         self._next_maintain = 0.0
@@ -55,8 +54,7 @@ class Housekeeper:
             except Exception:
                 log.exception("housekeeping failed; retrying next round")
             # the renewal period (sooner while retention purging is behind), not a poll for work
-            self._kick.wait(max(0.0, min(self.interval, self._next_purge - time.monotonic())))
-            self._kick.clear()
+            self._stop.wait(max(0.0, min(self.interval, self._next_purge - time.monotonic())))
 
     def run_once(self) -> RecoveryReport:
         """Renew, recover, purge, maintain: one round (also called directly by tests and the CLI)."""
@@ -100,11 +98,7 @@ class Housekeeper:
                     return False
         return True
 
-    def kick(self) -> None:
-        self._kick.set()
-
     def close(self) -> None:
         self._stop.set()
-        self._kick.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)

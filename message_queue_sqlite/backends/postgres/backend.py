@@ -155,6 +155,11 @@ class PostgresShard(Shard):
         self._writer = _Session(target, durability, "writer", open_schema(target, durability))
         self._reader = _Session(target, durability, "reader")
 
+    def after_fork_in_child(self) -> None:
+        for session in (self._writer, self._reader):
+            session.lock = threading.Lock()  # the connection itself is replaced on first use
+        self._unsettled = set()
+
     @property
     def session(self) -> int | None:
         """The server process id of the writer session (notifications name their writer)."""
@@ -409,6 +414,11 @@ class PostgresBackend(Backend):
                 self._listener = None  # forked: the parent's thread and connection are not here
             if self._listener is None:
                 self._listener = ChangeListener(self._target, on_change, self._own_sessions)
+
+    def after_fork_in_child(self) -> None:
+        self._watch_lock = threading.Lock()
+        self._listener = None  # the parent's listening thread does not exist here
+        super().after_fork_in_child()
 
     def _own_sessions(self) -> set[int]:
         return {pid for shard in self.shards if (pid := shard.session) is not None}

@@ -132,6 +132,15 @@ class SQLiteShard(Shard):
         self._purge_after = 0  # the retention sweep's position (a row id)
         self._writer = _Writer(self)
 
+    def after_fork_in_child(self) -> None:
+        # New locks; the parent's connections stay open and untouched (closing them here could
+        # drop or reset state the parent relies on); _connection opens the child's own.
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._watcher = None
+        self.on_foreign_commit = None
+        self._seen_version = None
+
     # -- connection and transactions -------------------------------------------------
     def _connection(self, reader: bool = False) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
@@ -487,6 +496,13 @@ class SQLiteBackend(Backend):
         except BaseException:
             self.close()
             raise
+
+    def after_fork_in_child(self) -> None:
+        self._adopt_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._watcher = None  # the parent's watcher thread does not exist here
+        self._on_change = None
+        super().after_fork_in_child()
 
     def adopt_new_shards(self) -> bool:
         """Shard files another process added (``middleware_num`` raised there) are served too."""

@@ -1,0 +1,126 @@
+"""Running one claimed task to its completion record: the same for every executor.
+
+``TaskRunner.run`` is total: whatever the task does (raise anything, return a value that
+cannot be stored, raise an exception whose message cannot be rendered), and whatever a
+hook does, it returns a completion. An executor therefore never loses a claim to an
+exception from the task, and the worker thread that ran it lives on.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from message_queue_sqlite.backends.base import ClaimedTask, Completion
+from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.registry import TaskRegistry
+from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.engine.hooks import HookChain, Run, describe_exception
+from message_queue_sqlite.serialization import dumps_result, loads_args, loads_result
+
+log = logging.getLogger(__name__)
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class TaskRunner:
+    """Runs claims of one queue object: looks the task up, decodes its arguments (or takes
+    them from the sender's memory in cache mode), calls it between the hooks' ``before_run``
+    and ``after_run``, and builds the completion and, when the sender waits in this process
+    (``node``), the outcome handed over in memory."""
+
+    def __init__(self, registry: TaskRegistry, cache: dict[str, dict[str, Any]], hooks: HookChain,
+                 node: Callable[[], str], clock: Callable[[], float]):
+        self._registry = registry
+        self._cache = cache
+        self._hooks = hooks
+        self._node = node
+        self._clock = clock
+
+    def run(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
+        run = self._execute(claim)
+        try:
+            return self._complete(claim, run)
+        except BaseException as exc:  # noqa: BLE001 - the completion itself must never be lost
+            log.exception("recording the end of task %s (%s) failed", claim.task_name, claim.task_id)
+            message = f"recording the task's end failed: {describe_exception(exc)}"
+            return self._failed(claim, run, message, None), None
+
+    def _execute(self, claim: ClaimedTask) -> Run:
+        hooks = self._hooks
+        started = self._clock()
+        definition = self._registry.get(claim.task_name)
+        if definition is None:
+            error = LookupError(f"no task named {claim.task_name!r} is registered in this worker; "
+                                f"known tasks: {self._registry.get_all_task_names()}")
+            return Run(None, False, error, None, started, self._clock())
+        if hooks.before_run:
+            hooks.fire(hooks.before_run, claim)
+        try:
+            args = decode_args(claim, self._cache)
+            value = definition.func(**args)
+            run = Run(definition, True, value, None, started, self._clock())
+        except BaseException as exc:  # noqa: BLE001 - a task must never take its worker down
+            run = Run(definition, False, exc, _format_traceback(), started, self._clock())
+        if hooks.after_run:
+            hooks.fire(hooks.after_run, claim, run)
+        return run
+
+    def _complete(self, claim: ClaimedTask, run: Run) -> tuple[Completion, TaskOutcome | None]:
+        deliver = claim.sender == self._node()
+        if run.ok:
+            try:
+                text = dumps_result(run.value)
+            except BaseException as exc:  # noqa: BLE001 - e.g. RecursionError for a deep value
+                run.ok, run.value, run.traceback = False, _unstorable(exc), None
+            else:
+                outcome = None
+                if deliver:
+                    value = run.value if type(run.value) in _PLAIN else loads_result(text)
+                    outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FINISHED, value,
+                                          None, None, run.started, run.ended, claim.attempt)
+                return Completion(claim.row_id, claim.attempt, TaskStatus.FINISHED, text, None,
+                                  run.started, run.ended, 0.0, claim.callback_here), outcome
+        message = describe_exception(run.value)
+        hooks = self._hooks
+        delay = hooks.first(hooks.retry_delay, claim, run) if hooks.retry_delay else None
+        if delay is not None:
+            if hooks.retry_scheduled:
+                hooks.fire(hooks.retry_scheduled, claim, run, delay)
+            return Completion(claim.row_id, claim.attempt, TaskStatus.SCHEDULED, message, run.traceback,
+                              run.started, run.ended, run.ended + float(delay)), None
+        if hooks.failed:
+            hooks.fire(hooks.failed, claim, run)
+        outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FAILED, None, message,
+                              run.traceback, run.started, run.ended, claim.attempt) if deliver else None
+        return self._failed(claim, run, message, run.traceback), outcome
+
+    @staticmethod
+    def _failed(claim: ClaimedTask, run: Run, message: str, tb: str | None) -> Completion:
+        return Completion(claim.row_id, claim.attempt, TaskStatus.FAILED, message, tb,
+                          run.started, run.ended, 0.0, claim.callback_here)
+
+
+def decode_args(claim: ClaimedTask, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if claim.cache_owner is not None:
+        args = cache.get(claim.args or "")
+        if args is None:
+            raise LookupError(f"the cached arguments of task {claim.task_id} are not in this "
+                              "process's memory (cache-mode tasks run only in their sender)")
+        return args
+    return loads_args(claim.args or "{}")
+
+
+def _unstorable(exc: BaseException) -> BaseException:
+    if isinstance(exc, TypeError):
+        return exc
+    return TypeError(f"the task's return value cannot be stored as JSON: {describe_exception(exc)}")
+
+
+def _format_traceback() -> str | None:
+    try:
+        return traceback.format_exc()
+    except BaseException:  # noqa: BLE001 - e.g. a frame whose repr raises
+        return None
