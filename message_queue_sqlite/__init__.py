@@ -12,7 +12,7 @@ from message_queue_sqlite.api.compat import (
     start_server,
     stop_server,
 )
-from message_queue_sqlite.api.queue import MessageQueue, TaskHandle
+from message_queue_sqlite.api.queue import Hook, MessageQueue, TaskHandle
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import MessageQueueError, QueueStorageError, TaskFailedError
 from message_queue_sqlite.core.outcome import TaskOutcome
@@ -23,7 +23,7 @@ from message_queue_sqlite.core.status import TaskStatus
 __version__ = "3.0.0"
 
 __all__ = [
-    "Client", "Config", "MessageQueue", "MessageQueueError", "QueueStorageError", "RetryPolicy",
+    "Client", "Config", "Hook", "MessageQueue", "MessageQueueError", "QueueStorageError", "RetryPolicy",
     "Server", "TaskFailedError", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskStatus",
     "discover_and_mount_ts", "init_server", "start_server", "stop_server", "task_function",
 ]

@@ -57,6 +57,8 @@ def test_two_senders_two_workers_every_task_once_no_lock_errors(tmp_path, shards
                                  "--path", folder, "--workers", "3"], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
+    for w in workers:  # both serve before any task is sent (a slow start must not be killed)
+        assert w.stdout.readline().startswith("worker:"), w.stderr.read()
     senders = [subprocess.Popen([sys.executable, "sender.py", folder, str(i * 400), "400", log,
                                  str(shards)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -22,6 +22,7 @@ from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine.dispatcher import Callback
 from message_queue_sqlite.engine.engine import Engine, SendRequest
+from message_queue_sqlite.engine.hooks import Hook, require_hook
 
 F = TypeVar("F", bound=Callable[..., Any])
 TaskRef = str | Callable[..., Any]
@@ -78,7 +79,7 @@ class MessageQueue:
     def __init__(self, path: str | None = None, *, workers: int | None = None,
                  shards: int | None = None, config: Config | None = None,
                  registry: TaskRegistry | None = None, clock: Callable[[], float] = time.time,
-                 **options: Any):
+                 hooks: Iterable[Hook] = (), **options: Any):
         if config is None:
             fields: dict[str, Any] = dict(options)
             if path is not None:
@@ -92,7 +93,8 @@ class MessageQueue:
             raise TypeError("pass either config=Config(...) or keyword settings, not both")
         self.config = config
         self.registry = registry if registry is not None else TaskRegistry()
-        self._engine = Engine(config, open_backend(config), self.registry, clock)
+        hooks = [require_hook(hook) for hook in hooks]  # refused before any storage is opened
+        self._engine = Engine(config, open_backend(config), self.registry, clock, hooks)
 
     # -- tasks -----------------------------------------------------------------------
     def task(self, func: F | None = None, **options: Any) -> Any:
@@ -209,6 +211,10 @@ class MessageQueue:
         if count:
             self._engine.bell.ring()
         return count
+
+    def add_hook(self, hook: Hook) -> None:
+        """Append a lifecycle hook (see ``message_queue_sqlite.Hook``) to this queue's chain."""
+        self._engine.hooks.add(hook)
 
     def housekeeping(self) -> None:
         """Renew leases, recover expired ones, purge by retention: one round, now."""

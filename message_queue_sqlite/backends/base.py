@@ -192,6 +192,15 @@ class Shard(ABC):
         """Backend upkeep between bursts (e.g. WAL checkpoint)."""
 
     @abstractmethod
+    def before_fork(self) -> None:
+        """The process is about to ``fork()``: let no storage call be in progress at that
+        moment (the child would inherit it half done)."""
+
+    @abstractmethod
+    def after_fork_in_parent(self) -> None:
+        """Undo ``before_fork`` in the parent."""
+
+    @abstractmethod
     def after_fork_in_child(self) -> None:
         """In a child made by ``fork()``: fresh locks (a parent's thread may have held one at
         the fork, forever in the child); the parent's connections are never used or closed
@@ -212,6 +221,14 @@ class Backend(ABC):
         """Open shards that other processes created since this backend opened (a worker
         serves every shard of its queue); True if any were added. Default: none can appear."""
         return False
+
+    def before_fork(self) -> None:
+        for shard in self.shards:
+            shard.before_fork()
+
+    def after_fork_in_parent(self) -> None:
+        for shard in self.shards:
+            shard.after_fork_in_parent()
 
     def after_fork_in_child(self) -> None:
         """In a child made by ``fork()``: forget the parent's change-feed thread (it does not

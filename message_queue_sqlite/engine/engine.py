@@ -360,6 +360,22 @@ def _close_at_exit() -> None:
             log.exception("closing the queue at exit failed")
 
 
+def _before_fork() -> None:
+    for engine in list(_open_engines):
+        try:
+            engine.backend.before_fork()
+        except Exception:  # noqa: BLE001
+            log.exception("preparing a queue object for fork failed")
+
+
+def _after_fork_in_parent() -> None:
+    for engine in list(_open_engines):
+        try:
+            engine.backend.after_fork_in_parent()
+        except Exception:  # noqa: BLE001
+            log.exception("resuming a queue object after fork failed")
+
+
 def _after_fork_in_child() -> None:
     for engine in list(_open_engines):
         try:
@@ -369,4 +385,5 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

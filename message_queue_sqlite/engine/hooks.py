@@ -95,6 +95,13 @@ def policy_of(claim: ClaimedTask, default: RetryPolicy) -> RetryPolicy:
     return policy
 
 
+def require_hook(hook: object) -> Hook:
+    if not isinstance(hook, Hook):
+        raise TypeError(f"hook {hook!r} must be an instance of message_queue_sqlite.Hook "
+                        "(subclass it and override the points you need)")
+    return hook
+
+
 def default_hooks() -> list[Hook]:
     return [Retries()]
 
@@ -111,10 +118,7 @@ class HookChain:
             self.add(hook)
 
     def add(self, hook: Hook) -> None:
-        if not isinstance(hook, Hook):
-            raise TypeError(f"hook {hook!r} must be an instance of message_queue_sqlite.Hook "
-                            "(subclass it and override the points you need)")
-        self._hooks.append(hook)
+        self._hooks.append(require_hook(hook))
         for point in POINTS:
             setattr(self, point, tuple(
                 getattr(h, point) for h in self._hooks

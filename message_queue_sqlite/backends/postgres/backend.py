@@ -155,6 +155,13 @@ class PostgresShard(Shard):
         self._writer = _Session(target, durability, "writer", open_schema(target, durability))
         self._reader = _Session(target, durability, "reader")
 
+    def before_fork(self) -> None:
+        """Nothing to hold: a child never uses the parent's connections (a socket each, with no
+        lock state in the process) and opens its own."""
+
+    def after_fork_in_parent(self) -> None:
+        """Nothing was held."""
+
     def after_fork_in_child(self) -> None:
         for session in (self._writer, self._reader):
             session.lock = threading.Lock()  # the connection itself is replaced on first use

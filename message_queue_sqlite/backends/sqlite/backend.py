@@ -49,6 +49,7 @@ SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 # the NUL-padded name field of a change event on a shard file or its WAL: "mq-shard-3.db-wal\0"
 SHARD_EVENT_NAME = re.compile(rb"(mq-shard-\d+\.db)(?:-wal)?\x00")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
+FORK_LOCK_WAIT_S = 5.0  # a fork waits at most this long for a write in progress to end
 PURGE_CLOCK_SLACK_S = 60.0  # rows stamped by processes whose clocks differ a little still get swept
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
 
@@ -131,10 +132,36 @@ class SQLiteShard(Shard):
         self._watcher: ChangeWatcher | None = None  # muted during this object's own writes
         self._purge_after = 0  # the retention sweep's position (a row id)
         self._writer = _Writer(self)
+        self._held_at_fork: list[threading.Lock] = []
+        self._unusable_in_child: str | None = None
+
+    def before_fork(self) -> None:
+        """Hold both locks across the fork, so none of this object's connections is inside a
+        statement or transaction then. SQLite keeps a process's lock state in memory that a
+        child inherits: a transaction in flight at the fork would leave the child's own new
+        connections waiting forever for a lock no thread of the child can release."""
+        held = []
+        for lock in (self._lock, self._read_lock):
+            if not lock.acquire(timeout=FORK_LOCK_WAIT_S):
+                break
+            held.append(lock)
+        self._held_at_fork = held
+
+    def after_fork_in_parent(self) -> None:
+        for lock in reversed(self._held_at_fork):
+            lock.release()
+        self._held_at_fork = []
 
     def after_fork_in_child(self) -> None:
-        # New locks; the parent's connections stay open and untouched (closing them here could
-        # drop or reset state the parent relies on); _connection opens the child's own.
+        # New locks; the parent's connections stay open and untouched (SQLite: a connection
+        # opened in the parent must not even be closed in a child); _connection opens the
+        # child's own. A shard that was busy through the whole wait at the fork is refused.
+        if len(self._held_at_fork) < 2:
+            self._unusable_in_child = (
+                f"{self.path} was in use by another thread of the parent process when it forked, "
+                "so this child cannot use it safely; create the queue object after fork(), or "
+                "start child processes with multiprocessing's 'spawn' or 'forkserver' method")
+        self._held_at_fork = []
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._watcher = None
@@ -144,6 +171,8 @@ class SQLiteShard(Shard):
     # -- connection and transactions -------------------------------------------------
     def _connection(self, reader: bool = False) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+            if self._unusable_in_child:
+                raise QueueStorageError(self._unusable_in_child)
             _inherited.extend(c for c in (self._conn, self._reader) if c is not None)
             self._pid = os.getpid()
             self._conn = connect(self.path, self._durability)
