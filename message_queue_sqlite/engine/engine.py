@@ -360,28 +360,26 @@ def _close_at_exit() -> None:
             log.exception("closing the queue at exit failed")
 
 
-def _before_fork() -> None:
+def _for_each_engine(action: Callable[[Engine], None], what: str) -> None:
+    """Run ``action`` on every open queue object; a failure is logged, never raised (a fork
+    must go on; a queue object that could not be prepared then fails with a clear error)."""
     for engine in list(_open_engines):
         try:
-            engine.backend.before_fork()
+            action(engine)
         except Exception:  # noqa: BLE001
-            log.exception("preparing a queue object for fork failed")
+            log.exception("%s failed", what)
+
+
+def _before_fork() -> None:
+    _for_each_engine(lambda e: e.backend.before_fork(), "preparing a queue object for fork")
 
 
 def _after_fork_in_parent() -> None:
-    for engine in list(_open_engines):
-        try:
-            engine.backend.after_fork_in_parent()
-        except Exception:  # noqa: BLE001
-            log.exception("resuming a queue object after fork failed")
+    _for_each_engine(lambda e: e.backend.after_fork_in_parent(), "resuming a queue object after fork")
 
 
 def _after_fork_in_child() -> None:
-    for engine in list(_open_engines):
-        try:
-            engine.after_fork_in_child()
-        except Exception:  # noqa: BLE001 - the child must go on; its queue object then fails clearly
-            log.exception("resetting a queue object after fork failed")
+    _for_each_engine(Engine.after_fork_in_child, "resetting a queue object after fork")
 
 
 if hasattr(os, "register_at_fork"):
