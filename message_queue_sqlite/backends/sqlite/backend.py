@@ -2,9 +2,10 @@
 
 Writes from every thread of a process go through one connection under a lock, so
 threads queue on a cheap in-process lock instead of SQLite's file lock, and each
-transaction opens with ``BEGIN IMMEDIATE`` so a read-then-write never meets
-SQLITE_BUSY halfway (field notes, pitfall 1). Claims are one ``UPDATE ... RETURNING``
-statement, so two processes can never lease the same row (pitfall 2).
+transaction opens with ``BEGIN IMMEDIATE``: in WAL mode a deferred transaction that reads
+first and writes later gets SQLITE_BUSY at once, ignoring the busy timeout, if another
+connection committed in between. SQLite has no ``SKIP LOCKED``: a claim is one
+``UPDATE ... RETURNING`` statement, so two processes can never lease the same row.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Opening a shard file: refuse what is not ours, switch to WAL safely, migrate.
 
-Every pitfall in the project's field notes that concerns opening a file is handled
-here: another application's database is never modified, the WAL switch of a fresh
-file is retried while other processes race for it, and the schema is created or
-migrated inside one ``BEGIN IMMEDIATE`` so concurrent openers agree.
+Another application's database is never modified (an application id in the file header
+marks ours); switching a fresh file to WAL needs the write lock, so processes opening it
+at once retry the switch instead of failing with "database is locked"; and the schema is
+created or migrated inside one ``BEGIN IMMEDIATE`` so concurrent openers agree.
 """
 
 from __future__ import annotations
