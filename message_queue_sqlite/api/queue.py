@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from message_queue_sqlite.backends import open_backend
@@ -23,9 +25,47 @@ from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine.dispatcher import Callback
 from message_queue_sqlite.engine.engine import Engine, SendRequest
 from message_queue_sqlite.engine.hooks import Hook, require_hook
+from message_queue_sqlite.serialization import loads_result
 
 F = TypeVar("F", bound=Callable[..., Any])
 TaskRef = str | Callable[..., Any]
+
+
+def shown_status(record: TaskRecord) -> TaskStatus:
+    """The status a person reads: FINISHED or FAILED once a task ended, whether or not its
+    callback ran (stored CALLBACKED keeps the outcome in its own column)."""
+    if record.status == TaskStatus.CALLBACKED and record.outcome in (TaskStatus.FINISHED, TaskStatus.FAILED):
+        return TaskStatus(record.outcome)
+    return TaskStatus(record.status)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One stored task as ``mq.tasks()`` lists it: what a person (or a dashboard) reads."""
+
+    task_id: str
+    task_name: str
+    status: TaskStatus  # FINISHED or FAILED once ended; never CALLBACKED
+    callback_ran: bool
+    result: Any  # the decoded return value of a FINISHED task, else None
+    error: str | None  # the error of a FAILED task (or of the last failed attempt before a retry)
+    traceback: str | None
+    priority: int
+    attempts: int
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    run_after: float
+
+    @classmethod
+    def from_record(cls, record: TaskRecord) -> TaskInfo:
+        status = shown_status(record)
+        finished = status == TaskStatus.FINISHED
+        return cls(record.task_id, record.task_name, status, record.status == TaskStatus.CALLBACKED,
+                   loads_result(record.result) if finished else None,
+                   None if finished else record.result, record.traceback, record.priority,
+                   record.attempts, record.created_at, record.started_at, record.ended_at,
+                   record.run_after)
 
 
 class TaskHandle:
@@ -39,12 +79,22 @@ class TaskHandle:
         self._engine = engine
         self._since = since  # the engine's outcome epoch before the send
 
-    @property
-    def status(self) -> TaskStatus:
+    def _record(self) -> TaskRecord:
         record = self._engine.find(self.task_id)
         if record is None:
             raise LookupError(f"task {self.task_id} is no longer stored (purged by retention?)")
-        return TaskStatus(record.status)
+        return record
+
+    @property
+    def status(self) -> TaskStatus:
+        """NOT_STARTED, SCHEDULED, RUNNING, then FINISHED or FAILED (whether or not its
+        callback ran: see ``callback_ran``)."""
+        return shown_status(self._record())
+
+    @property
+    def callback_ran(self) -> bool:
+        """True once the sender's callback ran for this task (stored status CALLBACKED)."""
+        return self._record().status == TaskStatus.CALLBACKED
 
     def outcome(self, timeout: float | None = None) -> TaskOutcome:
         """Wait for the task to end; TimeoutError if it has not after ``timeout`` seconds."""
@@ -104,6 +154,13 @@ class MessageQueue:
         def register(f: F) -> F:
             setattr(f, MARK, task_options)
             self.registry.register(f, task_options)
+
+            def send(*args: Any, **kwargs: Any) -> TaskHandle:
+                """Send this task with its own arguments (as Celery's ``.delay``); options such
+                as priority or delay go through ``mq.send``."""
+                return self.send(f, kwargs, args=args)
+
+            f.send = send  # type: ignore[attr-defined]
             return f
 
         return register(func) if func is not None else register
@@ -113,30 +170,47 @@ class MessageQueue:
         return discover_tasks(package, self.registry)
 
     # -- sending ---------------------------------------------------------------------
-    def send(self, task: TaskRef, kwargs: dict[str, Any] | None = None, *, priority: int = 0,
-             callback: Callback | None = None, use_cache: bool = False,
+    def send(self, task: TaskRef, kwargs: dict[str, Any] | None = None, *, args: Sequence[Any] = (),
+             priority: int = 0, callback: Callback | None = None, use_cache: bool = False,
              retries: int | None = None, retry: RetryPolicy | None = None,
-             delay: float = 0.0) -> TaskHandle:
-        """Store a task durably (committed before this returns) and return its handle."""
-        request = self._request(task, kwargs, priority, callback, use_cache, retries, retry, delay)
+             delay: float | timedelta = 0.0, eta: datetime | None = None) -> TaskHandle:
+        """Store a task durably (committed before this returns) and return its handle.
+
+        ``kwargs`` are the task's keyword arguments, ``args`` its positional ones; both are
+        checked against the function's signature here. ``delay`` (seconds or a timedelta) or
+        ``eta`` (a timezone-aware datetime) defer it."""
+        request = self._request(task, kwargs, args, priority, callback, use_cache, retries, retry,
+                                _delay_of(delay, eta))
         since = self._engine.outcome_epoch()
         return TaskHandle(self._engine.send(request), request.task_name, self._engine, since)
 
-    def send_many(self, tasks: Iterable[tuple[TaskRef, dict[str, Any]]], *, priority: int = 0,
-                  callback: Callback | None = None, use_cache: bool = False) -> list[TaskHandle]:
-        """Store many tasks in one transaction per shard (much faster than one send each)."""
-        requests = [self._request(t, k, priority, callback, use_cache, None, None, 0.0)
-                    for t, k in tasks]
+    def send_many(self, tasks: Iterable[tuple[Any, ...]], *, priority: int = 0,
+                  callback: Callback | None = None, use_cache: bool = False,
+                  retries: int | None = None, retry: RetryPolicy | None = None,
+                  delay: float | timedelta = 0.0, eta: datetime | None = None) -> list[TaskHandle]:
+        """Store many tasks in one transaction per shard (much faster than one send each).
+        Each item is ``(task, kwargs)`` or ``(task, args, kwargs)``; the options apply to all."""
+        seconds = _delay_of(delay, eta)
+        requests = []
+        for item in tasks:
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                raise TypeError("send_many takes (task, kwargs) or (task, args, kwargs) tuples, "
+                                f"got {item!r}")
+            task, positional, kwargs = (item[0], (), item[1]) if len(item) == 2 else item
+            requests.append(self._request(task, kwargs, positional, priority, callback, use_cache,
+                                          retries, retry, seconds))
         since = self._engine.outcome_epoch()
         sent = self._engine.send_many(requests)
         return [TaskHandle(task_id, r.task_name, self._engine, since)
                 for task_id, r in zip(sent, requests, strict=True)]
 
-    def _request(self, task: TaskRef, kwargs: dict[str, Any] | None, priority: int,
+    def _request(self, task: TaskRef, kwargs: dict[str, Any] | None, args: Sequence[Any], priority: int,
                  callback: Callback | None, use_cache: bool, retries: int | None,
                  retry: RetryPolicy | None, delay: float) -> SendRequest:
+        if isinstance(args, (str, bytes, dict)) or not isinstance(args, (tuple, list)):
+            raise TypeError(f"args= must be a tuple or list of positional arguments, got {args!r}")
         return SendRequest(self._task_name(task), {} if kwargs is None else kwargs, callback,
-                           priority, use_cache, retries, retry, delay)
+                           priority, use_cache, retries, retry, delay, tuple(args))
 
     def _task_name(self, task: TaskRef) -> str:
         if isinstance(task, str):
@@ -192,13 +266,14 @@ class MessageQueue:
         return found
 
     def tasks(self, status: TaskStatus | int | None = None, task_name: str | None = None,
-              limit: int = 100) -> list[TaskRecord]:
-        """Newest tasks, filtered; ``status=TaskStatus.FAILED`` is the dead-letter view."""
+              limit: int = 100) -> list[TaskInfo]:
+        """Newest tasks, filtered; ``status=TaskStatus.FAILED`` is the dead-letter view (FINISHED
+        and FAILED include the tasks whose callback ran). Results come decoded."""
         found: list[TaskRecord] = []
         for shard in self._engine.shards:
             found.extend(shard.list_tasks(None if status is None else int(status), task_name, limit))
         found.sort(key=lambda r: r.created_at, reverse=True)
-        return found[:limit]
+        return [TaskInfo.from_record(record) for record in found[:limit]]
 
     def retry_failed(self, task_id: str | None = None, task_name: str | None = None) -> int:
         """Queue FAILED tasks again (one by id, all of a name, or all): how many."""
@@ -232,3 +307,22 @@ class MessageQueue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _delay_of(delay: float | timedelta, eta: datetime | None) -> float:
+    """Seconds from now, from ``delay`` (seconds or a timedelta) or ``eta`` (an aware datetime;
+    one in the past means now)."""
+    if isinstance(delay, timedelta):
+        delay = delay.total_seconds()
+    if eta is None:
+        return delay
+    if delay:
+        raise TypeError(f"pass delay= or eta=, not both (got delay={delay!r}, eta={eta!r})")
+    if not isinstance(eta, datetime):
+        raise TypeError(f"eta={eta!r} must be a datetime, e.g. "
+                        "datetime.now(timezone.utc) + timedelta(minutes=5)")
+    if eta.tzinfo is None or eta.utcoffset() is None:
+        raise ValueError(f"eta={eta!r} has no time zone; pass an aware datetime, e.g. "
+                         "datetime(2027, 1, 1, 9, 0, tzinfo=timezone.utc) or "
+                         "datetime.now(timezone.utc) + timedelta(hours=1)")
+    return max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())

@@ -144,12 +144,12 @@ def cmd_failed(args: argparse.Namespace) -> int:
     with _open(args) as queue:
         records = queue.tasks(TaskStatus.FAILED, args.task, args.limit)
     if args.json:
-        print(json.dumps([{"task_id": r.task_id, "task_name": r.task_name, "error": r.result,
+        print(json.dumps([{"task_id": r.task_id, "task_name": r.task_name, "error": r.error,
                            "traceback": r.traceback, "attempts": r.attempts, "ended_at": r.ended_at}
                           for r in records], indent=2))
         return 0
     for r in records:
-        print(f"{r.task_id}  {r.task_name}  attempts={r.attempts}  {r.result}")
+        print(f"{r.task_id}  {r.task_name}  attempts={r.attempts}  {r.error}")
     print(f"{len(records)} failed task(s)")
     return 0
 

@@ -34,10 +34,53 @@ class TaskDefinition:
     name: str
     func: Callable[..., Any]
     options: TaskOptions = field(default_factory=TaskOptions)
+    _signature: _CallCheck | None = field(default=None, compare=False, repr=False)
 
     @property
     def module(self) -> str:
         return getattr(self.func, "__module__", "?")
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """TypeError naming the task and its signature when ``args``/``kwargs`` cannot call it:
+        a wrong argument is reported at send, not when a worker runs the task."""
+        if self._signature is not None:
+            self._signature.check(self.name, args, kwargs)
+
+
+class _CallCheck:
+    """A function's signature, prepared once, so that checking a send costs a set operation
+    in the common case (keyword arguments only) and ``Signature.bind`` otherwise."""
+
+    __slots__ = ("_signature", "_names", "_required", "_any_keyword", "_plain")
+
+    def __init__(self, func: Callable[..., Any]):
+        self._signature = inspect.signature(func)
+        params = self._signature.parameters.values()
+        kinds = inspect.Parameter
+        self._any_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
+        self._names = frozenset(p.name for p in params
+                                if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY))
+        self._required = frozenset(p.name for p in params if p.default is p.empty
+                                   and p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY))
+        # keyword-only sends can be checked by names alone when no parameter is positional-only
+        self._plain = all(p.kind is not kinds.POSITIONAL_ONLY for p in params)
+
+    @classmethod
+    def of(cls, func: Callable[..., Any]) -> _CallCheck | None:
+        try:
+            return cls(func)
+        except (TypeError, ValueError):  # a builtin or C function without a signature
+            return None
+
+    def check(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not args and self._plain and type(kwargs) is dict:
+            keys = kwargs.keys()
+            if self._required <= keys and (self._any_keyword or keys <= self._names):
+                return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"arguments of task {name!r} do not fit {name}{self._signature}: {exc}") from None
 
 
 def make_task_options(
@@ -105,7 +148,7 @@ class TaskRegistry:
                 f"two tasks are named {task_name!r}: one in module {existing.module!r}, "
                 f"one in module {getattr(func, '__module__', '?')!r}; rename one or pass name="
             )
-        definition = TaskDefinition(task_name, func, opts)
+        definition = TaskDefinition(task_name, func, opts, _CallCheck.of(func))
         self._tasks[task_name] = definition
         self._names[id(func)] = task_name
         return definition

@@ -35,7 +35,7 @@ from message_queue_sqlite.engine.leases import Housekeeper
 from message_queue_sqlite.engine.running import TaskRunner
 from message_queue_sqlite.engine.sharding import ShardBalancer
 from message_queue_sqlite.engine.worker import Worker
-from message_queue_sqlite.serialization import dumps_args
+from message_queue_sqlite.serialization import dumps_args, dumps_call
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class SendRequest:
     retries: int | None = None
     retry: RetryPolicy | None = None
     delay: float = 0.0
+    positional: tuple[Any, ...] = ()  # positional arguments, if any (``args`` holds the keywords)
 
 
 class Engine:
@@ -68,7 +69,7 @@ class Engine:
         self.clock = clock
         self.shards = backend.shards
         self.hooks = HookChain([*default_hooks(), *hooks])
-        self.cache: dict[str, dict[str, Any]] = {}
+        self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}  # cache mode: key -> call
         self._closed = False
         self._fresh_process_state()
         _open_engines.add(self)
@@ -192,6 +193,9 @@ class Engine:
                       or not math.isfinite(delay) or delay < 0):
             raise ValueError(f"delay={delay!r} of task {name!r} is invalid; it must be a finite "
                              "number of seconds >= 0")
+        positional = request.positional
+        if definition is not None:
+            definition.check_arguments(positional, args)
         cached = request.use_cache or (definition is not None and definition.options.use_cache)
         retry_json = None
         if request.retry is not None:
@@ -204,10 +208,10 @@ class Engine:
         if cached:
             self._ensure_node()
             payload = f"{self.node}:{next(self._cache_keys)}"  # the key of the arguments in memory
-            self.cache[payload] = args
+            self.cache[payload] = (tuple(positional), args)
             cached_keys.append(payload)
         else:
-            payload = dumps_args(name, args)
+            payload = dumps_call(name, positional, args) if positional else dumps_args(name, args)
         return NewTask(name, payload, priority, self.node, request.callback is not None,
                        self.node if cached else None, max_retries, retry_json,
                        now + delay if delay else 0.0, now)

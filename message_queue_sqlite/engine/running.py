@@ -18,7 +18,7 @@ from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.registry import TaskRegistry
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine.hooks import HookChain, Run, describe_exception
-from message_queue_sqlite.serialization import dumps_result, loads_args, loads_result
+from message_queue_sqlite.serialization import dumps_result, loads_call, loads_result
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class TaskRunner:
     and ``after_run``, and builds the completion and, when the sender waits in this process
     (``node``), the outcome handed over in memory."""
 
-    def __init__(self, registry: TaskRegistry, cache: dict[str, dict[str, Any]], hooks: HookChain,
+    def __init__(self, registry: TaskRegistry, cache: dict[str, Any], hooks: HookChain,
                  node: Callable[[], str], clock: Callable[[], float]):
         self._registry = registry
         self._cache = cache
@@ -59,8 +59,8 @@ class TaskRunner:
         if hooks.before_run:
             hooks.fire(hooks.before_run, claim)
         try:
-            args = decode_args(claim, self._cache)
-            value = definition.func(**args)
+            args, kwargs = decode_args(claim, self._cache)
+            value = definition.func(*args, **kwargs)
             run = Run(definition, True, value, None, started, self._clock())
         except BaseException as exc:  # noqa: BLE001 - a task must never take its worker down
             run = Run(definition, False, exc, _format_traceback(), started, self._clock())
@@ -103,14 +103,16 @@ class TaskRunner:
                           run.started, run.ended, 0.0, claim.callback_here)
 
 
-def decode_args(claim: ClaimedTask, cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def decode_args(claim: ClaimedTask, cache: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(positional, keywords)`` of a claim: from the sender's memory in cache mode, else
+    from the stored JSON."""
     if claim.cache_owner is not None:
-        args = cache.get(claim.args or "")
-        if args is None:
+        call = cache.get(claim.args or "")
+        if call is None:
             raise LookupError(f"the cached arguments of task {claim.task_id} are not in this "
                               "process's memory (cache-mode tasks run only in their sender)")
-        return args
-    return loads_args(claim.args or "{}")
+        return call
+    return loads_call(claim.args or "{}")
 
 
 def _unstorable(exc: BaseException) -> BaseException:

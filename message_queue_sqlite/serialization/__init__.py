@@ -73,13 +73,46 @@ def dumps_args(task_name: str, args: Any) -> str:
                 raise TypeError(
                     f"argument {key!r} of task {task_name!r} cannot be stored as JSON "
                     f"({type(value).__name__}: {exc}); pass JSON-compatible values, or send "
-                    "with use_cache=True to keep the arguments in this process's memory"
+                    "with use_cache=True to keep the arguments in this process's memory (then only "
+                    "this process's own workers can run it, never a CLI worker)"
                 ) from None
         raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON: {exc}") from None
 
 
 def loads_args(text: str) -> dict[str, Any]:
     return {} if text == "{}" else _decode(text)
+
+
+def dumps_call(task_name: str, args: tuple[Any, ...], kwargs: Any) -> str:
+    """A send's arguments: the keyword dict alone (as the original stored them), or
+    ``[positional, keywords]`` when there are positional ones (an array is never a dict, so
+    the two forms cannot be confused)."""
+    keywords = dumps_args(task_name, kwargs)
+    if not args:
+        return keywords
+    try:
+        positional = _encode(list(args))
+    except (TypeError, ValueError) as exc:
+        for index, value in enumerate(args):
+            try:
+                _encode(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"positional argument {index} of task {task_name!r} cannot be stored as JSON "
+                    f"({type(value).__name__}: {exc}); pass JSON-compatible values, or send with "
+                    "use_cache=True (then only this process's own workers can run it)") from None
+        raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON: {exc}") from None
+    return f"[{positional},{keywords}]"
+
+
+def loads_call(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(positional, keywords)`` from what ``dumps_call`` stored."""
+    if text == "{}":
+        return (), {}
+    value = _decode(text)
+    if type(value) is list:
+        return tuple(value[0]), value[1]
+    return (), value
 
 
 def dumps_result(value: Any) -> str:
