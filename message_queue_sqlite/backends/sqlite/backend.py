@@ -542,7 +542,10 @@ class SQLiteBackend(Backend):
         with self._adopt_lock:  # the watcher, the housekeeper and idle workers all look
             for index in range(len(self.shards), present):
                 shard = SQLiteShard(shard_path(self.location, index), index, self._durability)
-                shard.watch_foreign_commits(self._on_change, self._watcher)
+                watcher = self._watcher
+                shard.watch_foreign_commits(self._on_change, watcher)
+                if watcher is not None:  # (its polling, if it polls, opens only what it is told)
+                    watcher.add_database(shard.path)
                 self.shards.append(shard)
                 log.info("serving %s, created by another process", shard.name)
         return True

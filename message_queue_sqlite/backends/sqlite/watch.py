@@ -13,10 +13,16 @@ commit of another process that lands while muted is caught by the writer itself 
 looks at ``data_version`` when its write ends) or, for a commit still in flight then, by
 one more look at every shard once this process's writes pause (a timer, so nothing
 wakes meanwhile).
+
+The watcher degrades, it never stops: if the inotify loop fails (a read error, anything
+unexpected), the thread logs it once and polls ``PRAGMA data_version`` from then on, as it
+does where inotify is unavailable. An inotify queue overflow (the kernel dropped events)
+is reported as a change of every shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -25,8 +31,10 @@ import os
 import re
 import select
 import sqlite3
+import struct
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
@@ -34,13 +42,16 @@ log = logging.getLogger(__name__)
 IN_MODIFY = 0x00000002
 IN_CREATE = 0x00000100
 IN_MOVED_TO = 0x00000080
+IN_Q_OVERFLOW = 0x00004000  # the kernel's queue was full: events were dropped
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 WATCHED = IN_MODIFY | IN_CREATE | IN_MOVED_TO
 WATCHED_MUTED = IN_CREATE | IN_MOVED_TO  # new shard files are news even during own writes
 CLOCK_MONOTONIC = 1
 POLL_INTERVAL_S = 0.002  # fallback only
+POLL_RETRY_S = 0.1  # after the fallback's own error, before it opens its connections again
 TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it pauses this long
+EVENT_HEADER = struct.Struct("@iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
 class _TimerSpec(ctypes.Structure):  # struct itimerspec: interval, then first expiry
@@ -53,13 +64,15 @@ class ChangeWatcher:
     written: the base names of the databases whose WAL was written, or that appeared (None:
     look at every shard), and ``trailing`` for the one more call once a burst of writes
     pauses. Whose commit it was is for the caller to tell (the events do not say); writes
-    this process makes between ``mute()`` and ``unmute()`` are not reported."""
+    this process makes between ``mute()`` and ``unmute()`` are not reported. Databases
+    opened after the start are announced with ``add_database``."""
 
     def __init__(self, folder: str, db_paths: Sequence[str],
                  on_change: Callable[[set[str] | None, bool], None], event_name: re.Pattern[bytes]):
         self._folder = folder
         self._folder_bytes = os.fsencode(folder)
-        self._db_paths = list(db_paths)
+        self._db_paths = list(db_paths)  # only ever appended to: the polling loop reads it unlocked
+        self._paths_lock = threading.Lock()
         self._on_change = on_change
         self._event_name = event_name  # group 1: the database's name in an event's name field
         self._stop = threading.Event()
@@ -73,9 +86,15 @@ class ChangeWatcher:
         self._last_unmute = 0.0
         self._inotify_fd = self._open_inotify()
         self._timer_fd = self._open_timer() if self._inotify_fd is not None else None
-        target = self._run_inotify if self._inotify_fd is not None else self._run_polling
-        self._thread = threading.Thread(target=target, name="mqs-change-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="mqs-change-watcher", daemon=True)
         self._thread.start()
+
+    def add_database(self, path: str) -> None:
+        """A database opened after the start (a shard file another process added): the
+        folder watch covers it already, the polling loop needs a connection to it."""
+        with self._paths_lock:
+            if path not in self._db_paths:
+                self._db_paths.append(path)
 
     def _open_inotify(self) -> int | None:
         try:
@@ -169,6 +188,40 @@ class ChangeWatcher:
         self._notify(None, trailing=not again)
 
     # -- the watcher thread ----------------------------------------------------------
+    def _run(self) -> None:
+        """The inotify loop while it works, then (or where inotify is unavailable) polling:
+        a watcher thread that ended would leave other processes' commits unreported until
+        the callers' own fallback polls (a second for an idle worker)."""
+        if self._inotify_fd is not None:
+            keep_descriptors = False
+            try:
+                self._run_inotify()
+            except Exception as exc:
+                # EBADF: a descriptor of ours was closed by someone else, and its number may
+                # belong to another file by now (closing a database file's descriptor would
+                # drop this process's locks on it): leave both open rather than guess.
+                keep_descriptors = isinstance(exc, OSError) and exc.errno == errno.EBADF
+                if not self._stop.is_set():
+                    log.warning("change watcher of %s failed (%r); polling PRAGMA data_version "
+                                "every %g ms from now on", self._folder, exc, POLL_INTERVAL_S * 1000,
+                                exc_info=True)
+            self._end_inotify(close=not keep_descriptors)
+            if self._stop.is_set():
+                return
+        self._run_polling()
+
+    def _end_inotify(self, close: bool) -> None:
+        """No more mask changes or timers (muting is off for good), then the descriptors go."""
+        with self._mute_lock:
+            self._wd = -1
+            self._look_pending = False
+            fds, self._inotify_fd, self._timer_fd = (self._inotify_fd, self._timer_fd), None, None
+        if close:
+            for fd in fds:
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
     def _run_inotify(self) -> None:
         fd, timer = self._inotify_fd, self._timer_fd
         assert fd is not None and timer is not None
@@ -177,14 +230,16 @@ class ChangeWatcher:
         poller.register(timer, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         burst: set[str] = set()
+        burst_everywhere = False  # events were dropped during this burst
         while not self._stop.is_set():
             # The WAL write is seen before its commit is visible to readers (the commit mark
             # lands in the shared-memory index, which inotify does not report): one more
             # notification once the writes pause lets a reader that looked too early see it.
-            ready = poller.poll(TRAILING_NOTIFY_MS if burst else None)
+            ready = poller.poll(TRAILING_NOTIFY_MS if burst or burst_everywhere else None)
             if not ready:
-                self._notify(burst, trailing=True)
+                self._notify(None if burst_everywhere else burst, trailing=True)
                 burst = set()
+                burst_everywhere = False
                 continue
             if self._stop.is_set():
                 break
@@ -197,30 +252,81 @@ class ChangeWatcher:
                     continue
                 raise
             names = self._databases_written(data)
-            if names:
+            if names is None:  # events were dropped: any shard may have been written
+                self._notify(None)
+                burst_everywhere = True
+            elif names:
                 self._notify(names)
                 burst |= names
-        os.close(fd)
-        os.close(timer)
 
-    def _databases_written(self, data: bytes) -> set[str]:
-        """Base names of the shard databases whose WAL was written (a commit) or that appeared.
-        A commit writes many pages, each an event: the names are picked out by one regular
-        expression over the whole read, not event by event."""
+    def _databases_written(self, data: bytes) -> set[str] | None:
+        """Base names of the shard databases whose WAL was written (a commit) or that appeared;
+        None when the kernel's queue overflowed (events were dropped). A commit writes many
+        pages, each an event: the names are picked out by one regular expression over the
+        whole read, not event by event. The overflow event's watch is -1, so its header holds
+        0xFF bytes, which the folder's other events seldom hold (small watch numbers, masks and
+        lengths; only a rename's cookie or an odd file name might): one search for that byte
+        decides whether the headers are read at all, so a normal read costs ~10 ns more."""
+        if 0xFF in data and self._queue_overflowed(data):
+            return None
         return {os.fsdecode(name) for name in self._event_name.findall(data)}
 
+    @staticmethod
+    def _queue_overflowed(data: bytes) -> bool:
+        """Whether one of the events read is the queue overflow (its header says so)."""
+        offset, end = 0, len(data) - EVENT_HEADER.size
+        while offset <= end:
+            _, mask, _, name_len = EVENT_HEADER.unpack_from(data, offset)
+            if mask & IN_Q_OVERFLOW:
+                return True
+            offset += EVENT_HEADER.size + name_len
+        return False
+
     def _run_polling(self) -> None:
-        conns = [sqlite3.connect(p, check_same_thread=False) for p in self._db_paths]
-        names = [os.path.basename(p) for p in self._db_paths]
-        last = [c.execute("PRAGMA data_version").fetchone()[0] for c in conns]
-        while not self._stop.wait(POLL_INTERVAL_S):
-            now = [c.execute("PRAGMA data_version").fetchone()[0] for c in conns]
-            if now != last:
-                self._notify({name for name, a, b in zip(names, now, last, strict=True) if a != b},
-                             trailing=True)
-                last = now
-        for c in conns:
-            c.close()
+        """Report the databases whose ``PRAGMA data_version`` changed, every 2 ms. An error
+        here (a file replaced, an I/O error) must not end the thread either: it is logged
+        once, every shard is looked at, and the connections are opened afresh."""
+        failed = False
+        while not self._stop.is_set():
+            try:
+                self._poll()
+            except Exception:
+                if not failed:
+                    failed = True
+                    log.warning("change watcher of %s: polling failed; retrying every %g s",
+                                self._folder, POLL_RETRY_S, exc_info=True)
+                self._notify(None, trailing=True)  # cannot tell what changed meanwhile
+                self._stop.wait(POLL_RETRY_S)
+
+    def _poll(self) -> None:
+        """Poll until stopped, picking up the databases added meanwhile. Each is looked at
+        once when its polling begins: a commit made before its first reading would otherwise
+        go unreported (after a failed inotify loop, or one made just after the shard was
+        opened)."""
+        conns: list[sqlite3.Connection] = []
+        names: list[str] = []
+        last: list[int] = []
+        try:
+            while True:
+                if len(conns) < len(self._db_paths):
+                    added = self._db_paths[len(conns):]
+                    for path in added:
+                        # mode=rw: a reopen must not bring back a shard file deleted meanwhile
+                        conns.append(sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw",
+                                                     uri=True, check_same_thread=False))
+                        names.append(os.path.basename(path))
+                        last.append(conns[-1].execute("PRAGMA data_version").fetchone()[0])
+                    self._notify({os.path.basename(path) for path in added}, trailing=True)
+                now = [c.execute("PRAGMA data_version").fetchone()[0] for c in conns]
+                if now != last:
+                    self._notify({name for name, a, b in zip(names, now, last, strict=True) if a != b},
+                                 trailing=True)
+                    last = now
+                if self._stop.wait(POLL_INTERVAL_S):
+                    return
+        finally:
+            for c in conns:
+                c.close()
 
     def _notify(self, names: set[str] | None, trailing: bool = False) -> None:
         try:
