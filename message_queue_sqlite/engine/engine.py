@@ -170,7 +170,7 @@ class Engine:
             payload = dumps_args(name, args)
         return NewTask(name, payload, priority, self.node, request.callback is not None,
                        self.node if cached else None, max_retries, retry_json,
-                       now + delay if delay else 0.0, now)
+                       float(delay) if delay else 0.0, now)
 
     # -- running ---------------------------------------------------------------------
     def run_claim(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
@@ -207,10 +207,10 @@ class Engine:
         if mono >= self._next_shard_look:
             self._next_shard_look = mono + IDLE_RECHECK_S
             self.backend.adopt_new_shards()
-        due = [t for t in (s.next_run_after() for s in self.shards) if t is not None]
+        due = [t for t in (s.seconds_until_due() for s in self.shards) if t is not None]
         if not due:
             return IDLE_RECHECK_S
-        return max(0.001, min(IDLE_RECHECK_S, min(due) - self.clock()))
+        return max(0.001, min(IDLE_RECHECK_S, min(due)))
 
     def start_workers(self, threads: int | None = None) -> None:
         self._check_open()
@@ -239,6 +239,15 @@ class Engine:
     @property
     def workers_running(self) -> bool:
         return self._pool is not None
+
+    def held_leases(self) -> dict[int, list[tuple[int, int]]]:
+        """The ``(row_id, attempt)`` leases this object's workers hold, by shard: what the
+        housekeeper renews (only those: a lease they lost track of must be left to expire)."""
+        held: dict[int, list[tuple[int, int]]] = {}
+        for pool in (self._pool, self._stopping_pool):
+            if pool is not None:
+                pool.held_leases(held)
+        return held
 
     # -- outcomes --------------------------------------------------------------------
     def shard_of(self, task_id: str) -> tuple[int, int]:
@@ -287,10 +296,9 @@ class Engine:
     def _ensure_node_locked(self) -> None:
         if self._node_registered:
             return
-        now = self.clock()
         for shard in self.shards:
             shard.register_node(self.node, os.getpid(), socket.gethostname(),
-                                now + self.config.visibility_timeout, now)
+                                self.config.visibility_timeout)
         self._node_registered = True
         self.housekeeper.start()
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -310,10 +318,9 @@ class Engine:
         self._closed = True
         self.housekeeper.close()
         if self._node_registered:
-            now = self.clock()
             for shard in self.shards:
                 try:
-                    failed = shard.unregister_node(self.node, now)
+                    failed = shard.unregister_node(self.node)
                 except Exception:
                     log.exception("could not unregister from %s", shard.name)
                     continue

@@ -61,6 +61,7 @@ class WorkerPool:
         self._give_back_later: list[ClaimedTask] = []
         self._failures = 0
         self._exited = 0
+        self._stopped = False  # stop() returned: whatever it could not give back is left to expire
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -100,6 +101,18 @@ class WorkerPool:
             log.warning("%d task(s) still running after the %.1f s drain timeout; their leases "
                         "are given back and they will run again", len(left), drain_timeout)
             self._give_back(left, started=True)
+        self._stopped = True
+
+    def held_leases(self, into: dict[int, list[tuple[int, int]]]) -> None:
+        """Add the ``(row_id, attempt)`` leases this pool holds, by shard: claimed and not given
+        back, completion not recorded yet (nothing once stopped)."""
+        with self._cv:
+            if self._stopped:
+                return
+            claims = [*self._buffer, *self._running, *self._give_back_later]
+            claims.extend(item[2] for batch in self._pending.values() for item in batch)
+        for claim in claims:
+            into.setdefault(claim.shard, []).append((claim.row_id, claim.attempt))
 
     def hurry(self) -> None:
         """Cut the drain short (a second stop signal)."""
@@ -110,7 +123,7 @@ class WorkerPool:
         for claim in claims:
             by_shard[claim.shard].append(claim)
         for shard, items in by_shard.items():
-            self._engine.shards[shard].release(items, started)
+            self._engine.shards[shard].release(items, self._engine.node)
         self._engine.dispatcher.released_locally(c.task_id for c in claims if c.sender == self._engine.node)
 
     # -- the loop --------------------------------------------------------------------
@@ -235,7 +248,7 @@ class WorkerPool:
             try:
                 rejected, claims = self._engine.shards[shard].complete_and_claim(
                     [item[0] for item in batch], self._engine.node, limit,
-                    self._engine.config.visibility_timeout, self._engine.clock(), marks)
+                    self._engine.config.visibility_timeout, marks)
             except BaseException:
                 self._put_back(shard, batch)
                 dispatcher.return_marks(shard, marks)
@@ -349,10 +362,10 @@ def build_completion(claim: ClaimedTask, policy: RetryPolicy, ok: bool, value: A
             return Completion(claim.row_id, claim.attempt, TaskStatus.FINISHED, text, None,
                               started, ended, 0.0, claim.callback_here), outcome
     message = f"{type(value).__name__}: {value}"
-    if policy.should_retry(value, claim.attempt):
-        run_after = ended + policy.delay(claim.attempt)
+    run = claim.retries + 1  # the retry budget counts runs that ended, not claims (give-backs, crashes)
+    if policy.should_retry(value, run):
         return Completion(claim.row_id, claim.attempt, TaskStatus.SCHEDULED, message, tb,
-                          started, ended, run_after), None
+                          started, ended, policy.delay(run)), None
     outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FAILED, None, message, tb,
                           started, ended, claim.attempt) if deliver else None
     return Completion(claim.row_id, claim.attempt, TaskStatus.FAILED, message, tb,
