@@ -407,6 +407,71 @@ def test_an_enqueue_whose_commit_is_unknown_is_not_stored_twice(pg_url):
         backend.close()
 
 
+class _BreakAfterExchangeCommits(_BreakAfterCommit):
+    """The first worker exchange that records completions commits, then the connection is
+    lost before the reply arrives (the session is closed: broken)."""
+
+    def __init__(self, real):
+        super().__init__(real, "done AS")
+
+    def execute(self, query, params=None):
+        if not (isinstance(params, dict) and params.get("completions") not in (None, "[]")):
+            return self.real.execute(query, params)
+        return super().execute(query, params)
+
+
+def test_completions_whose_commit_went_unconfirmed_count_as_applied(pg_url):
+    """The exchange committed, the reply was lost, the call was replayed on a new connection:
+    the replay finds the rows already ended, by this owner in this attempt, and counts them as
+    applied, not as stale (a stale verdict makes the worker drop the outcome it holds in
+    memory, and the sender's callback never runs). The claim in the same exchange, whose
+    commit is as unknown, is given back first and claimed again."""
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        ids = shard.enqueue(new_tasks(4, notify=True))
+        _, claims = shard.complete_and_claim([], "w", 3, 30.0)
+        now = time.time()
+        done = [Completion(claims[0].row_id, claims[0].attempt, 3, "0", None, now, now, handed_over=True),
+                Completion(claims[1].row_id, claims[1].attempt, 4, "ValueError: x", "tb", now, now),
+                Completion(claims[2].row_id, claims[2].attempt, 6, "ValueError: y", "tb", now, now,
+                           retry_in=60.0)]
+        breaker = _BreakAfterExchangeCommits(shard._writer.conn)
+        shard._writer.conn = breaker
+        rejected, [again] = shard.complete_and_claim(done, "w", 5, 30.0)
+        assert not breaker.armed  # the first try did commit, then broke
+        assert rejected == []
+        assert (again.row_id, again.attempt) == (ids[3], 2)  # given back, claimed again: a new attempt
+        records = {r.row_id: r for r in shard.get_tasks([c.row_id for c in claims])}
+        assert [(records[c.row_id].status, records[c.row_id].notify) for c in claims] == [
+            (3, False), (4, True), (6, True)]
+        assert shard.count_by_status() == {2: 1, 3: 1, 4: 1, 6: 1}
+    finally:
+        backend.close()
+
+
+def test_a_callback_is_not_lost_when_the_connection_drops_after_an_exchange_commits(pg_url, caplog):
+    """The outcome of a task whose sender waits in this process is handed over in memory (the
+    row's notify flag is cleared in the same commit): had the replayed exchange called it stale,
+    the callback would never run, and no storage poll could find it."""
+    with MessageQueue(broker_url=pg_url, workers=1) as mq:
+        @mq.task
+        def echo(i):
+            return i
+
+        got: list[int] = []
+        shard = mq.engine.shards[0]
+        breaker = _BreakAfterExchangeCommits(shard._writer.conn)
+        shard._writer.conn = breaker
+        for i in range(5):
+            mq.send(echo, {"i": i}, callback=lambda outcome: got.append(outcome["result"]))
+        mq.start()
+        wait_until(lambda: len(got) == 5, what="the 5 callbacks")
+        assert not breaker.armed
+        assert sorted(got) == [0, 1, 2, 3, 4]
+        assert "completion(s) discarded" not in caplog.text
+
+
 class _InterruptMidCommand:
     """A connection whose next statement containing ``marker`` is sent and then interrupted
     (as Ctrl-C interrupts psycopg's wait for the result): the connection is left with a
