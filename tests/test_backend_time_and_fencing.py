@@ -302,3 +302,38 @@ def test_the_housekeeper_renews_the_leases_its_workers_hold(tmp_path):
         assert running.status == TaskStatus.RUNNING
         release.set()
         assert running.result(timeout=10) == "done"
+
+
+def test_a_file_of_the_previous_schema_is_upgraded_in_place(tmp_path):
+    """Migration 0003 on a file written by the previous version: retries used are derived from
+    the claims that neither crashed nor are running now, and the leases, on the wall clock
+    there, are expired once (no boot is recorded yet), like a reboot's."""
+    from message_queue_sqlite.backends.sqlite.connection import APPLICATION_ID, MIGRATIONS, _statements
+
+    folder = tmp_path / "q"
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "mq-shard-0.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for number, _name, sql in MIGRATIONS:
+        if number <= 2:
+            for statement in _statements(sql):
+                conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    now = time.time()
+    insert = ("INSERT INTO mqs_tasks (task_name, status, sender, attempts, crashes, max_retries, run_after, "
+              "lease_owner, lease_expires, created_at) VALUES (?, ?, 's', ?, ?, 3, ?, ?, ?, ?)")
+    conn.execute(insert, ("running", 2, 3, 1, 0, "old-worker", now + 3600, now))  # its 3rd claim, 1 crash
+    conn.execute(insert, ("backing_off", 6, 2, 0, now + 60, None, None, now))  # 2 runs failed
+    conn.close()
+    with MessageQueue(str(folder)) as mq:
+        rows = {r.task_name: r for r in mq.tasks()}
+        assert rows["running"].lease_expires == 0  # expired: taken on the wall clock
+        assert mq.engine.housekeeper.run_once().requeued == 1
+    conn = sqlite3.connect(folder / "mq-shard-0.db")
+    try:
+        retries = dict(conn.execute("SELECT task_name, retries FROM mqs_tasks"))
+        assert retries == {"running": 1, "backing_off": 2}
+        assert conn.execute("SELECT count(*) FROM mqs_meta WHERE key = 'boot_id'").fetchone()[0] == 1
+    finally:
+        conn.close()
