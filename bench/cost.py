@@ -87,7 +87,7 @@ def sql_ours(n: int) -> dict[str, float]:
     conn.execute("COMMIT")
     steps, step = timed_transactions(conn)
 
-    while rows := step("claim", Q["claim_batch"], (owner, now + 60, now, 128)):
+    while rows := step("claim", Q["claim_batch"], (owner, 60.0, 128)):
         done = [(r[0], r[4], str(r[0]), 1, now, now, owner) for r in rows]
         step("complete", Q["complete_finished"], done, True)
         step("mark", Q["mark_callbacked"], (json.dumps([r[0] for r in rows]),))

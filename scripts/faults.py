@@ -275,6 +275,12 @@ class SQLiteStore:
         self.close()
         return ""  # the files go with the run folder
 
+    def lease_now(self) -> float:
+        """Now on the clock the files' lease expiries are on (the host's boot clock)."""
+        from message_queue_sqlite.backends.sqlite.clock import lease_now
+
+        return lease_now()
+
 
 class StoreMissing(Exception):
     """The queue's storage was never created."""
@@ -355,6 +361,11 @@ class PostgresStore:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+    def lease_now(self) -> float:
+        """Now on the clock lease expiries are on (the server's)."""
+        with self.connect() as conn:
+            return conn.execute("SELECT date_part('epoch', clock_timestamp())").fetchone()[0]
 
     def read_rows(self) -> list[dict[str, Any]]:
         """Every task row (shard 0), also saved to queue/rows.jsonl as evidence."""
@@ -754,9 +765,9 @@ class Scenario:
     def check(self) -> None:
         r = self.result
         rows: dict[str, dict[str, Any]] = {}
-        now = time.time()
         try:
             records = self.store.read_rows()
+            now = self.store.lease_now()  # the clock of lease expiries, for the notes on stuck rows
         except StoreMissing as exc:
             r.errors += 1
             r.note(str(exc))

@@ -110,6 +110,62 @@ def make_queue(queue_dir: str, broker_url: str | None) -> Iterator[Callable[...,
         drop_pg_schema(url)
 
 
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def use_clock(queue: MessageQueue, clock: Callable[[], float]) -> MessageQueue:
+    """Make a SQLite queue object's backend read ``clock`` for leases and scheduled times (the
+    engine's own ``clock=`` only stamps display times)."""
+    queue.engine.backend.clock.lease = clock
+    queue.engine.backend.clock.wall = clock
+    return queue
+
+
+class BackendTime:
+    """Time as the backend under test reads it, for tests of leases and schedules.
+
+    SQLite: a fake clock, injected into the backend (leases and scheduled times) and the
+    engine, moved by ``advance``. PostgreSQL decides every time by the server's clock, which
+    no test can move: ``advance`` waits until that much real time has passed, and tests scale
+    their durations by ``unit`` (0.1: a 10-unit lease lasts 1 s) to keep the waits short."""
+
+    def __init__(self, backend: str):
+        self.exact = backend == "sqlite"
+        self.unit = 1.0 if self.exact else 0.1
+        self.tolerance = 1e-6 if self.exact else 0.25  # a server time vs a client one, same host
+        self._fake = FakeClock() if self.exact else None
+
+    def now(self) -> float:
+        return self._fake() if self._fake is not None else time.time()
+
+    def queue(self, make_queue: Callable[..., MessageQueue], **options: Any) -> MessageQueue:
+        if self._fake is None:
+            return make_queue(**options)
+        return use_clock(make_queue(clock=self._fake, **options), self._fake)
+
+    def advance(self, seconds: float) -> None:
+        if self._fake is not None:
+            self._fake.advance(seconds)
+            return
+        until = time.monotonic() + seconds
+        wait_until(lambda: time.monotonic() >= until, timeout=seconds + 10, what=f"{seconds} s to pass")
+
+
+@pytest.fixture
+def backend_time(backend: str) -> BackendTime:
+    return BackendTime(backend)
+
+
 @pytest.fixture
 def app_package(tmp_path: Path) -> Callable[[dict[str, str]], str]:
     """Write a package of task modules under a unique name; returns the package name."""

@@ -54,7 +54,7 @@ def open_pg(url: str, **config):
 def new_tasks(count: int, name: str = "noop", now: float | None = None, **fields) -> list[NewTask]:
     now = time.time() if now is None else now
     values = dict(args="{}", priority=0, sender="sender", notify=False, cache_owner=None,
-                  max_retries=0, retry=None, run_after=0.0, created_at=now)
+                  max_retries=0, retry=None, delay=0.0, created_at=now)
     values.update(fields)
     return [NewTask(task_name=name, **values) for _ in range(count)]
 
@@ -98,10 +98,13 @@ def test_default_schema_and_location_without_password():
 
 
 def test_migration_is_idempotent(pg_url, admin):
+    from message_queue_sqlite.backends.postgres.connection import MIGRATIONS
+
     for _ in range(3):
         open_pg(pg_url).close()
-    rows = admin.execute(f'SELECT version, name FROM "{schema_of(pg_url)}".mqs_schema_version').fetchall()
-    assert rows == [(1, "initial")]
+    rows = admin.execute(f'SELECT version, name FROM "{schema_of(pg_url)}".mqs_schema_version '
+                         'ORDER BY version').fetchall()
+    assert rows == [(number, name) for number, name, _ in MIGRATIONS]
 
 
 def test_concurrent_openers_of_a_fresh_schema_agree(pg_url, admin):
@@ -125,8 +128,11 @@ def test_concurrent_openers_of_a_fresh_schema_agree(pg_url, admin):
         backend.close()
     assert errors == []
     assert len(opened) == 6
-    rows = admin.execute(f'SELECT version FROM "{schema_of(pg_url)}".mqs_schema_version').fetchall()
-    assert rows == [(1,)]
+    from message_queue_sqlite.backends.postgres.connection import MIGRATIONS
+
+    rows = admin.execute(f'SELECT version FROM "{schema_of(pg_url)}".mqs_schema_version '
+                         'ORDER BY version').fetchall()
+    assert rows == [(number,) for number, _, _ in MIGRATIONS]
 
 
 def test_a_schema_with_foreign_tables_is_refused_untouched(pg_url, admin):
@@ -201,7 +207,7 @@ def test_two_threads_never_claim_the_same_task(pg_url):
             shard = backends[k].shards[0]
             start.wait(timeout=10)
             while True:
-                _, claims = shard.complete_and_claim([], f"owner{k}", 7, 30.0, time.time())
+                _, claims = shard.complete_and_claim([], f"owner{k}", 7, 30.0)
                 if not claims:
                     return
                 claimed[k].extend(c.row_id for c in claims)
@@ -219,7 +225,7 @@ def test_two_threads_never_claim_the_same_task(pg_url):
 
 
 CLAIMER = textwrap.dedent("""
-    import json, sys, time
+    import json, sys
     from message_queue_sqlite.backends.postgres import PostgresBackend
     from message_queue_sqlite.core.config import Config
     url, owner = sys.argv[1], sys.argv[2]
@@ -228,7 +234,7 @@ CLAIMER = textwrap.dedent("""
     sys.stdin.readline()  # go
     ids = []
     while True:
-        _, claims = backend.shards[0].complete_and_claim([], owner, 5, 30.0, time.time())
+        _, claims = backend.shards[0].complete_and_claim([], owner, 5, 30.0)
         if not claims:
             break
         ids.extend(c.row_id for c in claims)
@@ -265,18 +271,18 @@ def test_stale_completion_is_rejected_and_current_one_applies(pg_url):
         shard = backend.shards[0]
         shard.enqueue(new_tasks(1))
         now = time.time()
-        _, [first] = shard.complete_and_claim([], "a", 1, 1.0, now)
-        report = shard.recover_expired(now + 5.0, crash_limit=5)  # the lease of "a" expired
-        assert report.requeued == 1
-        _, [second] = shard.complete_and_claim([], "b", 1, 30.0, now + 5.0)
+        _, [first] = shard.complete_and_claim([], "a", 1, 0.2)
+        wait_until(lambda: shard.recover_expired(crash_limit=5).requeued == 1,
+                   what="the lease of a (0.2 s, on the server's clock) to expire and be recovered")
+        _, [second] = shard.complete_and_claim([], "b", 1, 30.0)
         assert second.row_id == first.row_id and second.attempt == first.attempt + 1
         late = Completion(first.row_id, first.attempt, 3, '"late"', None, now, now + 6)
         current = Completion(second.row_id, second.attempt, 3, '"ok"', None, now + 5, now + 6)
-        rejected, _ = shard.complete_and_claim([late], "a", 0, 0.0, now + 6)
+        rejected, _ = shard.complete_and_claim([late], "a", 0, 0.0)
         assert rejected == [first.row_id]
-        rejected, _ = shard.complete_and_claim([current], "a", 0, 0.0, now + 6)  # not a's lease
+        rejected, _ = shard.complete_and_claim([current], "a", 0, 0.0)  # not a's lease
         assert rejected == [first.row_id]
-        rejected, _ = shard.complete_and_claim([current], "b", 0, 0.0, now + 6)
+        rejected, _ = shard.complete_and_claim([current], "b", 0, 0.0)
         assert rejected == []
         [record] = shard.get_tasks([first.row_id])
         assert (record.status, record.result, record.attempts) == (3, '"ok"', 2)
@@ -291,13 +297,13 @@ def test_claim_order_priority_then_fifo_and_cached_only_to_owner(pg_url):
         low = new_tasks(3, "low")
         high = new_tasks(2, "high", priority=5)
         cached = new_tasks(1, "cached", priority=9, cache_owner="owner-x")
-        shard.register_node("owner-x", os.getpid(), "h", time.time() + 60, time.time())
+        shard.register_node("owner-x", os.getpid(), "h", 60.0)
         ids = shard.enqueue(low + high + cached)
         assert ids == sorted(ids) and len(set(ids)) == 6
-        _, claims = shard.complete_and_claim([], "someone", 10, 30.0, time.time())
+        _, claims = shard.complete_and_claim([], "someone", 10, 30.0)
         assert [c.row_id for c in claims] == ids[3:5] + ids[:3]
         assert [c.task_name for c in claims] == ["high"] * 2 + ["low"] * 3
-        _, claims = shard.complete_and_claim([], "owner-x", 10, 30.0, time.time())
+        _, claims = shard.complete_and_claim([], "owner-x", 10, 30.0)
         assert [c.row_id for c in claims] == ids[5:]
     finally:
         backend.close()
@@ -307,13 +313,15 @@ def test_scheduled_tasks_become_claimable_when_due(pg_url):
     backend = open_pg(pg_url)
     try:
         shard = backend.shards[0]
-        now = time.time()
-        shard.enqueue(new_tasks(2, "later", now=now, run_after=now + 100))
-        assert shard.next_run_after() == pytest.approx(now + 100)
-        assert shard.complete_and_claim([], "w", 10, 30.0, now)[1] == []
-        _, claims = shard.complete_and_claim([], "w", 10, 30.0, now + 101)
-        assert len(claims) == 2
-        assert shard.next_run_after() is None
+        [much_later] = shard.enqueue(new_tasks(1, "much_later", delay=100.0))
+        assert shard.seconds_until_due() == pytest.approx(100, abs=5)  # by the server's clock
+        shard.enqueue(new_tasks(2, "later", delay=0.3))
+        assert 0 < shard.seconds_until_due() <= 0.3
+        assert shard.complete_and_claim([], "w", 10, 30.0)[1] == []
+        claims = wait_until(lambda: shard.complete_and_claim([], "w", 10, 30.0)[1], what="the due tasks")
+        assert [c.task_name for c in claims] == ["later", "later"]
+        assert shard.seconds_until_due() == pytest.approx(100, abs=5)
+        assert [r.status for r in shard.get_tasks([much_later])] == [6]
     finally:
         backend.close()
 
@@ -323,9 +331,9 @@ def test_text_with_nul_is_stored_visibly(pg_url):
     try:
         shard = backend.shards[0]
         shard.enqueue(new_tasks(1))
-        _, [claim] = shard.complete_and_claim([], "w", 1, 30.0, time.time())
+        _, [claim] = shard.complete_and_claim([], "w", 1, 30.0)
         shard.complete_and_claim([Completion(claim.row_id, claim.attempt, 4, "ValueError: a\x00b", "tb\x00",
-                                             time.time(), time.time())], "w", 0, 0.0, time.time())
+                                             time.time(), time.time())], "w", 0, 0.0)
         [record] = shard.get_tasks([claim.row_id])
         assert record.result == "ValueError: a\\x00b" and record.status == 4
     finally:
@@ -378,9 +386,10 @@ def test_a_claim_whose_commit_is_unknown_is_given_back_then_retried(pg_url):
         shard = backend.shards[0]
         shard.enqueue(new_tasks(3))
         shard._writer.conn = _BreakAfterCommit(shard._writer.conn, "claimed AS")
-        _, claims = shard.complete_and_claim([], "w", 10, 30.0, time.time())
+        _, claims = shard.complete_and_claim([], "w", 10, 30.0)
         assert len(claims) == 3
-        assert {c.attempt for c in claims} == {1}  # the lost first claim was undone, not counted
+        # the lost first claim was given back; its attempt stays counted (the fencing token only grows)
+        assert {c.attempt for c in claims} == {2}
         assert shard.count_by_status() == {2: 3}
     finally:
         backend.close()
@@ -396,6 +405,71 @@ def test_an_enqueue_whose_commit_is_unknown_is_not_stored_twice(pg_url):
         assert [r.row_id for r in shard.get_tasks(ids)] == ids
     finally:
         backend.close()
+
+
+class _BreakAfterExchangeCommits(_BreakAfterCommit):
+    """The first worker exchange that records completions commits, then the connection is
+    lost before the reply arrives (the session is closed: broken)."""
+
+    def __init__(self, real):
+        super().__init__(real, "done AS")
+
+    def execute(self, query, params=None):
+        if not (isinstance(params, dict) and params.get("completions") not in (None, "[]")):
+            return self.real.execute(query, params)
+        return super().execute(query, params)
+
+
+def test_completions_whose_commit_went_unconfirmed_count_as_applied(pg_url):
+    """The exchange committed, the reply was lost, the call was replayed on a new connection:
+    the replay finds the rows already ended, by this owner in this attempt, and counts them as
+    applied, not as stale (a stale verdict makes the worker drop the outcome it holds in
+    memory, and the sender's callback never runs). The claim in the same exchange, whose
+    commit is as unknown, is given back first and claimed again."""
+    backend = open_pg(pg_url)
+    try:
+        shard = backend.shards[0]
+        ids = shard.enqueue(new_tasks(4, notify=True))
+        _, claims = shard.complete_and_claim([], "w", 3, 30.0)
+        now = time.time()
+        done = [Completion(claims[0].row_id, claims[0].attempt, 3, "0", None, now, now, handed_over=True),
+                Completion(claims[1].row_id, claims[1].attempt, 4, "ValueError: x", "tb", now, now),
+                Completion(claims[2].row_id, claims[2].attempt, 6, "ValueError: y", "tb", now, now,
+                           retry_in=60.0)]
+        breaker = _BreakAfterExchangeCommits(shard._writer.conn)
+        shard._writer.conn = breaker
+        rejected, [again] = shard.complete_and_claim(done, "w", 5, 30.0)
+        assert not breaker.armed  # the first try did commit, then broke
+        assert rejected == []
+        assert (again.row_id, again.attempt) == (ids[3], 2)  # given back, claimed again: a new attempt
+        records = {r.row_id: r for r in shard.get_tasks([c.row_id for c in claims])}
+        assert [(records[c.row_id].status, records[c.row_id].notify) for c in claims] == [
+            (3, False), (4, True), (6, True)]
+        assert shard.count_by_status() == {2: 1, 3: 1, 4: 1, 6: 1}
+    finally:
+        backend.close()
+
+
+def test_a_callback_is_not_lost_when_the_connection_drops_after_an_exchange_commits(pg_url, caplog):
+    """The outcome of a task whose sender waits in this process is handed over in memory (the
+    row's notify flag is cleared in the same commit): had the replayed exchange called it stale,
+    the callback would never run, and no storage poll could find it."""
+    with MessageQueue(broker_url=pg_url, workers=1) as mq:
+        @mq.task
+        def echo(i):
+            return i
+
+        got: list[int] = []
+        shard = mq.engine.shards[0]
+        breaker = _BreakAfterExchangeCommits(shard._writer.conn)
+        shard._writer.conn = breaker
+        for i in range(5):
+            mq.send(echo, {"i": i}, callback=lambda outcome: got.append(outcome["result"]))
+        mq.start()
+        wait_until(lambda: len(got) == 5, what="the 5 callbacks")
+        assert not breaker.armed
+        assert sorted(got) == [0, 1, 2, 3, 4]
+        assert "completion(s) discarded" not in caplog.text
 
 
 class _InterruptMidCommand:
@@ -427,8 +501,8 @@ def test_a_command_interrupted_by_ctrl_c_leaves_no_half_used_connection(pg_url):
         shard.enqueue(new_tasks(2))
         shard._writer.conn = _InterruptMidCommand(shard._writer.conn, "claimed AS")
         with pytest.raises(KeyboardInterrupt):
-            shard.complete_and_claim([], "w", 10, 30.0, time.time())
-        _, claims = shard.complete_and_claim([], "w", 10, 30.0, time.time())
+            shard.complete_and_claim([], "w", 10, 30.0)
+        _, claims = shard.complete_and_claim([], "w", 10, 30.0)
         assert len(claims) == 2 and shard.count_by_status() == {2: 2}
         ids = shard.enqueue(new_tasks(1))
         assert shard.count_ready() == 1 and len(ids) == 1
@@ -441,11 +515,11 @@ def test_purge_never_deletes_the_newest_row(pg_url):
     try:
         shard = backend.shards[0]
         ids = shard.enqueue(new_tasks(3))
-        now = time.time()
-        _, claims = shard.complete_and_claim([], "w", 3, 30.0, now)
-        shard.complete_and_claim([Completion(c.row_id, c.attempt, 3, "1", None, now, now) for c in claims],
-                                 "w", 0, 0.0, now)
-        assert shard.purge_ended(now + 1, 100) is False  # 2 deleted: fewer than the limit
+        ended = time.time() - 60
+        _, claims = shard.complete_and_claim([], "w", 3, 30.0)
+        done = [Completion(c.row_id, c.attempt, 3, "1", None, ended, ended) for c in claims]
+        shard.complete_and_claim(done, "w", 0, 0.0)
+        assert shard.purge_ended(30.0, 100) is False  # 2 deleted: fewer than the limit
         assert [r.row_id for r in shard.list_tasks(None, None, 10)] == [ids[-1]]
         assert shard.enqueue(new_tasks(1))[0] > ids[-1]
     finally:
@@ -483,11 +557,10 @@ def test_listen_wakes_on_another_process_write_but_not_on_its_own(pg_url):
         writer.shards[0].enqueue(new_tasks(1))
         assert changes.wait(10), "no notification for another session's enqueue"
         changes.clear()
-        _, [claim] = writer.shards[0].complete_and_claim([], "w", 1, 30.0, time.time())
+        _, [claim] = writer.shards[0].complete_and_claim([], "w", 1, 30.0)
         assert not changes.is_set()  # a claim notifies nobody
         writer.shards[0].complete_and_claim(
-            [Completion(claim.row_id, claim.attempt, 3, "1", None, time.time(), time.time())], "w", 0, 0.0,
-            time.time())
+            [Completion(claim.row_id, claim.attempt, 3, "1", None, time.time(), time.time())], "w", 0, 0.0)
         assert changes.wait(10), "no notification for a completion"
     finally:
         watcher.close()
@@ -560,12 +633,12 @@ def test_notifications_name_their_writer_and_flag_scheduled_retries(pg_url):
             note = next_note()
             assert (note.pid, note.payload) == (shard.session, "")
             now = time.time()
-            _, (first, second) = shard.complete_and_claim([], "w", 2, 30.0, now)
+            _, (first, second) = shard.complete_and_claim([], "w", 2, 30.0)
             shard.complete_and_claim([Completion(first.row_id, first.attempt, 3, "1", None, now, now)],
-                                     "w", 0, 0.0, now)
+                                     "w", 0, 0.0)
             assert next_note().payload == ""
             shard.complete_and_claim([Completion(second.row_id, second.attempt, 6, "ValueError: x", None,
-                                                 now, now, run_after=now + 5)], "w", 0, 0.0, now)
+                                                 now, now, retry_in=5)], "w", 0, 0.0)
             assert next_note().payload == "*"
         from message_queue_sqlite.backends.postgres.notify import ChangeListener
 

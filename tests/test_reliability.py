@@ -11,27 +11,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env, wait_until
+from conftest import FakeClock, subprocess_env, use_clock, wait_until
 
 from message_queue_sqlite import MessageQueue, QueueStorageError, TaskFailedError, TaskStatus
 from message_queue_sqlite.backends.base import Completion
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def test_a_long_task_keeps_its_lease_while_its_worker_lives(make_queue):
-    clock = FakeClock()
-    worker = make_queue(visibility_timeout=10, clock=clock)
-    rescuer = make_queue(visibility_timeout=10, clock=clock)
+def test_a_long_task_keeps_its_lease_while_its_worker_lives(make_queue, backend_time):
+    t = backend_time
+    worker = t.queue(make_queue, visibility_timeout=10 * t.unit)
+    rescuer = t.queue(make_queue, visibility_timeout=10 * t.unit)
     entered, release = threading.Event(), threading.Event()
 
     @worker.task
@@ -43,8 +32,8 @@ def test_a_long_task_keeps_its_lease_while_its_worker_lives(make_queue):
     handle = worker.send(long_job)
     worker.start(1)
     assert entered.wait(10)
-    for _ in range(3):  # 24 s of fake time: well past the first lease's expiry
-        clock.advance(8)
+    for _ in range(3):  # 24 units: well past the first lease's expiry
+        t.advance(8 * t.unit)
         worker.housekeeping()  # the worker's renewal
         rescuer.housekeeping()  # another process's recovery finds nothing expired
         assert handle.status == TaskStatus.RUNNING
@@ -54,50 +43,50 @@ def test_a_long_task_keeps_its_lease_while_its_worker_lives(make_queue):
     assert record.attempts == 1
 
 
-def test_an_expired_lease_is_recovered_and_the_stale_completion_rejected(make_queue):
-    clock = FakeClock()
-    mq = make_queue(visibility_timeout=5, clock=clock)
+def test_an_expired_lease_is_recovered_and_the_stale_completion_rejected(make_queue, backend_time):
+    t = backend_time
+    lease = 5 * t.unit
+    mq = t.queue(make_queue, visibility_timeout=lease)
     handle = mq.send("job", {})
     shard = mq.engine.shards[0]
-    _, [first] = shard.complete_and_claim([], "worker-a", 1, 5, clock())
-    clock.advance(6)  # worker-a died: its lease expires
-    report = shard.recover_expired(clock(), crash_limit=5)
+    _, [first] = shard.complete_and_claim([], "worker-a", 1, lease)
+    t.advance(6 * t.unit)  # worker-a died: its lease expires
+    report = shard.recover_expired(crash_limit=5)
     assert report.requeued == 1
-    _, [second] = shard.complete_and_claim([], "worker-b", 1, 5, clock())
+    _, [second] = shard.complete_and_claim([], "worker-b", 1, lease)
     assert (second.row_id, second.attempt) == (first.row_id, 2)
     done_b = Completion(second.row_id, second.attempt, TaskStatus.FINISHED, "\"from b\"", None,
-                        clock(), clock())
-    assert shard.complete_and_claim([done_b], "worker-b", 0, 5, clock())[0] == []
-    late_a = Completion(first.row_id, first.attempt, TaskStatus.FINISHED, '"from a"', None, clock(), clock())
-    rejected, _ = shard.complete_and_claim([late_a], "worker-a", 0, 5, clock())
+                        t.now(), t.now())
+    assert shard.complete_and_claim([done_b], "worker-b", 0, lease)[0] == []
+    late_a = Completion(first.row_id, first.attempt, TaskStatus.FINISHED, '"from a"', None, t.now(), t.now())
+    rejected, _ = shard.complete_and_claim([late_a], "worker-a", 0, lease)
     assert rejected == [first.row_id]
     assert handle.result(timeout=1) == "from b"
     record = mq.engine.find(handle.task_id)
     assert (record.attempts, record.status) == (2, TaskStatus.FINISHED)
 
 
-def test_a_batch_of_completions_with_a_stale_one_records_the_rest(make_queue):
+def test_a_batch_of_completions_with_a_stale_one_records_the_rest(make_queue, backend_time):
     """Finished and failed completions go through different statements; a lease lost in the
     middle of the batch is rejected alone, whichever statement carries it."""
-    clock = FakeClock()
-    mq = make_queue(visibility_timeout=5, clock=clock)
+    t = backend_time
+    mq = t.queue(make_queue, visibility_timeout=5 * t.unit)
     handles = [mq.send("job", {"i": i}) for i in range(4)]
     shard = mq.engine.shards[0]
-    _, [stale] = shard.complete_and_claim([], "worker-a", 1, 5, clock())
-    clock.advance(3)
-    _, again = shard.complete_and_claim([], "worker-a", 3, 5, clock())
+    _, [stale] = shard.complete_and_claim([], "worker-a", 1, 5 * t.unit)
+    _, again = shard.complete_and_claim([], "worker-a", 3, 100 * t.unit)
     claims = [stale, *again]
-    clock.advance(3)  # only the first lease has expired
-    assert shard.recover_expired(clock(), crash_limit=5).requeued == 1
-    _, [taken] = shard.complete_and_claim([], "worker-b", 1, 5, clock())
+    t.advance(6 * t.unit)  # only the first lease has expired
+    assert shard.recover_expired(crash_limit=5).requeued == 1
+    _, [taken] = shard.complete_and_claim([], "worker-b", 1, 5 * t.unit)
     assert taken.row_id == stale.row_id
-    now = clock()
+    now = t.now()
     batch = [Completion(again[0].row_id, again[0].attempt, TaskStatus.FINISHED, '"ok"', None, now, now),
              Completion(stale.row_id, stale.attempt, TaskStatus.FINISHED, '"late"', None, now, now),
              Completion(again[1].row_id, again[1].attempt, TaskStatus.FAILED, "ValueError: x", "tb",
                         now, now),
              Completion(again[2].row_id, again[2].attempt, TaskStatus.FINISHED, '"ok"', None, now, now)]
-    rejected, _ = shard.complete_and_claim(batch, "worker-a", 0, 5, clock())
+    rejected, _ = shard.complete_and_claim(batch, "worker-a", 0, 5 * t.unit)
     assert rejected == [stale.row_id]
     statuses = {r.row_id: r.status for r in shard.get_tasks([c.row_id for c in claims])}
     assert statuses[stale.row_id] == TaskStatus.RUNNING  # still worker-b's
@@ -106,43 +95,44 @@ def test_a_batch_of_completions_with_a_stale_one_records_the_rest(make_queue):
     assert len(handles) == 4
 
 
-def test_crash_limit_fails_a_task_that_kills_its_workers(make_queue):
-    clock = FakeClock()
-    mq = make_queue(visibility_timeout=1, clock=clock, crash_limit=2)
+def test_crash_limit_fails_a_task_that_kills_its_workers(make_queue, backend_time):
+    t = backend_time
+    mq = t.queue(make_queue, visibility_timeout=1 * t.unit, crash_limit=2)
     handle = mq.send("poison", {})
     shard = mq.engine.shards[0]
     for _ in range(2):
-        assert shard.complete_and_claim([], "doomed", 1, 1, clock())[1]
-        clock.advance(2)
-        shard.recover_expired(clock(), crash_limit=2)
+        assert shard.complete_and_claim([], "doomed", 1, 1 * t.unit)[1]
+        t.advance(2 * t.unit)
+        shard.recover_expired(crash_limit=2)
     with pytest.raises(TaskFailedError, match="died 2 times"):
         handle.result(timeout=1)
 
 
-def test_retries_back_off_exponentially_on_the_clock(make_queue):
-    clock = FakeClock()
-    mq = make_queue(workers=1, clock=clock)
+def test_retries_back_off_exponentially_on_the_clock(make_queue, backend_time):
+    t = backend_time
+    mq = t.queue(make_queue, workers=1)
     calls = []
 
-    @mq.task(retries=3, retry_backoff=10, retry_jitter=False)
+    @mq.task(retries=3, retry_backoff=10 * t.unit, retry_jitter=False)
     def flaky():
-        calls.append(clock())
+        calls.append(t.now())
         if len(calls) < 3:
             raise ConnectionError(f"try {len(calls)}")
         return "third time"
 
     handle = mq.send(flaky)
     mq.start()
-    for expected_delay in (10, 20):  # backoff * 2^(attempt-1)
+    for expected_delay in (10 * t.unit, 20 * t.unit):  # backoff * 2^(retry-1)
         wait_until(lambda: handle.status == TaskStatus.SCHEDULED, what="a scheduled retry")
         record = mq.engine.find(handle.task_id)
-        assert record.run_after == pytest.approx(calls[-1] + expected_delay)
+        assert record.run_after == pytest.approx(calls[-1] + expected_delay, abs=t.tolerance)
         assert "ConnectionError" in record.result
         attempts = len(calls)
-        clock.advance(expected_delay - 0.5)
+        early = expected_delay - 0.5 if t.exact else expected_delay / 2  # real time: a margin
+        t.advance(early)
         mq.engine.bell.ring()
         assert handle.status == TaskStatus.SCHEDULED and len(calls) == attempts  # not due yet
-        clock.advance(0.5)
+        t.advance(expected_delay - early)
         mq.engine.bell.ring()
         wait_until(lambda n=attempts: len(calls) > n, what="the retry to run")
     assert handle.result(timeout=10) == "third time"
@@ -217,9 +207,10 @@ def test_stop_gives_unfinished_leases_back_at_once(make_queue):
     mq.stop()  # drain times out after 0.2 s, far below the 300 s visibility timeout
     record = mq.engine.find(handle.task_id)
     assert record.status == TaskStatus.NOT_STARTED and record.lease_owner is None
-    for h in queued:  # prefetched or not, never started: back in the queue uncounted
-        record = mq.engine.find(h.task_id)
-        assert record.status == TaskStatus.NOT_STARTED and record.attempts == 0
+    for h in queued:  # prefetched or not, never started: back in the queue
+        record = mq.engine.find(h.task_id)  # (a prefetch stays counted: the fencing token only grows)
+        assert record.status == TaskStatus.NOT_STARTED and record.lease_owner is None
+        assert record.attempts <= 1
     never.set()
 
 
@@ -389,7 +380,7 @@ def test_read_only_file_at_open_is_a_clear_error(tmp_path):
 
 def test_retention_purges_ended_tasks_in_batches(tmp_path):
     clock = FakeClock()
-    with MessageQueue(str(tmp_path / "q"), retention=60, clock=clock, workers=2) as mq:
+    with use_clock(MessageQueue(str(tmp_path / "q"), retention=60, clock=clock, workers=2), clock) as mq:
         @mq.task
         def noop():
             return None
@@ -422,35 +413,36 @@ def test_wal_is_truncated_when_it_outgrows_its_bound(tmp_path, monkeypatch):
         assert wal.stat().st_size == 0
 
 
-def test_delayed_send_waits_for_its_time(make_queue):
-    clock = FakeClock()
-    mq = make_queue(workers=1, clock=clock)
+def test_delayed_send_waits_for_its_time(make_queue, backend_time):
+    t = backend_time
+    mq = t.queue(make_queue, workers=1)
 
     @mq.task
     def later():
-        return clock()
+        return t.now()
 
-    handle = mq.send(later, delay=30)
+    sent = t.now()
+    handle = mq.send(later, delay=30 * t.unit)
     mq.start()
     assert handle.status == TaskStatus.SCHEDULED
     mq.engine.bell.ring()
     assert handle.status == TaskStatus.SCHEDULED
-    clock.advance(30)
+    t.advance(30 * t.unit)
     mq.engine.bell.ring()
-    assert handle.result(timeout=10) >= 1_000_030
+    assert handle.result(timeout=10) >= sent + 30 * t.unit - t.tolerance
 
 
-def test_a_retry_run_by_another_worker_still_reaches_the_senders_callback(make_queue):
+def test_a_retry_run_by_another_worker_still_reaches_the_senders_callback(make_queue, backend_time):
     """The first attempt ran in the sender's own workers; the retry is taken by another
     queue object (as another process would): the sender must look for its outcome in
     storage again, not wait for its own workers to hand it over."""
-    clock = FakeClock()
-    sender = make_queue(workers=1, clock=clock)
-    other = make_queue(workers=1, clock=clock)
+    t = backend_time
+    sender = t.queue(make_queue, workers=1)
+    other = t.queue(make_queue, workers=1)
     calls = []
 
     for mq in (sender, other):
-        @mq.task(retries=1, retry_backoff=5, retry_jitter=False)
+        @mq.task(retries=1, retry_backoff=20 * t.unit, retry_jitter=False)
         def flaky():
             calls.append(1)
             if len(calls) == 1:
@@ -463,7 +455,7 @@ def test_a_retry_run_by_another_worker_still_reaches_the_senders_callback(make_q
     wait_until(lambda: handle.status == TaskStatus.SCHEDULED, what="the retry to be scheduled")
     sender.stop()
     other.start()
-    clock.advance(5)
+    t.advance(20 * t.unit)
     other.engine.bell.ring()
     wait_until(lambda: got, what="the sender's callback")
     assert got[0]["result"] == "second try" and got[0]["attempts"] == 2

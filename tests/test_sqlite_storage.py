@@ -109,13 +109,13 @@ def test_hot_queries_use_an_index(tmp_path, query):
 def _arity(sql: str) -> int:
     import re
 
-    return max(int(n) for n in re.findall(r"\?(\d+)", sql))
+    return max((int(n) for n in re.findall(r"\?(\d+)", sql)), default=0)
 
 
 def test_claim_is_log_n_a_large_backlog_uses_the_ready_index(tmp_path):
     with MessageQueue(str(tmp_path / "q")) as mq:
         conn = mq.engine.shards[0]._connection()
-        plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + Q["claim_batch"], ("o", 0, 0, 1))]
+        plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + Q["claim_batch"], ("o", 0, 1))]
     assert any("mqs_tasks_ready" in step for step in plan), plan
 
 
@@ -424,10 +424,11 @@ def test_the_retention_sweep_stops_where_recent_tasks_begin(tmp_path):
     window, not a read of the whole table. An old task that has not ended stays."""
     from message_queue_sqlite.backends.base import Completion, NewTask
     from message_queue_sqlite.backends.sqlite.backend import SQLiteBackend
+    from message_queue_sqlite.backends.sqlite.clock import Clock
 
-    backend = SQLiteBackend(str(tmp_path / "q"), 1)
-    shard = backend.shards[0]
     old, now = 1_000.0, 1_000_000.0
+    backend = SQLiteBackend(str(tmp_path / "q"), 1, clock=Clock(wall=lambda: now))  # the cut-off's clock
+    shard = backend.shards[0]
 
     def tasks(count: int, created: float) -> list[NewTask]:
         return [NewTask("t", "{}", 0, "s", False, None, 0, None, 0.0, created) for _ in range(count)]
@@ -435,23 +436,23 @@ def test_the_retention_sweep_stops_where_recent_tasks_begin(tmp_path):
     try:
         [stuck] = shard.enqueue(tasks(1, old))  # old, still running (a long task, say)
         shard.enqueue(tasks(999, old))
-        _, claims = shard.complete_and_claim([], "w", 1000, 30.0, old)
+        _, claims = shard.complete_and_claim([], "w", 1000, 30.0)
         claims = [c for c in claims if c.row_id != stuck]
         shard.complete_and_claim([Completion(c.row_id, c.attempt, 3, "1", None, old, old) for c in claims],
-                                 "w", 0, 0.0, old)
+                                 "w", 0, 0.0)
         shard.enqueue(tasks(4000, now))
         writes = []
         real_write = shard._write
         shard._write = lambda what: writes.append(what) or real_write(what)
         calls = 1
-        while shard.purge_ended(now - 3600, 500):
+        while shard.purge_ended(3600, 500):
             calls += 1
         assert calls == 3  # two windows of old rows, then the first window of recent ones
         assert writes == ["purge", "purge"]  # the window of recent rows took no write lock
         assert shard.count_ready() == 4000
         assert shard.get_tasks([stuck])[0].status == TaskStatus.RUNNING
-        assert shard.purge_ended(now - 3600, 500) is True  # the next sweep starts over: the stuck
-        assert shard.purge_ended(now - 3600, 500) is False  # one's window, then recent rows
+        assert shard.purge_ended(3600, 500) is True  # the next sweep starts over: the stuck
+        assert shard.purge_ended(3600, 500) is False  # one's window, then recent rows
     finally:
         backend.close()
 
@@ -470,7 +471,7 @@ def test_a_plain_send_stores_the_same_row_as_the_full_statement_would(tmp_path):
         task = NewTask("t", '{"a":1}', 3, "sender", True, None, 0, None, 0.0, time.time())
         [plain] = shard.enqueue([task])
         conn = shard._connection()
-        conn.execute(Q["enqueue"], (task.task_name, task.args, task.priority, 1, task.sender, 1, None, 0,
+        conn.execute(Q["enqueue"], (task.task_name, task.args, task.priority, task.sender, 1, None, 0,
                                     None, 0.0, task.created_at))
         full = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         rows = [conn.execute("SELECT * FROM mqs_tasks WHERE id = ?", (row_id,)).fetchone()[1:]

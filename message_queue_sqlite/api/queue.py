@@ -277,12 +277,11 @@ class MessageQueue:
 
     def retry_failed(self, task_id: str | None = None, task_name: str | None = None) -> int:
         """Queue FAILED tasks again (one by id, all of a name, or all): how many."""
-        now = self._engine.clock()
         if task_id is not None:
             shard, row_id = self._engine.shard_of(task_id)
-            count = self._engine.shards[shard].requeue_failed(row_id, task_name, now)
+            count = self._engine.shards[shard].requeue_failed(row_id, task_name)
         else:
-            count = sum(s.requeue_failed(None, task_name, now) for s in self._engine.shards)
+            count = sum(s.requeue_failed(None, task_name) for s in self._engine.shards)
         if count:
             self._engine.bell.ring()
         return count

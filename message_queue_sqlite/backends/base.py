@@ -3,6 +3,13 @@
 The engine speaks only this interface; all SQL lives in the backends. A backend is a set
 of shards (one SQLite file each, or one PostgreSQL schema) plus a change feed that tells
 idle workers and waiting senders that another process wrote something.
+
+Time: the engine passes durations (a lease's length, a delay, a retention), never clock
+readings. Every expiry and every comparison with one is made by the backend, from one clock
+that all the queue's processes share (the PostgreSQL server's; on SQLite, the host's boot
+clock for leases and node liveness, its wall clock for scheduled times), each at the moment
+the statement runs, after any lock it waited for. A client whose clock is wrong, or steps,
+can then neither take a live lease nor shorten its own.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ class NewTask:
     cache_owner: str | None  # node whose memory holds the arguments, if cached
     max_retries: int
     retry: str | None  # per-send retry policy (JSON), None: the task's own
-    run_after: float  # epoch seconds; <= now means ready at once
-    created_at: float
+    delay: float  # seconds from now (by the backend's clock) until it may run; 0: ready at once
+    created_at: float  # the sender's clock: for display (PostgreSQL also finds an unconfirmed batch by it)
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: the worker keeps sets of them
@@ -35,7 +42,7 @@ class ClaimedTask:
     task_name: str
     args: str | None
     priority: int
-    attempt: int  # 1-based; doubles as the fencing token of this lease
+    attempt: int  # claims of this task so far, this one included: the lease's fencing token (only grows)
     max_retries: int
     retry: str | None
     sender: str
@@ -43,6 +50,7 @@ class ClaimedTask:
     cache_owner: str | None
     created_at: float
     started_at: float
+    retries: int  # retries used so far (completions that scheduled one), against max_retries
     task_id: str = ""  # derived from shard and row; computed once, it is read on every hop
     # Set by the engine at claim time: the sender's callback waits in this very process, so
     # the outcome is handed over in memory and need not be looked up in storage.
@@ -61,9 +69,9 @@ class Completion:
     status: int
     result: str | None  # JSON of the return value, or the error message
     traceback: str | None
-    started_at: float
+    started_at: float  # the worker's clock, for display (as ended_at)
     ended_at: float
-    run_after: float = 0.0
+    retry_in: float = 0.0  # SCHEDULED: seconds until the retry may run (by the backend's clock)
     handed_over: bool = False  # the sender got the outcome in memory: clear the row's notify flag
 
 
@@ -117,29 +125,36 @@ class Shard(ABC):
 
     @abstractmethod
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float, now: float,
+                           lease_seconds: float,
                            callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
         """Record completions of ``owner``'s leases (fenced by owner and attempt), mark the
-        ``callbacked`` rows as in ``mark_callbacked``, and lease up to ``limit`` ready tasks, in
-        one transaction. With nothing to write, an empty queue must be detected without taking
-        a write lock. Returns the row ids whose completion was rejected as stale, and the claims."""
+        ``callbacked`` rows as in ``mark_callbacked``, and lease up to ``limit`` ready tasks for
+        ``lease_seconds`` (from when the backend takes them), in one transaction. With nothing
+        to write, an empty queue must be detected without taking a write lock. Returns the row
+        ids whose completion was rejected as stale, and the claims. A completion that this
+        very call already applied (its first try committed, the reply was lost) is applied,
+        not stale."""
 
     @abstractmethod
-    def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
-        """Give leases back at once (graceful stop): the tasks are ready again. A claim that
-        never ``started`` does not count as an attempt."""
+    def release(self, claims: Sequence[ClaimedTask], owner: str) -> int:
+        """Give ``owner``'s leases of these claims back at once (graceful stop): the tasks are
+        ready again. Fenced by owner and attempt; neither a retry nor a crash is counted (the
+        attempt stays counted: it is the fencing token). Returns how many were given back."""
 
     @abstractmethod
-    def renew_leases(self, owner: str, expires: float, now: float) -> int:
-        """Extend every lease ``owner`` holds and refresh its liveness row."""
+    def renew_leases(self, owner: str, leases: Sequence[tuple[int, int]], lease_seconds: float) -> list[int]:
+        """Extend exactly these ``(row_id, attempt)`` leases to ``lease_seconds`` from now, where
+        ``owner`` still holds them (RUNNING, same owner and attempt). Returns the row ids of
+        those it no longer holds (ended, given back, or recovered and maybe claimed again)."""
 
     @abstractmethod
-    def recover_expired(self, now: float, crash_limit: int) -> RecoveryReport:
+    def recover_expired(self, crash_limit: int) -> RecoveryReport:
         """Requeue tasks whose lease expired; fail those that cannot run again."""
 
     @abstractmethod
-    def next_run_after(self) -> float | None:
-        """When the earliest scheduled (delayed or backing-off) task becomes ready."""
+    def seconds_until_due(self) -> float | None:
+        """Seconds until the earliest scheduled (delayed or backing-off) task becomes ready, by
+        the backend's clock (<= 0: due now); None when nothing is scheduled."""
 
     @abstractmethod
     def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
@@ -170,22 +185,25 @@ class Shard(ABC):
         """Tasks waiting to run (ready or scheduled); used to balance sends over shards."""
 
     @abstractmethod
-    def requeue_failed(self, row_id: int | None, task_name: str | None, now: float) -> int:
-        """Put FAILED tasks back in the queue with a fresh retry budget."""
+    def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
+        """Put FAILED tasks back in the queue with a fresh retry budget (retries and crashes
+        counted from zero again; the attempt count, the fencing token, is kept)."""
 
     @abstractmethod
-    def register_node(self, node: str, pid: int, host: str, expires: float, now: float) -> None:
-        """Announce a live queue object (its cached arguments and leases depend on it)."""
+    def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:
+        """Announce a live queue object, or refresh it, for ``lease_seconds`` from now (its
+        cached arguments depend on it): called again before that runs out."""
 
     @abstractmethod
-    def unregister_node(self, node: str, now: float) -> int:
+    def unregister_node(self, node: str) -> int:
         """Forget a node that stops; fail its cached tasks that can no longer run."""
 
     @abstractmethod
-    def purge_ended(self, before: float, limit: int) -> bool:
-        """Delete some tasks that ended before ``before`` (up to ``limit`` rows' worth of work,
-        one short transaction), never the newest row (so row ids are never reused). True
-        while more may be left: the caller calls again, within its time budget."""
+    def purge_ended(self, retention_seconds: float, limit: int) -> bool:
+        """Delete some tasks that ended more than ``retention_seconds`` ago (up to ``limit``
+        rows' worth of work, one short transaction), never the newest row (so row ids are
+        never reused). True while more may be left: the caller calls again, within its time
+        budget."""
 
     @abstractmethod
     def maintain(self) -> None:

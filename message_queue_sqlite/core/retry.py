@@ -46,7 +46,9 @@ class RetryPolicy:
                 raise ValueError(f"retry_on item {item!r} must be an exception class or its name")
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
-        """True when a task that raised ``exc`` on attempt number ``attempt`` (1-based) runs again."""
+        """True when a task that raised ``exc`` on run number ``attempt`` runs again. Runs are
+        counted 1-based among those that ended (the retries used so far + 1): a claim given
+        back unfinished or lost with its worker uses none of the budget."""
         if attempt > self.max_retries:
             return False
         names = _exception_names(exc)

@@ -214,7 +214,7 @@ class Engine:
             payload = dumps_call(name, positional, args) if positional else dumps_args(name, args)
         return NewTask(name, payload, priority, self.node, request.callback is not None,
                        self.node if cached else None, max_retries, retry_json,
-                       now + delay if delay else 0.0, now)
+                       float(delay) if delay else 0.0, now)
 
     # -- running ---------------------------------------------------------------------
     def idle_wait_timeout(self) -> float:
@@ -225,10 +225,10 @@ class Engine:
         if mono >= self._next_shard_look:
             self._next_shard_look = mono + IDLE_RECHECK_S
             self.backend.adopt_new_shards()
-        due = [t for t in (s.next_run_after() for s in self.shards) if t is not None]
+        due = [t for t in (s.seconds_until_due() for s in self.shards) if t is not None]
         if not due:
             return IDLE_RECHECK_S
-        return max(0.001, min(IDLE_RECHECK_S, min(due) - self.clock()))
+        return max(0.001, min(IDLE_RECHECK_S, min(due)))
 
     def start_workers(self, threads: int | None = None) -> None:
         self._check_open()
@@ -268,6 +268,10 @@ class Engine:
     def worker(self) -> Worker | None:
         """The running worker (its ledger and executor), or None."""
         return self._worker
+
+    def active_workers(self) -> list[Worker]:
+        """The running worker and one still stopping: whose ledgers the housekeeper renews."""
+        return [w for w in (self._worker, self._stopping_worker) if w is not None]
 
     # -- outcomes --------------------------------------------------------------------
     def shard_of(self, task_id: str) -> tuple[int, int]:
@@ -316,10 +320,9 @@ class Engine:
     def _ensure_node_locked(self) -> None:
         if self._node_registered:
             return
-        now = self.clock()
         for shard in self.shards:
             shard.register_node(self.node, os.getpid(), socket.gethostname(),
-                                now + self.config.visibility_timeout, now)
+                                self.config.visibility_timeout)
         self._node_registered = True
         self.housekeeper.start()
 
@@ -338,10 +341,9 @@ class Engine:
         self._closed = True
         self.housekeeper.close()
         if self._node_registered:
-            now = self.clock()
             for shard in self.shards:
                 try:
-                    failed = shard.unregister_node(self.node, now)
+                    failed = shard.unregister_node(self.node)
                 except Exception:
                     log.exception("could not unregister from %s", shard.name)
                     continue

@@ -71,6 +71,10 @@ class Executor(ABC):
     def unfinished(self) -> list[ClaimedTask]:
         """Claims still running (after ``wait`` gave up): the worker gives their leases back."""
 
+    @abstractmethod
+    def discard(self, claims: list[ClaimedTask]) -> None:
+        """Never start these (their leases were lost); one already running runs on."""
+
 
 class ThreadExecutor(Executor):
     """N threads that run claims from one buffer, best priority first. A thread that finds
@@ -130,6 +134,11 @@ class ThreadExecutor(Executor):
             left = list(self._running) + self._buffer
             self._buffer = []
             return left
+
+    def discard(self, claims: list[ClaimedTask]) -> None:
+        gone = {id(claim) for claim in claims}
+        with self._cv:
+            self._buffer = [claim for claim in self._buffer if id(claim) not in gone]
 
     @property
     def alive(self) -> int:

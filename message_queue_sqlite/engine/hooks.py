@@ -74,13 +74,15 @@ class Hook:
 
 class Retries(Hook):
     """The task's retry policy (per send, else the task's own): exponential back-off with
-    jitter, only for the exceptions it names, until ``max_retries`` are used."""
+    jitter, only for the exceptions it names, until ``max_retries`` are used. Retries used are
+    counted on the row apart from the claim's attempt (the lease's fencing token, which a
+    give-back or a crash also moves on)."""
 
     def retry_delay(self, claim: ClaimedTask, run: Run) -> float | None:
         if run.definition is None or run.ok:
             return None
         policy = policy_of(claim, run.definition.options.retry)
-        attempt = claim.attempt
+        attempt = claim.retries + 1  # the attempt number in the policy's terms: retries used + 1
         if not policy.should_retry(run.value, attempt):
             return None
         return policy.delay(attempt)

@@ -1,8 +1,11 @@
 """Keeping leases alive and reclaiming the ones whose worker died.
 
 A lease is the claim's expiry. While this queue object lives, its housekeeper renews
-every lease it holds (and its liveness row, which cached arguments depend on) every
-third of the visibility timeout, so a long task is never stolen from a live worker.
+the leases its workers hold, exactly those (one they lost track of is left to expire), and
+its liveness row (which cached arguments depend on), every third of the visibility
+timeout, so a long task is never stolen from a live worker. It passes durations only:
+the backend's clock decides when a lease runs out, so a queue object whose clock is off
+can neither take a live lease nor shorten its own.
 Every housekeeper also requeues tasks whose lease expired anywhere: recovery needs no
 cron job and no manual call. Retention purges and WAL upkeep run here too, in small
 batches, so they never hold the queue for long.
@@ -11,14 +14,17 @@ batches, so they never hold the queue for long.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING
 
-from message_queue_sqlite.backends.base import RecoveryReport
+from message_queue_sqlite.backends.base import RecoveryReport, Shard
 
 if TYPE_CHECKING:
     from message_queue_sqlite.engine.engine import Engine
+    from message_queue_sqlite.engine.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +67,21 @@ class Housekeeper:
         engine = self._engine
         if engine.workers_running and engine.backend.adopt_new_shards():
             engine.bell.ring()
-        now = engine.clock()
-        expires = now + engine.config.visibility_timeout
+        lease = engine.config.visibility_timeout
+        workers = engine.active_workers()
+        pid, host = os.getpid(), socket.gethostname()
         report = RecoveryReport()
-        for shard in engine.shards:
-            shard.renew_leases(engine.node, expires, now)
-            report += shard.recover_expired(now, engine.config.crash_limit)
+        for shard in engine.shards:  # durations only: the backend's clock decides every expiry
+            shard.register_node(engine.node, pid, host, lease)
+            self._renew(shard, workers, lease)
+            report += shard.recover_expired(engine.config.crash_limit)
         if report.requeued or report.failed:
             log.warning("lease recovery: %d task(s) requeued, %d failed", report.requeued, report.failed)
             engine.storage_changed()  # requeued work for idle workers, outcomes for senders
         mono = time.monotonic()
         retention = engine.config.retention
         if retention is not None and mono >= self._next_purge:
-            if self._purge(now - retention):
+            if self._purge(retention):
                 self._next_purge = mono + min(PURGE_EVERY_S, max(retention, self.interval))
             else:  # more ended than one round removes: come back soon, at the duty cycle
                 spent = time.monotonic() - mono
@@ -84,8 +92,17 @@ class Housekeeper:
                 shard.maintain()
         return report
 
-    def _purge(self, before: float) -> bool:
-        """Delete what ended before ``before``, batch by batch, for at most ``PURGE_BUDGET_S``;
+    def _renew(self, shard: Shard, workers: list[Worker], lease: float) -> None:
+        """Renew exactly the leases the workers' ledgers hold on ``shard``; leases storage says
+        are no longer theirs (taken over after an expiry) leave the ledgers."""
+        held = [claim for worker in workers for claim in worker.ledger.leases().get(shard.index, ())]
+        lost = shard.renew_leases(self._engine.node, [(c.row_id, c.attempt) for c in held], lease)
+        if lost:
+            for worker in workers:
+                worker.leases_lost(shard.index, lost)
+
+    def _purge(self, retention: float) -> bool:
+        """Delete what ended ``retention`` seconds ago, batch by batch, for at most ``PURGE_BUDGET_S``;
         True when every shard is caught up. The rate follows the queue's: a queue that ends
         thousands of tasks a second is purged as fast, in short transactions."""
         shards = list(self._engine.shards)
@@ -93,7 +110,7 @@ class Housekeeper:
         start, self._purge_from = self._purge_from, (self._purge_from + 1) % max(1, len(shards))
         for step in range(len(shards)):
             shard = shards[(start + step) % len(shards)]
-            while shard.purge_ended(before, PURGE_BATCH):
+            while shard.purge_ended(retention, PURGE_BATCH):
                 if time.monotonic() >= deadline:
                     return False
         return True

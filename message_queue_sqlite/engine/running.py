@@ -90,7 +90,7 @@ class TaskRunner:
             if hooks.retry_scheduled:
                 hooks.fire(hooks.retry_scheduled, claim, run, delay)
             return Completion(claim.row_id, claim.attempt, TaskStatus.SCHEDULED, message, run.traceback,
-                              run.started, run.ended, run.ended + float(delay)), None
+                              run.started, run.ended, float(delay)), None
         if hooks.failed:
             hooks.fire(hooks.failed, claim, run)
         outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FAILED, None, message,

@@ -58,7 +58,7 @@ class Worker:
         ``drain_timeout``; then give their leases back too (they run again elsewhere)."""
         self.stopping = True
         self._engine.bell.ring()
-        self.give_back(self.executor.stop_claiming(), started=False)
+        self.give_back(self.executor.stop_claiming())
         finished = self.executor.wait(time.monotonic() + drain_timeout, self._hurry)
         if not self._try_flush():
             log.error("%d completion(s) could not be recorded before stopping; those tasks "
@@ -68,7 +68,7 @@ class Worker:
             why = ("the stop was cut short by a second signal" if self._hurry.is_set()
                    else f"they were still running after the {drain_timeout:.1f} s drain timeout")
             log.warning("%d task(s) given back unfinished (%s); they will run again", len(left), why)
-        self.give_back(left, started=True)
+        self.give_back(left)
 
     @property
     def hurried(self) -> bool:
@@ -78,9 +78,10 @@ class Worker:
         """Cut the drain short (a second stop signal)."""
         self._hurry.set()
 
-    def give_back(self, claims: Sequence[ClaimedTask], started: bool = False) -> None:
-        """Release leases at once (they are ready again for any worker). A release that fails
-        leaves the lease to expire: the ledger stops renewing it either way."""
+    def give_back(self, claims: Sequence[ClaimedTask]) -> None:
+        """Release leases at once (they are ready again for any worker; a give-back uses no
+        retry and counts as no crash). A release that fails leaves the lease to expire: the
+        ledger stops renewing it either way."""
         if not claims:
             return
         engine = self._engine
@@ -90,13 +91,25 @@ class Worker:
         try:
             for shard, items in by_shard.items():
                 try:
-                    engine.shards[shard].release(items, started)
+                    engine.shards[shard].release(items, engine.node)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("giving back %d lease(s) on %s failed (%s); they expire and the "
                                 "tasks are recovered", len(items), engine.shards[shard].name, exc)
         finally:
             self.ledger.released(claims)
             engine.dispatcher.released_locally(c.task_id for c in claims if c.sender == engine.node)
+
+    def leases_lost(self, shard: int, row_ids: Sequence[int]) -> None:
+        """Storage says these leases are no longer this worker's (they expired and another
+        attempt took over): stop renewing them, and never start one still waiting here; a run
+        in progress finishes and its completion is rejected by the fence."""
+        lost = set(row_ids)
+        claims = [c for c in self.ledger.leases().get(shard, ()) if c.row_id in lost]
+        if claims:
+            log.warning("%d lease(s) on %s were taken over after expiring; they are no longer "
+                        "renewed here", len(claims), self._engine.shards[shard].name)
+            self.ledger.released(claims)
+            self.executor.discard(claims)
 
     # -- claiming --------------------------------------------------------------------
     def claim_for(self, executor: Executor, idle: int, avg_task_s: float) -> int:
@@ -184,7 +197,7 @@ class Worker:
             try:
                 rejected, claims = engine.shards[shard].complete_and_claim(
                     [item.completion for item in batch], engine.node, limit,
-                    engine.config.visibility_timeout, engine.clock(), marks)
+                    engine.config.visibility_timeout, marks)
             except BaseException:
                 self.ledger.put_back(shard, batch)
                 dispatcher.return_marks(shard, marks)

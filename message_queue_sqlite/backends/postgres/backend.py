@@ -15,6 +15,11 @@ tasks and claims the next batch (data-modifying CTEs on disjoint rows). An excha
 finds nothing writes nothing (no row lock, no transaction id): idle workers cost the
 server a cheap index probe.
 
+Time: every expiry and every comparison with one is the server's (see queries.sql), so
+workers on hosts whose clocks disagree, or step, share one notion of when a lease runs
+out. Clients send durations; their own clock only stamps display times (created_at,
+started_at, ended_at) and identifies a batch or a claim whose commit went unconfirmed.
+
 Change feed: every statement or transaction that makes work ready or ends a task
 (enqueue, completions, release, requeue of failed tasks, lease recovery, cache-mode tasks
 failed because their node left) calls ``pg_notify`` once, delivered at commit, on a
@@ -30,8 +35,10 @@ planner to index-driven plans (see ``connection.py``): the table's statistics ar
 stale. Deadlocks and serialization failures (rolled back) are retried with back-off; a
 broken connection is reopened and the call retried, as every write is idempotent or
 fenced on retry: a batch of tasks whose commit went unconfirmed is looked up (by sender
-and send time) before it is sent again, and a claim whose commit went unconfirmed gives
-back what it may have leased before anything else runs. A forked child never touches
+and send time) before it is sent again, a claim whose commit went unconfirmed gives
+back what it may have leased before anything else runs, and completions whose commit went
+unconfirmed are looked up (ended under their attempt, their owner still on the row) and
+count as applied, so their outcome is delivered once, not discarded as stale. A forked child never touches
 its parent's connections: it opens its own.
 
 Durability mirrors SQLite's: ``normal`` (no flush per commit, survives any crash of the
@@ -47,6 +54,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -151,7 +159,8 @@ class PostgresShard(Shard):
         self._q = {name: target.sql(sql) for name, sql in QUERIES.items()}
         self._channel = {"channel": target.channel}
         self._closed = False
-        self._unsettled: set[tuple[str, float]] = set()  # claims whose commit is unknown
+        self._unsettled: set[tuple[str, float]] = set()  # claims (owner, stamp) whose commit is unknown
+        self._last_stamp = 0.0
         self._writer = _Session(target, durability, "writer", open_schema(target, durability))
         self._reader = _Session(target, durability, "reader")
 
@@ -220,10 +229,10 @@ class PostgresShard(Shard):
 
     def _settle(self, conn: psycopg.Connection) -> None:
         """Give back the leases of claims whose commit went unconfirmed (connection lost):
-        the caller never received them. A claim is known by its owner and start time."""
-        for owner, now in sorted(self._unsettled):
-            count = conn.execute(self._q["unclaim_ambiguous"], {"owner": owner, "now": now}).rowcount
-            self._unsettled.discard((owner, now))
+        the caller never received them. A claim is known by its owner and stamp."""
+        for owner, stamp in sorted(self._unsettled):
+            count = conn.execute(self._q["unclaim_ambiguous"], {"owner": owner, "stamp": stamp}).rowcount
+            self._unsettled.discard((owner, stamp))
             if count:
                 log.warning("%s: %d lease(s) of a claim whose commit was not confirmed given back",
                             self.name, count)
@@ -240,9 +249,8 @@ class PostgresShard(Shard):
         if not tasks:
             return []
         now = tasks[0].created_at
-        rows = [[_text(t.task_name), t.args, t.priority, 6 if t.run_after > now else 1, t.sender,
-                 bool(t.notify), t.cache_owner, t.max_retries, t.retry, float(t.run_after),
-                 float(t.created_at)] for t in tasks]
+        rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
+                 t.max_retries, t.retry, float(t.delay), float(t.created_at)] for t in tasks]
         params = {"tasks": _json(rows), **self._channel}
         batch = {"sender": tasks[0].sender, "created_at": float(tasks[0].created_at)}
         same_batch = all(t.sender == batch["sender"] and t.created_at == now for t in tasks)
@@ -258,32 +266,50 @@ class PostgresShard(Shard):
         return self._run("enqueue", body)
 
     # -- working ---------------------------------------------------------------------
+    def _claim_stamp(self) -> float:
+        """The started_at of a claim: the client's time (for display), unique among this
+        shard's claims, because it is also how a claim whose commit went unconfirmed is found."""
+        stamp = time.time()
+        if stamp <= self._last_stamp:
+            stamp = self._last_stamp + 1e-6
+        self._last_stamp = stamp
+        return stamp
+
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float, now: float,
+                           lease_seconds: float,
                            callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
         if not completions and not callbacked and limit <= 0:
             return [], []
+        stamp = self._claim_stamp() if limit > 0 else 0.0
         params = {
             "completions": _json([[c.row_id, c.attempt, int(c.status), _text(c.result), _text(c.traceback),
-                                   float(c.ended_at), float(c.run_after), float(c.started_at), c.handed_over]
+                                   float(c.ended_at), float(c.retry_in), float(c.started_at), c.handed_over]
                                   for c in completions]),
-            "owner": owner, "expires": now + lease_seconds, "now": now, "limit": max(limit, 0),
+            "owner": owner, "lease": float(lease_seconds), "stamp": stamp, "limit": max(limit, 0),
             "callbacked": _int_array(callbacked), **self._channel,
         }
         query = self._q["complete_and_claim"]
 
-        def body(conn: psycopg.Connection, _broke: bool) -> tuple[set[int], list[list]]:
+        def body(conn: psycopg.Connection, broke: bool) -> tuple[set[int], list[list]]:
+            settled: list[int] = []
+            if broke and completions:
+                # The last try may have committed: what it applied is no longer RUNNING, so the
+                # statement below would reject it as stale. It was applied, by this very call.
+                settled = conn.execute(self._q["completions_settled"], {
+                    "row_id": _int_array([c.row_id for c in completions]),
+                    "attempt": _int_array([c.attempt for c in completions]), "owner": owner,
+                }).fetchone()[0]
             applied, promoted, _signal, claims = conn.execute(query, params).fetchone()
             claims = claims or []
             if promoted and len(claims) < limit:
                 # tasks just became ready (scheduled, now due): claim them in a second statement
                 again = dict(params, completions="[]", callbacked="{}", limit=limit - len(claims))
                 claims += conn.execute(query, again).fetchone()[3] or []
-            return set(applied or ()), claims
+            return set(applied or ()).union(settled), claims
 
         def unsettled() -> None:  # settled before anything else runs on a new connection
             if limit > 0:
-                self._unsettled.add((owner, now))
+                self._unsettled.add((owner, stamp))
 
         applied, rows = self._run("complete/claim", body, unsettled)
         rejected = [c.row_id for c in completions if c.row_id not in applied]
@@ -292,46 +318,45 @@ class PostgresShard(Shard):
         claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return rejected, claimed
 
-    def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
+    def release(self, claims: Sequence[ClaimedTask], owner: str) -> int:
         if not claims:
             return 0
         params = {"row_id": _int_array([c.row_id for c in claims]),
                   "attempt": _int_array([c.attempt for c in claims]),
-                  "unstarted": 0 if started else 1, **self._channel}
+                  "owner": owner, **self._channel}
         return self._run("release", lambda conn, _broke: conn.execute(
             self._q["release"], params).fetchone()[0])
 
-    def renew_leases(self, owner: str, expires: float, now: float) -> int:
-        node = {"node": owner, "pid": os.getpid(), "host": os.uname().nodename,
-                "expires": expires, "now": now}
+    def renew_leases(self, owner: str, leases: Sequence[tuple[int, int]], lease_seconds: float) -> list[int]:
+        if not leases:
+            return []
+        params = {"row_id": _int_array([row_id for row_id, _ in leases]),
+                  "attempt": _int_array([attempt for _, attempt in leases]),
+                  "owner": owner, "lease": float(lease_seconds)}
+        renewed = set(self._run("renew leases", lambda conn, _broke: conn.execute(
+            self._q["renew_leases"], params).fetchone()[0]))
+        return [row_id for row_id, _ in leases if row_id not in renewed]
 
-        def body(conn: psycopg.Connection, _broke: bool) -> int:
-            with conn.transaction():
-                conn.execute(self._q["register_node"], node)
-                return conn.execute(self._q["renew_leases"], {"owner": owner, "expires": expires}).rowcount
-
-        return self._run("renew leases", body)
-
-    def recover_expired(self, now: float, crash_limit: int) -> RecoveryReport:
+    def recover_expired(self, crash_limit: int) -> RecoveryReport:
         def body(conn: psycopg.Connection, _broke: bool) -> RecoveryReport:
             report = RecoveryReport()
             with conn.transaction():
-                report.failed += len(conn.execute(self._q["fail_orphaned_cached"], {"now": now}).fetchall())
+                report.failed += len(conn.execute(self._q["fail_orphaned_cached"]).fetchall())
                 for (status,) in conn.execute(self._q["recover_expired"],
-                                              {"now": now, "crash_limit": crash_limit}).fetchall():
+                                              {"crash_limit": crash_limit}).fetchall():
                     if status == 1:
                         report.requeued += 1
                     else:
                         report.failed += 1
-                conn.execute(self._q["forget_dead_nodes"], {"before": now - 86400.0})
+                conn.execute(self._q["forget_dead_nodes"])
                 if report.requeued or report.failed:
                     self._notify(conn)
             return report
 
         return self._run("recover expired leases", body)
 
-    def next_run_after(self) -> float | None:
-        return self._fetch("next run time", "next_run_after")[0][0]
+    def seconds_until_due(self) -> float | None:
+        return self._fetch("seconds until due", "seconds_until_due")[0][0]
 
     # -- outcomes for senders --------------------------------------------------------
     def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
@@ -364,30 +389,30 @@ class PostgresShard(Shard):
     def count_ready(self) -> int:
         return self._fetch("count waiting", "count_waiting")[0][0]
 
-    def requeue_failed(self, row_id: int | None, task_name: str | None, now: float) -> int:
-        params = {"row_id": row_id, "task_name": task_name, "now": now, **self._channel}
+    def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
+        params = {"row_id": row_id, "task_name": task_name, **self._channel}
         return self._run("requeue failed", lambda conn, _broke: conn.execute(
             self._q["requeue_failed"], params).fetchone()[0])
 
     # -- liveness and upkeep ---------------------------------------------------------
-    def register_node(self, node: str, pid: int, host: str, expires: float, now: float) -> None:
-        params = {"node": node, "pid": pid, "host": host, "expires": expires, "now": now}
+    def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:
+        params = {"node": node, "pid": pid, "host": host, "lease": float(lease_seconds)}
         self._run("register node", lambda conn, _broke: conn.execute(self._q["register_node"], params))
 
-    def unregister_node(self, node: str, now: float) -> int:
+    def unregister_node(self, node: str) -> int:
         def body(conn: psycopg.Connection, _broke: bool) -> int:
             with conn.transaction():
                 conn.execute(self._q["unregister_node"], {"node": node})
-                failed = len(conn.execute(self._q["fail_orphaned_cached"], {"now": now}).fetchall())
+                failed = len(conn.execute(self._q["fail_orphaned_cached"]).fetchall())
                 if failed:
                     self._notify(conn)
             return failed
 
         return self._run("unregister node", body)
 
-    def purge_ended(self, before: float, limit: int) -> bool:
+    def purge_ended(self, retention_seconds: float, limit: int) -> bool:
         deleted = self._run("purge", lambda conn, _broke: conn.execute(
-            self._q["purge_ended"], {"before": before, "limit": limit}).rowcount)
+            self._q["purge_ended"], {"retention": float(retention_seconds), "limit": limit}).rowcount)
         return deleted == limit
 
     def maintain(self) -> None:

@@ -6,14 +6,23 @@
 -- Writes that others must hear about call pg_notify once per statement or transaction;
 -- the payload is '' (the writing process already knows: its listener skips what its own
 -- session sent) or '*' (for everyone, the writer's process included).
+-- Time comes from the server's clock, never from a client (clients' clocks differ and
+-- step): the client passes durations (a lease's length, a delay, a retention). Two readings:
+-- a comparison with a stored time (is a lease expired, a node alive, a task due, a row old
+-- enough to purge) uses now(), the transaction's start, which errs towards "not yet"; a
+-- time that starts a period (a lease's expiry, a node's liveness, a retry's or a delayed
+-- send's due time) uses clock_timestamp(), read when the row is written, so a lock the
+-- statement waited for first does not shorten the period.
 
 -- name: enqueue
--- Store a batch of new tasks (JSON rows) in batch order, so their ids (from the sequence, increasing) follow it; returns the ids in that order and notifies listeners at commit.
+-- Store a batch of new tasks (JSON rows; a delay > 0, in seconds, schedules a task that long from now) in batch order, so their ids (from the sequence, increasing) follow it; returns the ids in that order and notifies listeners at commit.
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
                                     max_retries, retry, run_after, created_at)
-    SELECT e->>0, e->>1, (e->>2)::bigint, (e->>3)::integer, e->>4, (e->>5)::boolean, e->>6,
-           (e->>7)::bigint, e->>8, (e->>9)::float8, (e->>10)::float8
+    SELECT e->>0, e->>1, (e->>2)::bigint, CASE WHEN (e->>8)::float8 > 0 THEN 6 ELSE 1 END, e->>3,
+           (e->>4)::boolean, e->>5, (e->>6)::bigint, e->>7,
+           CASE WHEN (e->>8)::float8 > 0 THEN date_part('epoch', clock_timestamp()) + (e->>8)::float8 ELSE 0 END,
+           (e->>9)::float8
       FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
      ORDER BY b.n
     RETURNING id)
@@ -25,12 +34,12 @@ SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
 SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready, and lease up to %(limit)s ready tasks (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
+-- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
 WITH batch AS MATERIALIZED (
     SELECT array_agg((e->>0)::bigint) AS ids, array_agg((e->>1)::integer) AS attempts,
            array_agg((e->>2)::integer) AS statuses, array_agg(e->>3) AS results,
            array_agg(e->>4) AS tracebacks, array_agg((e->>5)::float8) AS ended,
-           array_agg((e->>6)::float8) AS run_afters, array_agg((e->>7)::float8) AS started,
+           array_agg((e->>6)::float8) AS retry_ins, array_agg((e->>7)::float8) AS started,
            array_agg((e->>8)::boolean) AS handed_over
       FROM json_array_elements(%(completions)s::json) AS e),
 done AS (
@@ -42,10 +51,13 @@ done AS (
            traceback = b.tracebacks[array_position(b.ids, t.id)],
            ended_at = CASE WHEN b.statuses[array_position(b.ids, t.id)] IN (3, 4)
                            THEN b.ended[array_position(b.ids, t.id)] END,
-           run_after = b.run_afters[array_position(b.ids, t.id)],
+           run_after = CASE WHEN b.statuses[array_position(b.ids, t.id)] = 6
+                            THEN date_part('epoch', clock_timestamp()) + b.retry_ins[array_position(b.ids, t.id)]
+                            ELSE 0 END,
+           retries = t.retries + (b.statuses[array_position(b.ids, t.id)] = 6)::integer,
            started_at = b.started[array_position(b.ids, t.id)],
            notify = t.notify AND NOT b.handed_over[array_position(b.ids, t.id)],
-           lease_owner = NULL, lease_expires = NULL
+           lease_expires = NULL
       FROM batch AS b
      WHERE t.id = ANY(b.ids) AND t.attempts = b.attempts[array_position(b.ids, t.id)]
        AND t.status = 2 AND t.lease_owner = %(owner)s
@@ -57,19 +69,19 @@ marked AS (
 promoted AS (
     UPDATE {schema}.mqs_tasks SET status = 1
      WHERE id IN (SELECT id FROM {schema}.mqs_tasks
-                   WHERE status = 6 AND run_after <= %(now)s
+                   WHERE status = 6 AND run_after <= date_part('epoch', now())
                      FOR UPDATE SKIP LOCKED)
     RETURNING 1),
 claimed AS (
     UPDATE {schema}.mqs_tasks
-       SET status = 2, lease_owner = %(owner)s, lease_expires = %(expires)s, attempts = attempts + 1,
-           started_at = %(now)s
+       SET status = 2, lease_owner = %(owner)s, lease_expires = date_part('epoch', clock_timestamp()) + %(lease)s,
+           attempts = attempts + 1, started_at = %(stamp)s
      WHERE id IN (SELECT id FROM {schema}.mqs_tasks
                    WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = %(owner)s)
                    ORDER BY priority DESC, id LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED)
     RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
-              cache_owner, created_at, started_at),
+              cache_owner, created_at, started_at, retries),
 summary AS (
     SELECT a.ids, p.n,
            CASE WHEN a.ids IS NOT NULL OR p.n > 0
@@ -78,66 +90,82 @@ summary AS (
            (SELECT count(*) AS n FROM promoted) AS p)
 SELECT s.ids, s.n, s.signal,
        (SELECT json_agg(json_build_array(id, task_name, args, priority, attempts, max_retries, retry, sender,
-                                         notify, cache_owner, created_at, started_at))
+                                         notify, cache_owner, created_at, started_at, retries))
           FROM claimed)
   FROM summary AS s;
+
+-- name: completions_settled
+-- After a connection broke during an exchange: the completions of the batch (row ids, attempts) that owner's last try already applied (the row is no longer RUNNING, still under that attempt and owner: nothing but that owner's completion ends a lease and keeps its owner).
+SELECT coalesce(array_agg(t.id), '{}')
+  FROM {schema}.mqs_tasks AS t
+  JOIN unnest(%(row_id)s::bigint[], %(attempt)s::integer[]) AS c (id, attempt) ON t.id = c.id
+ WHERE t.attempts = c.attempt AND t.lease_owner = %(owner)s AND t.status <> 2;
 
 -- name: notify
 -- Tell every listener of this schema that something changed (delivered at commit; once per transaction).
 SELECT pg_notify(%(channel)s, '');
 
 -- name: unclaim_ambiguous
--- After a connection broke during a claim's commit: give back what that claim (owner, start time) may have leased.
+-- After a connection broke during a claim's commit: give back what that claim (owner, its started_at stamp) may have leased; the attempt stays counted (the fencing token never goes back).
 UPDATE {schema}.mqs_tasks
-   SET status = 1, attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL
- WHERE status = 2 AND lease_owner = %(owner)s AND started_at = %(now)s;
+   SET status = 1, lease_owner = NULL, lease_expires = NULL
+ WHERE status = 2 AND lease_owner = %(owner)s AND started_at = %(stamp)s;
 
 -- name: release
--- Give leases back at once (graceful stop); %(unstarted)s is 1 when the tasks never started, so that claim is not counted; listeners are notified once if any applied.
+-- Give owner's leases (row ids and their attempts) back at once (graceful stop): ready again, counting neither a retry nor a crash, the attempt kept (the fencing token never goes back); listeners are notified once if any applied.
 WITH released AS (
     UPDATE {schema}.mqs_tasks AS t
-       SET status = 1, attempts = t.attempts - %(unstarted)s, lease_owner = NULL, lease_expires = NULL
+       SET status = 1, lease_owner = NULL, lease_expires = NULL
      WHERE t.id = ANY(%(row_id)s::bigint[])
        AND t.attempts = (%(attempt)s::integer[])[array_position(%(row_id)s::bigint[], t.id)]
-       AND t.status = 2
+       AND t.status = 2 AND t.lease_owner = %(owner)s
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM released) AS c;
 
 -- name: renew_leases
--- Extend every lease held by owner to expires.
-UPDATE {schema}.mqs_tasks SET lease_expires = %(expires)s WHERE status = 2 AND lease_owner = %(owner)s;
+-- Extend the leases (row ids and their attempts) that owner still holds to %(lease)s seconds from clock_timestamp(), read after the rows are locked (held, first: a row lock waited for does not shorten the lease); returns the row ids extended.
+WITH held AS MATERIALIZED (
+    SELECT t.id FROM {schema}.mqs_tasks AS t
+      JOIN unnest(%(row_id)s::bigint[], %(attempt)s::integer[]) AS l (id, attempt) ON t.id = l.id
+     WHERE t.attempts = l.attempt AND t.status = 2 AND t.lease_owner = %(owner)s
+       FOR UPDATE OF t),
+renewed AS (
+    UPDATE {schema}.mqs_tasks AS t SET lease_expires = date_part('epoch', clock_timestamp()) + %(lease)s
+      FROM held WHERE t.id = held.id
+    RETURNING t.id)
+SELECT coalesce(array_agg(id), '{}') FROM renewed;
 
 -- name: fail_orphaned_cached
--- Cached tasks whose owning node is gone can never run: FAILED, with the reason.
+-- Cached tasks whose owning node is gone (its liveness ran out by now()) can never run: FAILED, with the reason.
 UPDATE {schema}.mqs_tasks
-   SET status = 4, outcome = 4, ended_at = %(now)s, lease_owner = NULL, lease_expires = NULL,
+   SET status = 4, outcome = 4, ended_at = date_part('epoch', now()), lease_owner = NULL, lease_expires = NULL,
        result = 'the process that sent this cache-mode task ended before it ran; its arguments lived only in that process''s memory'
  WHERE id IN (SELECT t.id FROM {schema}.mqs_tasks AS t
                WHERE t.cache_owner IS NOT NULL AND t.status IN (1, 2, 6)
                  AND NOT EXISTS (SELECT 1 FROM {schema}.mqs_nodes AS n
-                                  WHERE n.node_id = t.cache_owner AND n.expires_at > %(now)s)
+                                  WHERE n.node_id = t.cache_owner AND n.expires_at > date_part('epoch', now()))
                  FOR UPDATE SKIP LOCKED)
 RETURNING id;
 
 -- name: recover_expired
--- Leases that expired (their worker died): run again, or FAILED once the crash limit is reached; rows a worker is completing right now are skipped.
+-- Leases that expired by now() (their worker died): run again, or FAILED once the crash limit is reached; rows a worker is completing right now are skipped.
 UPDATE {schema}.mqs_tasks
    SET crashes = crashes + 1,
        status = CASE WHEN crashes + 1 >= %(crash_limit)s THEN 4 ELSE 1 END,
        outcome = CASE WHEN crashes + 1 >= %(crash_limit)s THEN 4 END,
-       ended_at = CASE WHEN crashes + 1 >= %(crash_limit)s THEN %(now)s END,
+       ended_at = CASE WHEN crashes + 1 >= %(crash_limit)s THEN date_part('epoch', now()) END,
        result = CASE WHEN crashes + 1 >= %(crash_limit)s
                 THEN 'the worker running this task died ' || (crashes + 1) || ' times (lease expired); crash limit reached'
                 ELSE result END,
        lease_owner = NULL, lease_expires = NULL
  WHERE id IN (SELECT id FROM {schema}.mqs_tasks
-               WHERE status = 2 AND lease_expires < %(now)s
+               WHERE status = 2 AND lease_expires < date_part('epoch', now())
                  FOR UPDATE SKIP LOCKED)
 RETURNING status;
 
--- name: next_run_after
--- When the earliest scheduled task becomes ready.
-SELECT min(run_after) FROM {schema}.mqs_tasks WHERE status = 6;
+-- name: seconds_until_due
+-- Seconds until the earliest scheduled task becomes ready, by the server's clock (NULL: none is scheduled).
+SELECT (SELECT min(run_after) FROM {schema}.mqs_tasks WHERE status = 6) - date_part('epoch', now());
 
 -- name: outcome_row_ids
 -- Row ids of ended tasks of a sender whose callback has not run yet.
@@ -178,11 +206,11 @@ SELECT (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 1)
      + (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 6);
 
 -- name: requeue_failed
--- FAILED tasks (by row id and/or name) run again with a fresh retry budget; cached ones cannot. Listeners are notified once if any.
+-- FAILED tasks (by row id and/or name) run again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); cached ones cannot. Listeners are notified once if any.
 WITH requeued AS (
     UPDATE {schema}.mqs_tasks
-       SET status = 1, outcome = NULL, result = NULL, traceback = NULL, attempts = 0, crashes = 0,
-           ended_at = NULL, started_at = NULL, run_after = %(now)s
+       SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
+           ended_at = NULL, started_at = NULL, run_after = 0
      WHERE (status = 4 OR (status = 5 AND outcome = 4)) AND cache_owner IS NULL
        AND (%(row_id)s::bigint IS NULL OR id = %(row_id)s::bigint)
        AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
@@ -190,9 +218,9 @@ WITH requeued AS (
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM requeued) AS c;
 
 -- name: register_node
--- A queue object is alive until expires (its cached arguments and leases depend on it).
+-- A queue object is alive for %(lease)s more seconds from clock_timestamp() (its cached arguments depend on it); refreshed before that runs out.
 INSERT INTO {schema}.mqs_nodes (node_id, pid, host, started_at, expires_at)
-VALUES (%(node)s, %(pid)s, %(host)s, %(now)s, %(expires)s)
+VALUES (%(node)s, %(pid)s, %(host)s, date_part('epoch', now()), date_part('epoch', clock_timestamp()) + %(lease)s)
 ON CONFLICT (node_id) DO UPDATE SET expires_at = excluded.expires_at;
 
 -- name: unregister_node
@@ -200,14 +228,14 @@ ON CONFLICT (node_id) DO UPDATE SET expires_at = excluded.expires_at;
 DELETE FROM {schema}.mqs_nodes WHERE node_id = %(node)s;
 
 -- name: forget_dead_nodes
--- Drop liveness rows long expired.
-DELETE FROM {schema}.mqs_nodes WHERE expires_at < %(before)s;
+-- Drop liveness rows expired for a day.
+DELETE FROM {schema}.mqs_nodes WHERE expires_at < date_part('epoch', now()) - 86400.0;
 
 -- name: purge_ended
--- Delete up to %(limit)s tasks that ended before %(before)s (retention), oldest first; rows in use elsewhere wait for the next round; never the newest row (the sequence never reuses ids anyway, this keeps SQLite's contract).
+-- Delete up to %(limit)s tasks that ended more than %(retention)s seconds before now() (retention), oldest first; rows in use elsewhere wait for the next round; never the newest row (the sequence never reuses ids anyway, this keeps SQLite's contract).
 DELETE FROM {schema}.mqs_tasks WHERE id IN (
     SELECT id FROM {schema}.mqs_tasks
-     WHERE status IN (3, 4, 5) AND ended_at < %(before)s
+     WHERE status IN (3, 4, 5) AND ended_at < date_part('epoch', now()) - %(retention)s
      ORDER BY ended_at LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED)
   AND id < (SELECT max(id) FROM {schema}.mqs_tasks);

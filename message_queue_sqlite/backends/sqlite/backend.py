@@ -31,6 +31,7 @@ from message_queue_sqlite.backends.base import (
     TaskRecord,
 )
 from message_queue_sqlite.backends.sql_files import load_queries
+from message_queue_sqlite.backends.sqlite.clock import BOOT_ID, Clock
 from message_queue_sqlite.backends.sqlite.connection import (
     check_sqlite_library,
     connect,
@@ -51,7 +52,7 @@ SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 SHARD_EVENT_NAME = re.compile(rb"(mq-shard-\d+\.db)(?:-wal)?\x00")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 FORK_LOCK_WAIT_S = 5.0  # a fork waits at most this long for a write in progress to end
-PURGE_CLOCK_SLACK_S = 60.0  # rows stamped by processes whose clocks differ a little still get swept
+PURGE_CLOCK_SLACK_S = 60.0  # rows stamped by senders whose clocks differ a little still get swept
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
 
 
@@ -113,18 +114,23 @@ class _Writer:
 
 class SQLiteShard(Shard):
     """A writer connection for every write, and a reader connection so that lookups,
-    probes and counts never wait behind a write transaction (WAL readers never block)."""
+    probes and counts never wait behind a write transaction (WAL readers never block).
 
-    def __init__(self, path: str, index: int, durability: str):
+    Every expiry and every time compared with one is read by the SQL itself from ``clock``
+    (see clock.py): leases and node liveness on the host's boot clock, so no process's
+    wall clock (stepped, or wrong) can expire a live lease or stretch a dead one."""
+
+    def __init__(self, path: str, index: int, durability: str, clock: Clock | None = None):
         self.path = path
         self.index = index
         self.name = os.path.basename(path)
         self._durability = durability
+        self.clock = clock or Clock()
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._pid = os.getpid()
-        self._conn: sqlite3.Connection | None = connect(path, durability)
-        self._reader: sqlite3.Connection | None = connect(path, durability)
+        self._conn: sqlite3.Connection | None = connect(path, durability, self.clock)
+        self._reader: sqlite3.Connection | None = None
         self._sent_here = False  # this object stored ready work since its last claim
         # Telling another process's commits from this object's own: PRAGMA data_version on
         # the writer connection changes only when some other connection committed.
@@ -135,6 +141,12 @@ class SQLiteShard(Shard):
         self._writer = _Writer(self)
         self._held_at_fork: list[threading.Lock] = []
         self._unusable_in_child: str | None = None
+        try:
+            self._reader = connect(path, durability, self.clock)
+            self._adopt_boot()
+        except BaseException:
+            self.close()
+            raise
 
     def before_fork(self) -> None:
         """Hold both locks across the fork, so none of this object's connections is inside a
@@ -176,12 +188,31 @@ class SQLiteShard(Shard):
                 raise QueueStorageError(self._unusable_in_child)
             _inherited.extend(c for c in (self._conn, self._reader) if c is not None)
             self._pid = os.getpid()
-            self._conn = connect(self.path, self._durability)
-            self._reader = connect(self.path, self._durability)
+            self._conn = connect(self.path, self._durability, self.clock)
+            self._reader = connect(self.path, self._durability, self.clock)
         conn = self._reader if reader else self._conn
         if conn is None:
             raise QueueStorageError(f"shard {self.path} is closed")
         return conn
+
+    def _adopt_boot(self) -> None:
+        """Expire what the previous boot left: the boot clock restarted, so its stored expiries
+        mean nothing now, and every process that held them died with that boot. The first
+        opener after a reboot does it (checked again under the write lock, so one does)."""
+        with self._read() as conn:
+            row = conn.execute(Q["boot_id"]).fetchone()
+        if row is not None and row[0] == BOOT_ID:
+            return
+        with self._write("adopting this boot") as conn:
+            row = conn.execute(Q["boot_id"]).fetchone()
+            if row is not None and row[0] == BOOT_ID:
+                return
+            expired = conn.execute(Q["expire_leases_of_boot"]).rowcount
+            conn.execute(Q["expire_nodes_of_boot"])
+            conn.execute(Q["record_boot"], (BOOT_ID,))
+        if expired:
+            log.warning("%s: %d lease(s) were taken before this machine's last boot (or by an older "
+                        "version, on the wall clock); expired: those tasks run again", self.name, expired)
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -289,17 +320,15 @@ class SQLiteShard(Shard):
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
         if not tasks:
             return []
-        now = tasks[0].created_at
-        if all(t.cache_owner is None and not t.max_retries and t.retry is None and not t.run_after
+        if all(t.cache_owner is None and not t.max_retries and t.retry is None and not t.delay
                for t in tasks):
             sql = Q["enqueue_plain"]
             rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at)
                     for t in tasks]
         else:
             sql = Q["enqueue"]
-            rows = [(t.task_name, t.args, t.priority, 6 if t.run_after > now else 1, t.sender,
-                     int(t.notify), t.cache_owner, t.max_retries, t.retry, t.run_after, t.created_at)
-                    for t in tasks]
+            rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
+                     t.max_retries, t.retry, t.delay, t.created_at) for t in tasks]
         self._sent_here = True
         if len(rows) == 1:  # one statement is its own write transaction: no BEGIN/COMMIT round
             return [self._write_one(sql, rows[0], "enqueue").lastrowid]
@@ -311,10 +340,10 @@ class SQLiteShard(Shard):
 
     # -- working ---------------------------------------------------------------------
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float, now: float,
+                           lease_seconds: float,
                            callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
-        claim = (owner, now + lease_seconds, now, limit)
+        claim = (owner, lease_seconds, limit)
         if limit <= 0 and len(completions) == 1 and not callbacked:
             sql, row = self._completion_row(completions[0], owner)  # its own write transaction
             return ([] if self._write_one(sql, row, "complete").rowcount else [row[0]]), []
@@ -324,7 +353,7 @@ class SQLiteShard(Shard):
                 ready, due = True, False
             else:
                 with self._read() as conn:
-                    ready, due = conn.execute(Q["probe_claimable"], (owner, now)).fetchone()
+                    ready, due = conn.execute(Q["probe_claimable"], (owner,)).fetchone()
             if not ready and not due:
                 return rejected, []
             if not due:  # the claim alone: one statement, its own write transaction
@@ -336,14 +365,14 @@ class SQLiteShard(Shard):
                 rejected = self._complete(conn, completions, owner)
             rows: list[tuple] = []
             if limit > 0:
-                conn.execute(Q["promote_due"], (now,))
+                conn.execute(Q["promote_due"])
                 rows = conn.execute(Q["claim_batch"], claim).fetchall()
         return rejected, self._claimed(rows)
 
     def _claimed(self, rows: list[tuple]) -> list[ClaimedTask]:
         index = self.index
         claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
-                               r[9], r[10], r[11]) for r in rows]
+                               r[9], r[10], r[11], r[12]) for r in rows]
         if len(claimed) > 1:
             claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return claimed
@@ -381,35 +410,38 @@ class SQLiteShard(Shard):
             return Q["complete_finished"], (c.row_id, c.attempt, c.result, c.handed_over,
                                             c.ended_at, c.started_at, owner)
         return Q["complete"], (c.row_id, c.attempt, c.status, c.result, c.traceback, c.ended_at,
-                               c.run_after, c.started_at, owner, c.handed_over)
+                               c.retry_in, c.started_at, owner, c.handed_over)
 
-    def release(self, claims: Sequence[ClaimedTask], started: bool) -> int:
+    def release(self, claims: Sequence[ClaimedTask], owner: str) -> int:
         if not claims:
             return 0
-        rows = [(c.row_id, c.attempt, 0 if started else 1) for c in claims]
+        rows = [(c.row_id, c.attempt, owner) for c in claims]
         with self._write("release") as conn:
             return conn.executemany(Q["release"], rows).rowcount
 
-    def renew_leases(self, owner: str, expires: float, now: float) -> int:
-        with self._write("renew leases") as conn:
-            conn.execute(Q["register_node"], (owner, os.getpid(), os.uname().nodename, expires, now))
-            return conn.execute(Q["renew_leases"], (owner, expires)).rowcount
+    def renew_leases(self, owner: str, leases: Sequence[tuple[int, int]], lease_seconds: float) -> list[int]:
+        if not leases:
+            return []
+        held = json.dumps([[row_id, attempt] for row_id, attempt in leases])
+        renewed = {r[0] for r in self._write_one(Q["renew_leases"], (owner, held, lease_seconds),
+                                                  "renew leases", fetch=True)}
+        return [row_id for row_id, _ in leases if row_id not in renewed]
 
-    def recover_expired(self, now: float, crash_limit: int) -> RecoveryReport:
+    def recover_expired(self, crash_limit: int) -> RecoveryReport:
         report = RecoveryReport()
         with self._write("recover expired leases") as conn:
-            report.failed += len(conn.execute(Q["fail_orphaned_cached"], (now,)).fetchall())
-            for (status,) in conn.execute(Q["recover_expired"], (now, crash_limit)).fetchall():
+            report.failed += len(conn.execute(Q["fail_orphaned_cached"]).fetchall())
+            for (status,) in conn.execute(Q["recover_expired"], (crash_limit,)).fetchall():
                 if status == 1:
                     report.requeued += 1
                 else:
                     report.failed += 1
-            conn.execute(Q["forget_dead_nodes"], (now - 86400.0,))
+            conn.execute(Q["forget_dead_nodes"])
         return report
 
-    def next_run_after(self) -> float | None:
+    def seconds_until_due(self) -> float | None:
         with self._read() as conn:
-            return conn.execute(Q["next_run_after"]).fetchone()[0]
+            return conn.execute(Q["seconds_until_due"]).fetchone()[0]
 
     # -- outcomes for senders --------------------------------------------------------
     def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
@@ -448,26 +480,27 @@ class SQLiteShard(Shard):
         with self._read() as conn:
             return conn.execute(Q["count_waiting"]).fetchone()[0]
 
-    def requeue_failed(self, row_id: int | None, task_name: str | None, now: float) -> int:
+    def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
         with self._write("requeue failed") as conn:
-            return conn.execute(Q["requeue_failed"], (row_id, task_name, now)).rowcount
+            return conn.execute(Q["requeue_failed"], (row_id, task_name)).rowcount
 
     # -- liveness and upkeep ---------------------------------------------------------
-    def register_node(self, node: str, pid: int, host: str, expires: float, now: float) -> None:
-        with self._write("register node") as conn:
-            conn.execute(Q["register_node"], (node, pid, host, expires, now))
+    def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:
+        self._write_one(Q["register_node"], (node, pid, host, lease_seconds), "register node")
 
-    def unregister_node(self, node: str, now: float) -> int:
+    def unregister_node(self, node: str) -> int:
         with self._write("unregister node") as conn:
             conn.execute(Q["unregister_node"], (node,))
-            return len(conn.execute(Q["fail_orphaned_cached"], (now,)).fetchall())
+            return len(conn.execute(Q["fail_orphaned_cached"]).fetchall())
 
-    def purge_ended(self, before: float, limit: int) -> bool:
+    def purge_ended(self, retention_seconds: float, limit: int) -> bool:
         """One window of ``limit`` rows, walked by row id from where the last call stopped
         (a sweep). Rows are created in row-id order, so once a window holds only rows created
-        after ``before`` nothing further can have ended before it: the sweep ends there, and
+        after the cut-off nothing further can have ended before it: the sweep ends there, and
         a table of recent tasks costs one window to sweep. The write lock is taken only for
-        a window that holds something to delete."""
+        a window that holds something to delete. The cut-off is on the wall clock, as the
+        end stamps are."""
+        before = self.clock.wall() - retention_seconds
         with self._read() as conn:
             last_id, due, oldest = conn.execute(
                 Q["purge_window"], (self._purge_after, before, limit)).fetchone()
@@ -504,8 +537,10 @@ class SQLiteShard(Shard):
 class SQLiteBackend(Backend):
     """The shard files in one folder."""
 
-    def __init__(self, folder: str, shard_count: int, durability: str = "normal"):
+    def __init__(self, folder: str, shard_count: int, durability: str = "normal",
+                 clock: Clock | None = None):
         check_sqlite_library()
+        self.clock = clock or Clock()  # every shard's, the ones adopted later too
         self.location = folder
         try:
             os.makedirs(folder, exist_ok=True)
@@ -522,7 +557,7 @@ class SQLiteBackend(Backend):
         self.shards: list[SQLiteShard] = []
         try:
             for index in range(shard_count):
-                self.shards.append(SQLiteShard(shard_path(folder, index), index, durability))
+                self.shards.append(SQLiteShard(shard_path(folder, index), index, durability, self.clock))
         except BaseException:
             self.close()
             raise
@@ -541,7 +576,7 @@ class SQLiteBackend(Backend):
             return False
         with self._adopt_lock:  # the watcher, the housekeeper and idle workers all look
             for index in range(len(self.shards), present):
-                shard = SQLiteShard(shard_path(self.location, index), index, self._durability)
+                shard = SQLiteShard(shard_path(self.location, index), index, self._durability, self.clock)
                 watcher = self._watcher
                 shard.watch_foreign_commits(self._on_change, watcher)
                 if watcher is not None:  # (its polling, if it polls, opens only what it is told)

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from message_queue_sqlite.backends.backoff import Backoff
 from message_queue_sqlite.backends.sql_files import load_migrations
+from message_queue_sqlite.backends.sqlite.clock import Clock
 from message_queue_sqlite.core.errors import QueueStorageError
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,19 @@ def check_sqlite_library() -> None:
         raise QueueStorageError(f"this SQLite library lacks the JSON functions ({exc})") from exc
 
 
-def connect(path: str, durability: str) -> sqlite3.Connection:
-    """A configured connection to a verified, migrated shard file."""
+def connect(path: str, durability: str, clock: Clock | None = None) -> sqlite3.Connection:
+    """A configured connection to a verified, migrated shard file, its SQL reading ``clock``
+    (default: the host's boot clock for leases, the wall clock for scheduled times)."""
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False, cached_statements=256)
     except sqlite3.Error as exc:
         raise QueueStorageError(f"cannot open queue file {path}: {exc}") from exc
     try:
+        clock = clock or Clock()
+        # deterministic: read once per statement, after it took the write lock (clock.py)
+        conn.create_function("mqs_lease_now", 0, clock.lease_reading, deterministic=True)
+        conn.create_function("mqs_wall_now", 0, clock.wall_reading, deterministic=True)
         _verify_owner(conn, path)
         _set_wal(conn, path)
         conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")

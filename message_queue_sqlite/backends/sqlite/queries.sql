@@ -1,11 +1,15 @@
 -- Every statement the SQLite backend runs. Each block: "-- name: NAME", one line that
 -- says what it is for, then the SQL. Parameters are positional (?1, ?2, ...).
+-- Clock readings come from the backend, never from a parameter: mqs_lease_now() (the host's
+-- boot clock: lease and node expiries) and mqs_wall_now() (the wall clock: scheduled times,
+-- end stamps), each read once per statement after it took the write lock (clock.py).
 
 -- name: enqueue
--- Store one new task (executemany for a batch).
+-- Store one new task (executemany for a batch); a delay ?9 > 0 (seconds) schedules it that long from now.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
                        max_retries, retry, run_after, created_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11);
+VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
+        CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10);
 
 -- name: enqueue_plain
 -- Store one new ready task with no cached arguments, retries or delay (most sends): the other columns keep their defaults, and five fewer values to bind cost 2 µs less per row.
@@ -18,31 +22,34 @@ SELECT last_insert_rowid();
 
 -- name: promote_due
 -- Scheduled tasks whose run-after time has come become ready.
-UPDATE mqs_tasks SET status = 1 WHERE status = 6 AND run_after <= ?1;
+UPDATE mqs_tasks SET status = 1 WHERE status = 6 AND run_after <= mqs_wall_now();
 
 -- name: probe_claimable
--- Read-only: is anything ready for owner ?1, is any scheduled task due at ?2? Idle workers never take the write lock for nothing.
+-- Read-only: is anything ready for owner ?1, is any scheduled task due? Idle workers never take the write lock for nothing.
 SELECT EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1)),
-       EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 6 AND run_after <= ?2);
+       EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 6 AND run_after <= mqs_wall_now());
 
 -- name: claim_batch
--- Lease up to ?4 ready tasks (best priority, then oldest) to owner ?1 until ?2; cached tasks only to their owner.
+-- Lease up to ?3 ready tasks (best priority, then oldest) to owner ?1 for ?2 seconds; cached tasks only to their owner; each claim is a new attempt (the fencing token only grows).
 UPDATE mqs_tasks
-   SET status = 2, lease_owner = ?1, lease_expires = ?2, attempts = attempts + 1, started_at = ?3
+   SET status = 2, lease_owner = ?1, lease_expires = mqs_lease_now() + ?2, attempts = attempts + 1,
+       started_at = mqs_wall_now()
  WHERE id IN (SELECT id FROM mqs_tasks
                WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1)
-               ORDER BY priority DESC, id LIMIT ?4)
+               ORDER BY priority DESC, id LIMIT ?3)
 RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
-          cache_owner, created_at, started_at;
+          cache_owner, created_at, started_at, retries;
 
 -- name: complete
--- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry) unless the lease was lost since (fenced by attempt and owner ?9); ?10 = 1: the sender got the outcome in memory, so it need not look for it (notify = 0).
+-- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry ?7 seconds from now, which uses one retry) unless the lease was lost since (fenced by attempt and owner ?9); ?10 = 1: the sender got the outcome in memory, so it need not look for it (notify = 0).
 UPDATE mqs_tasks
    SET status = ?3, notify = CASE WHEN ?10 THEN 0 ELSE notify END,
        outcome = CASE WHEN ?3 IN (3, 4) THEN ?3 END,
        result = ?4, traceback = ?5,
        ended_at = CASE WHEN ?3 IN (3, 4) THEN ?6 END,
-       run_after = ?7, started_at = ?8, lease_owner = NULL, lease_expires = NULL
+       run_after = CASE WHEN ?3 = 6 THEN mqs_wall_now() + ?7 ELSE 0 END,
+       retries = retries + (?3 = 6),
+       started_at = ?8, lease_owner = NULL, lease_expires = NULL
  WHERE id = ?1 AND attempts = ?2 AND status = 2 AND lease_owner = ?9;
 
 -- name: complete_finished
@@ -54,41 +61,46 @@ UPDATE mqs_tasks
  WHERE id = ?1 AND attempts = ?2 AND status = 2 AND lease_owner = ?7;
 
 -- name: release
--- Give a lease back at once (graceful stop); ?3 is 1 when the task never started, so that claim is not counted.
+-- Give owner ?3's lease (attempt ?2) back at once (graceful stop): ready again, counting neither a retry nor a crash; the attempt stays counted (the fencing token never goes back).
 UPDATE mqs_tasks
-   SET status = 1, attempts = attempts - ?3, lease_owner = NULL, lease_expires = NULL
- WHERE id = ?1 AND attempts = ?2 AND status = 2;
+   SET status = 1, lease_owner = NULL, lease_expires = NULL
+ WHERE id = ?1 AND attempts = ?2 AND status = 2 AND lease_owner = ?3;
 
 -- name: renew_leases
--- Extend every lease held by owner ?1 to ?2.
-UPDATE mqs_tasks SET lease_expires = ?2 WHERE status = 2 AND lease_owner = ?1;
+-- Extend the leases ?2 (a JSON array of [row id, attempt]) that owner ?1 still holds to ?3 seconds from now; returns the row ids extended. Each lease is found by its row id (unary + keeps the planner off the owner's index, which would rescan the list for every row the owner holds).
+UPDATE mqs_tasks SET lease_expires = mqs_lease_now() + ?3
+  FROM json_each(?2) AS held
+ WHERE mqs_tasks.id = json_extract(held.value, '$[0]')
+   AND mqs_tasks.attempts = json_extract(held.value, '$[1]')
+   AND +mqs_tasks.status = 2 AND +mqs_tasks.lease_owner = ?1
+RETURNING id;
 
 -- name: fail_orphaned_cached
 -- Cached tasks whose owning node is gone can never run: FAILED, with the reason.
 UPDATE mqs_tasks
-   SET status = 4, outcome = 4, ended_at = ?1, lease_owner = NULL, lease_expires = NULL,
+   SET status = 4, outcome = 4, ended_at = mqs_wall_now(), lease_owner = NULL, lease_expires = NULL,
        result = 'the process that sent this cache-mode task ended before it ran; its arguments lived only in that process''s memory'
  WHERE cache_owner IS NOT NULL AND status IN (1, 2, 6)
-   AND cache_owner NOT IN (SELECT node_id FROM mqs_nodes WHERE expires_at > ?1)
+   AND cache_owner NOT IN (SELECT node_id FROM mqs_nodes WHERE expires_at > mqs_lease_now())
 RETURNING id;
 
 -- name: recover_expired
--- Leases that expired (their worker died): run again, or FAILED once the crash limit ?2 is reached.
+-- Leases that expired (their worker died): run again, or FAILED once the crash limit ?1 is reached.
 UPDATE mqs_tasks
    SET crashes = crashes + 1,
-       status = CASE WHEN crashes + 1 >= ?2 THEN 4 ELSE 1 END,
-       outcome = CASE WHEN crashes + 1 >= ?2 THEN 4 END,
-       ended_at = CASE WHEN crashes + 1 >= ?2 THEN ?1 END,
-       result = CASE WHEN crashes + 1 >= ?2
+       status = CASE WHEN crashes + 1 >= ?1 THEN 4 ELSE 1 END,
+       outcome = CASE WHEN crashes + 1 >= ?1 THEN 4 END,
+       ended_at = CASE WHEN crashes + 1 >= ?1 THEN mqs_wall_now() END,
+       result = CASE WHEN crashes + 1 >= ?1
                 THEN 'the worker running this task died ' || (crashes + 1) || ' times (lease expired); crash limit reached'
                 ELSE result END,
        lease_owner = NULL, lease_expires = NULL
- WHERE status = 2 AND lease_expires < ?1
+ WHERE status = 2 AND lease_expires < mqs_lease_now()
 RETURNING status;
 
--- name: next_run_after
--- When the earliest scheduled task becomes ready.
-SELECT min(run_after) FROM mqs_tasks WHERE status = 6;
+-- name: seconds_until_due
+-- Seconds until the earliest scheduled task becomes ready (NULL: none is scheduled).
+SELECT (SELECT min(run_after) FROM mqs_tasks WHERE status = 6) - mqs_wall_now();
 
 -- name: outcome_row_ids
 -- Row ids of ended tasks of sender ?1 whose callback has not run yet.
@@ -127,16 +139,17 @@ SELECT created_at, started_at, ended_at FROM mqs_tasks
 SELECT (SELECT count(*) FROM mqs_tasks WHERE status = 1) + (SELECT count(*) FROM mqs_tasks WHERE status = 6);
 
 -- name: requeue_failed
--- FAILED tasks (by row id ?1 and/or name ?2) run again with a fresh retry budget; cached ones cannot.
+-- FAILED tasks (by row id ?1 and/or name ?2) run again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); cached ones cannot.
 UPDATE mqs_tasks
-   SET status = 1, outcome = NULL, result = NULL, traceback = NULL, attempts = 0, crashes = 0,
-       ended_at = NULL, started_at = NULL, run_after = ?3
+   SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
+       ended_at = NULL, started_at = NULL, run_after = 0
  WHERE (status = 4 OR (status = 5 AND outcome = 4)) AND cache_owner IS NULL
    AND (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR task_name = ?2);
 
 -- name: register_node
--- A queue object is alive until ?4 (its cached arguments and leases depend on it).
-INSERT INTO mqs_nodes (node_id, pid, host, started_at, expires_at) VALUES (?1, ?2, ?3, ?5, ?4)
+-- A queue object is alive for ?4 more seconds (its cached arguments depend on it); refreshed before that runs out.
+INSERT INTO mqs_nodes (node_id, pid, host, started_at, expires_at)
+VALUES (?1, ?2, ?3, mqs_wall_now(), mqs_lease_now() + ?4)
 ON CONFLICT (node_id) DO UPDATE SET expires_at = excluded.expires_at;
 
 -- name: unregister_node
@@ -144,8 +157,25 @@ ON CONFLICT (node_id) DO UPDATE SET expires_at = excluded.expires_at;
 DELETE FROM mqs_nodes WHERE node_id = ?1;
 
 -- name: forget_dead_nodes
--- Drop liveness rows long expired.
-DELETE FROM mqs_nodes WHERE expires_at < ?1;
+-- Drop liveness rows expired for a day.
+DELETE FROM mqs_nodes WHERE expires_at < mqs_lease_now() - 86400.0;
+
+-- name: boot_id
+-- The boot (kernel boot id) whose boot clock the stored lease and node expiries are on.
+SELECT value FROM mqs_meta WHERE key = 'boot_id';
+
+-- name: expire_leases_of_boot
+-- After a reboot: every lease was taken by a process of the previous boot (all dead), on that boot's clock: expired now.
+UPDATE mqs_tasks SET lease_expires = 0 WHERE status = 2;
+
+-- name: expire_nodes_of_boot
+-- After a reboot: every queue object of the previous boot is gone.
+UPDATE mqs_nodes SET expires_at = 0;
+
+-- name: record_boot
+-- The boot ?1 whose clock expiries are on from now.
+INSERT INTO mqs_meta (key, value) VALUES ('boot_id', ?1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- name: purge_window
 -- Read-only, for the retention purge: over the ?3 rows after row id ?1, the last id, how many ended before ?2, and the oldest creation time.
