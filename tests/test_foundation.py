@@ -368,3 +368,54 @@ def test_an_async_task_is_refused_at_registration(queue_dir):
             async def fetch(url):
                 return url
         assert "fetch" not in mq.registry
+
+
+# -- the ledger and renewal ------------------------------------------------------------
+
+def test_a_prefetched_claim_whose_lease_was_taken_over_is_never_started_here(tmp_path):
+    """SQLite, a fake lease clock: while the one worker thread runs a long task, a second task
+    waits in its buffer; its lease expires (the worker stalled), another process takes it over.
+    The renewal learns the lease is lost: the claim leaves the ledger and never runs here."""
+    from conftest import FakeClock, use_clock
+
+    clock = FakeClock()
+    folder = str(tmp_path / "q")
+    mq = use_clock(MessageQueue(folder, workers=1, visibility_timeout=10, prefetch=2), clock)
+    other = use_clock(MessageQueue(folder, visibility_timeout=10), clock)
+    try:
+        entered, release = threading.Event(), threading.Event()
+        ran: list[str] = []
+
+        @mq.task
+        def hold():
+            entered.set()
+            release.wait(30)
+            return "held"
+
+        @mq.task
+        def second():
+            ran.append("here")
+            return "here"
+
+        first = mq.send(hold)
+        waiting = mq.send(second)
+        mq.start()
+        assert entered.wait(10)
+        worker = mq.engine.worker
+        wait_until(lambda: len(worker.ledger) == 2, what="both claims in the ledger")
+        clock.advance(11)  # both leases expire: the worker stalled past the visibility timeout
+        assert other.housekeeping().requeued == 2
+        _, taken = other.engine.shards[0].complete_and_claim([], "another-process", 2, 10)
+        assert {c.task_id for c in taken} == {first.task_id, waiting.task_id}
+        mq.housekeeping()  # renewal: both leases are someone else's now
+        assert len(worker.ledger) == 0
+        release.set()  # the stalled run ends: its completion is fenced out
+        wait_until(lambda: worker.executor.free_slots() == 1, what="the worker to go idle")
+        mq.stop()
+        assert ran == []  # the prefetched claim never started here
+        for handle in (first, waiting):
+            record = mq.engine.find(handle.task_id)
+            assert (record.status, record.lease_owner) == (TaskStatus.RUNNING, "another-process")
+    finally:
+        mq.close()
+        other.close()

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from message_queue_sqlite.backends import open_backend
-from message_queue_sqlite.backends.base import TaskRecord
+from message_queue_sqlite.backends.base import RecoveryReport, TaskRecord
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import TaskFailedError
 from message_queue_sqlite.core.outcome import TaskOutcome
@@ -290,9 +290,10 @@ class MessageQueue:
         """Append a lifecycle hook (see ``message_queue_sqlite.Hook``) to this queue's chain."""
         self._engine.hooks.add(hook)
 
-    def housekeeping(self) -> None:
-        """Renew leases, recover expired ones, purge by retention: one round, now."""
-        self._engine.housekeeper.run_once()
+    def housekeeping(self) -> RecoveryReport:
+        """Renew leases, recover expired ones, purge by retention: one round, now; returns
+        how many tasks recovery requeued and failed."""
+        return self._engine.housekeeper.run_once()
 
     @property
     def engine(self) -> Engine:
