@@ -42,6 +42,9 @@ class Config:
     max_pending_callbacks: int = 1_000_000
     """Callbacks one queue object may hold for tasks not ended yet; a send with a callback
     beyond it waits for room (back-pressure), and fails if none ends for 30 s."""
+    immediate: bool = False
+    """Run each task in the sending thread before ``send`` returns, in memory, no files: for
+    tests and scripts (huey's ``immediate``, Celery's ``task_always_eager``)."""
     broker_url: str | None = field(default_factory=_default_broker_url)
     """A ``postgresql://`` URL selects PostgreSQL; None (default) uses SQLite files."""
 
@@ -56,6 +59,8 @@ class Config:
         _require_positive("drain_timeout", self.drain_timeout, allow_zero=True)
         if self.retention is not None:
             _require_positive("retention", self.retention, allow_zero=True)
+        if not isinstance(self.immediate, bool):
+            raise ValueError(f"Config.immediate={self.immediate!r} is invalid; it must be True or False")
         if self.durability not in DURABILITY_MODES:
             raise ValueError(
                 f"Config.durability={self.durability!r} is not a mode; use one of {DURABILITY_MODES}"

@@ -382,9 +382,10 @@ class OutcomeDispatcher:
 
     # -- stopping --------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every outcome delivered so far has had its callback run and recorded."""
+        """Wait until every outcome delivered so far has had its callback run and recorded
+        (called from a callback itself, it cannot wait for its own thread: no wait)."""
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or self._thread is threading.current_thread():
                 return True
             self._lock.notify_all()
             if not self._lock.wait_for(lambda: not self._inbox and not self._busy, timeout):

@@ -29,7 +29,7 @@ from message_queue_sqlite.core.registry import TaskRegistry
 from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
-from message_queue_sqlite.engine.executors import ThreadExecutor
+from message_queue_sqlite.engine.executors import InlineExecutor, ThreadExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
 from message_queue_sqlite.engine.running import TaskRunner
@@ -68,7 +68,7 @@ class Engine:
         self.registry = registry
         self.clock = clock
         self.shards = backend.shards
-        self.hooks = HookChain([*default_hooks(), *hooks])
+        self.hooks = HookChain([*default_hooks(config.immediate), *hooks])
         self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}  # cache mode: key -> call
         self._closed = False
         self._fresh_process_state()
@@ -89,6 +89,7 @@ class Engine:
         self._watch_lock = threading.Lock()
         self._worker: Worker | None = None
         self._stopping_worker: Worker | None = None
+        self._inline: Worker | None = None  # immediate mode's
         self.housekeeper = Housekeeper(self)
         self._watching = False
         self._next_shard_look = 0.0
@@ -119,6 +120,8 @@ class Engine:
         if request.callback is not None:
             self.dispatcher.expect(((task_id, request.callback),))
         self.bell.ring()
+        if self.config.immediate:
+            self._run_inline()
         return task_id
 
     def send_many(self, requests: Sequence[SendRequest]) -> list[str]:
@@ -166,7 +169,20 @@ class Engine:
         if hooks.after_send:
             for request, task_id in zip(requests, task_ids, strict=True):
                 hooks.fire(hooks.after_send, task_id, request)
+        if self.config.immediate:
+            self._run_inline()
         return task_ids
+
+    def _run_inline(self) -> None:
+        """Immediate mode: run what was just sent (and what it sent, and its retries) in this
+        thread, then let the callbacks run, before the send returns."""
+        with self._lock:
+            self._ensure_node_locked()
+            if self._inline is None:
+                self._inline = Worker(self, InlineExecutor(), self.runner)
+                self._inline.start()
+        self._inline.run_ready_now()
+        self.dispatcher.flush(timeout=30)
 
     def _prepare(self, request: SendRequest, now: float, cached_keys: list[str]) -> NewTask:
         """Validate one request and turn it into a row; cached arguments go to memory here."""
@@ -193,6 +209,8 @@ class Engine:
                       or not math.isfinite(delay) or delay < 0):
             raise ValueError(f"delay={delay!r} of task {name!r} is invalid; it must be a finite "
                              "number of seconds >= 0")
+        if self.config.immediate:
+            delay = 0.0  # immediate mode runs it now
         positional = request.positional
         if definition is not None:
             definition.check_arguments(positional, args)
@@ -232,6 +250,9 @@ class Engine:
 
     def start_workers(self, threads: int | None = None) -> None:
         self._check_open()
+        if self.config.immediate:
+            log.info("immediate mode: tasks run in the sending thread; no workers to start")
+            return
         with self._lock:
             if self._worker is not None:
                 raise MessageQueueError("workers are already running on this queue object")
@@ -271,7 +292,7 @@ class Engine:
 
     def active_workers(self) -> list[Worker]:
         """The running worker and one still stopping: whose ledgers the housekeeper renews."""
-        return [w for w in (self._worker, self._stopping_worker) if w is not None]
+        return [w for w in (self._worker, self._stopping_worker, self._inline) if w is not None]
 
     # -- outcomes --------------------------------------------------------------------
     def shard_of(self, task_id: str) -> tuple[int, int]:

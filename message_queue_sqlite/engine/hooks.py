@@ -88,6 +88,14 @@ class Retries(Hook):
         return policy.delay(attempt)
 
 
+class RetriesNow(Retries):
+    """Immediate mode's retries: the same decisions, with no back-off (a retry runs again at
+    once, in the same send)."""
+
+    def retry_delay(self, claim: ClaimedTask, run: Run) -> float | None:
+        return None if super().retry_delay(claim, run) is None else 0.0
+
+
 def policy_of(claim: ClaimedTask, default: RetryPolicy) -> RetryPolicy:
     """The policy a claim runs under: its per-send one if it has one, else the task's,
     with the retry budget stored on the row."""
@@ -104,8 +112,8 @@ def require_hook(hook: object) -> Hook:
     return hook
 
 
-def default_hooks() -> list[Hook]:
-    return [Retries()]
+def default_hooks(immediate: bool = False) -> list[Hook]:
+    return [RetriesNow() if immediate else Retries()]
 
 
 class HookChain:

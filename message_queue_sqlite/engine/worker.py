@@ -132,6 +132,22 @@ class Worker:
             return 0
         return len(claims)
 
+    def run_ready_now(self) -> int:
+        """Claim and run, in this thread, everything ready on every shard until nothing is
+        left (immediate mode); returns how many ran."""
+        ran = 0
+        limit = self._engine.config.prefetch
+        while True:
+            claims: list[ClaimedTask] = []
+            for index in range(len(self._engine.shards)):
+                claims += self._exchange(index, limit)
+            if not claims:
+                self._flush()
+                return ran
+            self._after_claim(claims)
+            self.executor.submit(claims)
+            ran += len(claims)
+
     def _claim_limit(self, idle: int, avg_task_s: float) -> int:
         per_slot = max(1, int(TARGET_BATCH_S / max(avg_task_s, 1e-6)))
         return max(1, min(self._engine.config.prefetch, max(idle, 1) * per_slot))
