@@ -4,7 +4,8 @@ from message_queue_sqlite.backends.sqlite.backend import (
     SQLiteBackend,
     SQLiteShard,
     existing_shard_count,
+    folder_mistake,
     shard_path,
 )
 
-__all__ = ["SQLiteBackend", "SQLiteShard", "existing_shard_count", "shard_path"]
+__all__ = ["SQLiteBackend", "SQLiteShard", "existing_shard_count", "folder_mistake", "shard_path"]

@@ -70,6 +70,26 @@ def existing_shard_count(folder: str) -> int:
     return count
 
 
+DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def folder_mistake(folder: str) -> tuple[str, str] | None:
+    """(what is wrong, the folder meant) when ``folder`` cannot be a queue folder: an existing
+    file (``MessageQueue("jobs.db")``, as SqliteHuey takes one), or a new path named like a
+    database file, which is surely meant as one. None when it can be a folder."""
+    if os.path.isdir(folder):
+        return None
+    name = os.path.basename(os.path.normpath(folder))
+    if SHARD_PATTERN.fullmatch(name):  # a shard file itself: its folder is meant
+        return f"{folder} is a shard file", os.path.dirname(folder) or "."
+    meant = os.path.splitext(folder)[0] + "_dir"
+    if os.path.exists(folder):
+        return f"{folder} is a file", meant
+    if name.lower().endswith(DATABASE_SUFFIXES):
+        return f"{folder} is named like a database file", meant
+    return None
+
+
 def _record(shard: int, row: tuple) -> TaskRecord:
     return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
                       row[8], row[9], bool(row[10]), row[11], row[12], row[13], row[14], row[15],
@@ -542,6 +562,10 @@ class SQLiteBackend(Backend):
         check_sqlite_library()
         self.clock = clock or Clock()  # every shard's, the ones adopted later too
         self.location = folder
+        mistake = folder_mistake(folder)
+        if mistake is not None:
+            raise QueueStorageError(f"{mistake[0]}; the queue is a folder of shard files: "
+                                    f"MessageQueue({mistake[1]!r})")
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
