@@ -81,6 +81,7 @@ CRASH_LIMIT_TEXT = "crash limit reached"
 TICK_S = 0.02  # how often the supervisor looks at its processes
 MAX_FAILURES_IN_A_ROW = 5  # a process that fails this often in a row is not restarted again
 MAX_NOTES = 25
+WORKER_GAVE_BACK_EXIT = 3  # `worker` stopped with tasks given back unfinished
 LOG_MARKERS = ("database is locked", "Traceback", " ERROR ", "CRITICAL")
 
 
@@ -641,6 +642,8 @@ class Scenario:
         """Judge how a process ended (once, with its log's tail if wrong); restart it if due."""
         name = f"{proc.role}-{proc.index} pid={proc.popen.pid}"
         allowed = {0} if proc.role == "sender" or proc.terms else set()
+        if proc.role == "worker" and proc.terms:
+            allowed.add(WORKER_GAVE_BACK_EXIT)  # a second signal or the drain timeout gave tasks back
         if proc.terms:
             allowed.add(-signal.SIGTERM)  # a SIGTERM that came before the handler was set
         if proc.killed:

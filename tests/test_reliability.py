@@ -284,7 +284,8 @@ def test_sigkill_mid_task_is_recovered(tmp_path):
         assert record.attempts == 2
 
 
-def test_sigterm_drains_then_returns_leases_and_exits_zero(tmp_path):
+def test_sigterm_drains_then_returns_leases_and_exits_3(tmp_path):
+    """A task still running after the drain timeout is given back, and the exit code says so."""
     folder = str(tmp_path / "q")
     marker = tmp_path / "ran"
     with MessageQueue(folder) as mq:
@@ -295,7 +296,8 @@ def test_sigterm_drains_then_returns_leases_and_exits_zero(tmp_path):
         assert [h.result(timeout=20) for h in quick] == list(range(50))
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=30)
-        assert worker.returncode == 0, err
+        assert worker.returncode == 3, err
+        assert "1 task(s) given back unfinished" in err
         record = mq.engine.find(hung.task_id)
         assert record.status == TaskStatus.NOT_STARTED  # given back, not left to expire
         assert mq.stats()["totals"]["RUNNING"] == 0

@@ -39,8 +39,40 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-def run_demo(seconds: float = 5.0, folder: str | None = None) -> int:
-    workdir = Path(folder or tempfile.mkdtemp(prefix="mqs-demo-"))
+def run_demo(seconds: float = 5.0, folder: str | None = None, force: bool = False,
+             keep: bool = False) -> int:
+    """Run the example app for ``seconds`` and summarize. In ``folder`` (kept; a folder that
+    is not empty is refused unless ``force``: the demo writes main.py, app/ and message_queue/
+    there), or else in a new temporary folder, removed afterwards unless ``keep`` (or the run
+    had a problem: then it is kept, to look into)."""
+    if not seconds > 0:
+        raise MessageQueueError(f"--seconds {seconds:g} is invalid; it must be a number of seconds > 0")
+    if folder is not None:
+        workdir = Path(folder)
+        if workdir.exists() and not workdir.is_dir():
+            raise MessageQueueError(f"--dir {folder} is a file; name a new or empty folder")
+        if workdir.is_dir() and any(workdir.iterdir()) and not force:
+            raise MessageQueueError(
+                f"--dir {folder} is not empty; the demo writes main.py, app/, message_queue/ and "
+                "app-output.log there: name a new or empty folder, or pass --force to overwrite them")
+        temporary = False
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="mqs-demo-"))
+        temporary = True
+    code = 1
+    try:
+        code = _run_demo(seconds, workdir, temporary and not keep)
+    finally:
+        if temporary and (keep or code != 0):
+            why = "as asked (--keep)" if keep else "to look into"
+            print(f"demo: kept its folder {workdir} {why}: main.py, app/, message_queue/, app-output.log")
+        elif temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"demo: removed its temporary folder {workdir} (--keep keeps it)")
+    return code
+
+
+def _run_demo(seconds: float, workdir: Path, removed_after: bool) -> int:
     if (workdir / "message_queue").exists():
         shutil.rmtree(workdir / "message_queue")
     write_seed_app(workdir)
@@ -48,8 +80,9 @@ def run_demo(seconds: float = 5.0, folder: str | None = None) -> int:
     package_root = str(Path(__file__).resolve().parents[2])
     paths = [package_root, os.environ.get("PYTHONPATH")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
-    print(f"demo: running the original example app (main.py) in {workdir} for {seconds:.0f} s")
-    print(f"demo: its output (one line per task and per callback) goes to {log_path}")
+    print(f"demo: running the original example app (main.py) in {workdir} for {seconds:g} s")
+    removed = " (the folder is removed at the end; --keep keeps it)" if removed_after else ""
+    print(f"demo: its output (one line per task and per callback) goes to {log_path}{removed}")
     with open(log_path, "wb") as log:
         child = subprocess.Popen([sys.executable, "main.py"], cwd=workdir, stdout=log,
                                  stderr=subprocess.STDOUT, env=env)

@@ -1,4 +1,10 @@
-"""``worker``, ``stats``, ``failed``, ``retry`` and ``demo``; ``--help`` on each."""
+"""The command line: ``worker``, ``stats``, ``failed``, ``retry`` and ``demo``; ``--help`` on each.
+
+It is the first thing many users meet, so every refusal names what the user typed (``--path``,
+``--workers``, not the ``Config`` field behind it) and says what to type instead; a worker
+never quietly serves a queue its senders do not write to; and exit codes tell a script what
+happened (see ``--help`` of each command).
+"""
 
 from __future__ import annotations
 
@@ -6,126 +12,445 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
+import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from message_queue_sqlite.api.queue import MessageQueue
-from message_queue_sqlite.backends.sqlite import existing_shard_count
+from message_queue_sqlite.api.queue import MessageQueue, TaskInfo
+from message_queue_sqlite.backends.sqlite import existing_shard_count, folder_mistake
+from message_queue_sqlite.cli.target import Target, load_target
 from message_queue_sqlite.core.config import BROKER_URL_ENV, Config
 from message_queue_sqlite.core.errors import MessageQueueError
-from message_queue_sqlite.core.registry import discover_tasks
 from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.engine.task_log import TaskLog
+
+if TYPE_CHECKING:
+    from message_queue_sqlite.engine.worker import Worker
 
 log = logging.getLogger("message_queue_sqlite.cli")
 
+DEFAULT_PATH = "message_queue"
+EXIT_NOTHING = 1  # retry: nothing to queue again for what was named
+EXIT_ERROR = 2  # usage, nothing to serve, storage
+EXIT_UNFINISHED = 3  # worker: stopped with tasks given back unfinished
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE (`| head`)
+FLAGS = {"middleware_path": "--path", "max_workers": "--workers", "broker_url": "--broker-url",
+         "visibility_timeout": "--visibility-timeout", "drain_timeout": "--drain-timeout"}
 
-def _add_location(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--path", default="message_queue",
-                        help="queue folder holding the shard files (default: %(default)s)")
-    parser.add_argument("--broker-url", default=os.environ.get(BROKER_URL_ENV),
-                        help=f"postgresql:// URL instead of SQLite files (default: ${BROKER_URL_ENV})")
+
+class CliError(MessageQueueError):
+    """A refusal worded for the command line (flags, not Config fields)."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.code = code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m message_queue_sqlite",
-                                     description="A durable task queue on SQLite (or PostgreSQL).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+def program_name(argv0: str | None = None) -> str:
+    """The program as the user invoked it, for usage lines and hints: ``mqs``,
+    ``message-queue-sqlite``, or ``python -m message_queue_sqlite`` (argv[0] is then the
+    package's ``__main__.py``)."""
+    path = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(path)
+    if name in ("__main__.py", "__main__.pyc"):
+        package = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        return "python -m message_queue_sqlite" if package == "message_queue_sqlite" else "mqs"
+    name = name.removesuffix(".exe")
+    return name if name and name not in ("-c", "-m") else "mqs"
 
-    worker = sub.add_parser("worker", help="run workers for the tasks of a package",
-                            description="Run worker threads for the tasks found in PACKAGE (as "
-                            "discover_and_mount_ts finds them), serving every shard of the queue. "
-                            "SIGTERM/SIGINT stop gracefully; a second signal stops at once.")
-    worker.add_argument("package", help="dotted package holding @task_function tasks, e.g. app.engine")
-    _add_location(worker)
-    worker.add_argument("--workers", type=int, default=5, help="worker threads (default: %(default)s)")
-    worker.add_argument("--visibility-timeout", type=float, default=30.0,
-                        help="lease length in seconds (default: %(default)s)")
-    worker.add_argument("--drain-timeout", type=float, default=30.0,
-                        help="seconds a graceful stop waits for running tasks (default: %(default)s)")
 
-    stats = sub.add_parser("stats", help="count tasks per status per shard",
-                           description="Count tasks per status, in total and per shard.")
+def _version() -> str:
+    from message_queue_sqlite import __version__
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"message_queue_sqlite {__version__} (Python {python}, SQLite {sqlite3.sqlite_version})"
+
+
+# -- argument types: a bad value is refused by argparse, naming the flag ---------------
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is invalid; it must be an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(allow_zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"{text} is invalid; it must be a number of seconds {bound}")
+        return value
+
+    return parse
+
+
+# -- the parser ------------------------------------------------------------------------
+def _examples(prog: str, lines: Sequence[tuple[str, str]], after: str = "") -> str:
+    text = "examples:\n" + "\n".join(f"  {prog} {command}\n      {what}" for command, what in lines)
+    return text + ("\n\n" + after if after else "")
+
+
+WORKER_EXIT_CODES = """\
+exit codes:
+  0  stopped after a clean drain (every running task finished)
+  2  nothing to serve (no such module, no tasks, a queue object elsewhere) or a bad option
+  3  stopped with tasks given back unfinished (a second signal, or the drain timeout):
+     they run again in another worker or at the next start"""
+
+RETRY_EXIT_CODES = """\
+exit codes:
+  0  tasks were queued again (or --all found none failed)
+  1  nothing to retry for what was named: the task is not FAILED (its status is shown),
+     no such task, or no failed task of that name
+  2  a bad option or task id, or the queue cannot be opened"""
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    prog = prog or program_name()
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=formatter,
+        description="A durable task queue on SQLite (or PostgreSQL).",
+        epilog=_examples(prog, [
+            ("worker app:mq", "serve the MessageQueue object mq of module app"),
+            ("worker app.engine --path q", "serve the @task_function tasks of package app.engine"),
+            ("stats --path q", "count tasks per status"),
+            ("failed --path q", "list failed tasks with their errors"),
+            ("retry --all --path q", "queue every failed task again"),
+            ("demo", "run the original example app and summarize"),
+        ], f"`{prog} COMMAND --help` tells more about each command."))
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO level (the worker: one line per task start and end)")
+    # the same option after the command (`stats --path q -v`); SUPPRESS keeps the value set before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at INFO level (the worker: one line per task start and end)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description, epilog=epilog,
+                              parents=[common], formatter_class=formatter)
+
+    worker = command(
+        "worker", "run workers for an application object or a package of tasks",
+        "Run worker threads until SIGTERM or Ctrl+C, which stop gracefully: no new claims,\n"
+        "running tasks finish (up to the drain timeout); a second signal gives them back at once.\n\n"
+        "TARGET is either MODULE:OBJECT (or MODULE.OBJECT), a MessageQueue your code creates:\n"
+        "its folder, shards, broker URL, settings, tasks and hooks are used as they are, so\n"
+        "the worker serves exactly the queue your senders write to; or a PACKAGE whose\n"
+        "@task_function tasks are served on --path (the original package's way).\n"
+        "The working directory is put first on sys.path: run it from your project's root.",
+        _examples(prog, [
+            ("worker app:mq", "mq = MessageQueue(...) in app.py or app/__init__.py"),
+            ("worker app.tasks.mq --workers 8", "the object mq of module app.tasks, 8 threads"),
+            ("worker app.engine --path q", "the @task_function tasks of package app.engine, on q"),
+            ("worker app.engine --broker-url postgresql://user@db/mydb", "the same, on PostgreSQL"),
+            ("worker app:mq -v", "also log each task's start and end"),
+        ], WORKER_EXIT_CODES))
+    worker.add_argument("target", metavar="TARGET",
+                        help="MODULE:OBJECT (a MessageQueue, e.g. app:mq) or PACKAGE (e.g. app.engine)")
+    _add_location(worker, worker=True)
+    worker.add_argument("--workers", type=_integer(1), default=None, metavar="N",
+                        help="worker threads (default: the object's workers, or 5 for a package)")
+    worker.add_argument("--visibility-timeout", type=_seconds(False), default=None, metavar="S",
+                        help="lease length in seconds (default: the object's setting, or 30)")
+    worker.add_argument("--drain-timeout", type=_seconds(True), default=None, metavar="S",
+                        help="seconds a graceful stop waits for running tasks "
+                             "(default: the object's setting, or 30)")
+
+    stats = command("stats", "count tasks per status per shard",
+                    "Count tasks per status, in total and per shard file.",
+                    _examples(prog, [("stats --path q", "a table"),
+                                     ("stats --path q --json", "JSON: \"totals\" and \"shards\"")]))
     _add_location(stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
 
-    failed = sub.add_parser("failed", help="list failed tasks (the dead-letter view)",
-                            description="List FAILED tasks, newest first, with their errors.")
+    failed = command("failed", "list failed tasks (the dead-letter view)",
+                     "List failed tasks, newest first, with their errors; the last line says how\n"
+                     "many are shown of how many failed.",
+                     _examples(prog, [("failed --path q", "the newest 50"),
+                                      ("failed --path q --task resize --limit 5", "five of one task"),
+                                      ("failed --path q --json", "JSON, with tracebacks")]))
     _add_location(failed)
-    failed.add_argument("--task", help="only tasks of this name")
-    failed.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
-    failed.add_argument("--json", action="store_true", help="print JSON")
+    failed.add_argument("--task", metavar="NAME", help="only tasks of this name")
+    failed.add_argument("--limit", type=_integer(1), default=50, metavar="N",
+                        help="at most this many (default: %(default)s)")
+    failed.add_argument("--json", action="store_true", help="print JSON (a list, with tracebacks)")
 
-    retry = sub.add_parser("retry", help="queue failed tasks again",
-                           description="Queue FAILED tasks again with a fresh retry budget: one "
-                           "task by id, every failed task of a name, or all of them.")
+    retry = command("retry", "queue failed tasks again",
+                    "Queue failed tasks again with a fresh retry budget: one task by id, every\n"
+                    "failed task of a name, or all of them.",
+                    _examples(prog, [("retry 0-17 --path q", "one task, by the id send returned"),
+                                     ("retry --task resize --path q", "every failed task named resize"),
+                                     ("retry --all --path q", "every failed task")], RETRY_EXIT_CODES))
     _add_location(retry)
     group = retry.add_mutually_exclusive_group(required=True)
-    group.add_argument("task_id", nargs="?", help="the id of one failed task")
-    group.add_argument("--task", help="every failed task of this name")
+    group.add_argument("task_id", nargs="?", metavar="TASK_ID", help="the id of one failed task, e.g. 0-17")
+    group.add_argument("--task", metavar="NAME", help="every failed task of this name")
     group.add_argument("--all", action="store_true", help="every failed task")
 
-    demo = sub.add_parser("demo", help="run the original package's example app and summarize",
-                          description="Run the original README's example app unmodified against "
-                          "SQLite for a few seconds, show progress, stop it with Ctrl+C (SIGINT) "
-                          "as a user would, and summarize tasks done, throughput and latency.")
-    demo.add_argument("--seconds", type=float, default=5.0, help="how long to run (default: %(default)s)")
-    demo.add_argument("--dir", default=None, help="where to run it (default: a new temporary folder)")
+    demo = command("demo", "run the original package's example app and summarize",
+                   "Run the original README's example app unmodified against SQLite for a few\n"
+                   "seconds, show progress, stop it with Ctrl+C (SIGINT) as a user would, and\n"
+                   "summarize tasks done, throughput and latency. It runs in a new temporary\n"
+                   "folder, removed afterwards unless --keep is given (or the run had a problem).",
+                   _examples(prog, [("demo", "five seconds in a temporary folder"),
+                                    ("demo --seconds 2 --keep", "two seconds; keep the folder"),
+                                    ("demo --dir ./try-it", "in a new (or empty) folder, kept")]))
+    demo.add_argument("--seconds", type=_seconds(False), default=5.0, metavar="S",
+                      help="how long to run (default: %(default)s)")
+    demo.add_argument("--dir", default=None, metavar="DIR",
+                      help="run it in this folder, which is kept (default: a new temporary folder)")
+    demo.add_argument("--force", action="store_true",
+                      help="with --dir: overwrite the demo's files in a folder that is not empty")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary folder and say where")
     return parser
 
 
-def _open(args: argparse.Namespace, **settings: Any) -> MessageQueue:
-    if args.broker_url:
-        return MessageQueue(config=Config(middleware_path=args.path, broker_url=args.broker_url, **settings))
-    shards = existing_shard_count(args.path)
-    if shards == 0:
-        raise MessageQueueError(f"no queue files (mq-shard-N.db) in {args.path!r}")
-    return MessageQueue(config=Config(middleware_path=args.path, middleware_num=shards, **settings))
+def _add_location(parser: argparse.ArgumentParser, worker: bool = False) -> None:
+    whose = " for a PACKAGE's tasks" if worker else ""
+    own = "; a MODULE:OBJECT has its own" if worker else ""
+    parser.add_argument("--path", default=None, metavar="DIR",
+                        help=f"the queue folder (its shard files){whose} (default: {DEFAULT_PATH}{own})")
+    parser.add_argument("--broker-url", default=None, metavar="URL",
+                        help=f"postgresql:// URL instead of SQLite files (default: ${BROKER_URL_ENV}{own})")
+
+
+# -- opening the queue -----------------------------------------------------------------
+def _broker_url(args: argparse.Namespace) -> str | None:
+    return args.broker_url or os.environ.get(BROKER_URL_ENV) or None
+
+
+def _is_postgres(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(("postgresql://", "postgres://"))
+
+
+def _folder(given: str | None) -> str:
+    """The --path folder, refused with the right spelling when it names a file."""
+    path = given or DEFAULT_PATH
+    mistake = folder_mistake(path)
+    if mistake is not None:
+        raise CliError(f"--path {mistake[0]}; the queue is a folder of shard files (mq-shard-0.db, "
+                       f"...): --path {mistake[1]} (in Python: MessageQueue({mistake[1]!r}))")
+    return path
+
+
+def _config(**fields: Any) -> Config:
+    """``Config(...)`` with its refusals reworded for the command line."""
+    try:
+        return Config(**fields)
+    except ValueError as exc:
+        raise CliError(cli_wording(str(exc))) from exc
+
+
+def cli_wording(text: str) -> str:
+    """Name the flags, not the Config fields behind them: ``Config.max_workers=0`` becomes
+    ``--workers 0``, ``middleware_path`` becomes ``--path``."""
+    def flag(match: re.Match[str]) -> str:
+        name = FLAGS.get(match.group(1))
+        if name == "--broker-url":
+            name = f"--broker-url (or ${BROKER_URL_ENV})"
+        return f"{name} " if name else match.group(0)
+
+    text = re.sub(r"\bConfig\.(\w+)=", flag, text)
+    return re.sub(r"\b(middleware_path|max_workers)\b", lambda m: FLAGS[m.group(1)], text)
+
+
+def _location_config(args: argparse.Namespace, need_files: bool, **settings: Any) -> Config:
+    """The Config of --path or --broker-url. SQLite: every shard file present in the folder
+    (however many the senders configured); ``need_files``: refuse a folder without any (an
+    inspecting command must not create a queue). A URL that is not PostgreSQL's is refused,
+    naming the flag."""
+    url, given = _broker_url(args), args.path
+    if url and url.startswith("sqlite://"):  # a folder, spelled as a URL
+        url, given = None, url[len("sqlite://"):]
+    if url:
+        return _config(middleware_path=given or DEFAULT_PATH, broker_url=url, **settings)
+    path = _folder(given)
+    shards = existing_shard_count(path)
+    if shards == 0 and need_files:
+        why = "the folder does not exist" if not os.path.exists(path) else "no mq-shard-0.db in it"
+        raise CliError(f"no queue files (mq-shard-N.db) in --path {path!r} ({os.path.abspath(path)}: "
+                       f"{why}); give the folder your senders and workers use")
+    return _config(middleware_path=path, middleware_num=max(1, shards), broker_url=None, **settings)
+
+
+def _open(args: argparse.Namespace) -> MessageQueue:
+    """The queue an inspecting command reads (all of its shards)."""
+    return MessageQueue(config=_location_config(args, need_files=True))
+
+
+# -- worker ----------------------------------------------------------------------------
+def _place(broker_url: str | None, folder: str) -> str:
+    """Where a queue lives, comparable between two queue objects."""
+    if _is_postgres(broker_url):
+        return str(broker_url)
+    if broker_url and broker_url.startswith("sqlite://"):
+        folder = broker_url[len("sqlite://"):]
+    return os.path.realpath(folder)
+
+
+def _place_of(queue: MessageQueue) -> str:
+    return _place(queue.config.broker_url, queue.config.middleware_path)
+
+
+def _where(queue: MessageQueue) -> str:
+    location = queue.engine.backend.location
+    if _is_postgres(queue.config.broker_url):
+        return f"{location} (PostgreSQL)"
+    count = len(queue.engine.shards)
+    return f"{os.path.abspath(location)} ({count} shard{'s' if count != 1 else ''})"
+
+
+def _application_queue(args: argparse.Namespace, target: Target) -> MessageQueue:
+    """The object TARGET named, checked and prepared: the worker serves it as it is."""
+    queue = target.queue
+    assert queue is not None
+    if args.path is not None or args.broker_url is not None:
+        asked = _place(_broker_url(args), args.path or DEFAULT_PATH)
+        if asked != _place_of(queue):
+            flag = "--broker-url" if args.broker_url is not None else "--path"
+            raise CliError(f"{flag} {args.broker_url or args.path} is not where {target.spec} keeps its "
+                           f"queue ({_where(queue)}); the object decides where its queue lives: drop "
+                           f"{flag}, or change the MessageQueue(...) call in {target.module}")
+    if not len(queue.registry):
+        raise CliError(f"{target.spec} has no tasks registered, so a worker would have nothing to run. "
+                       "Register them on it (@mq.task) in modules that its module imports (e.g. "
+                       "`from . import tasks` at the end of the package's __init__.py), or call "
+                       "mq.discover('package.with.tasks')")
+    if args.visibility_timeout is not None:  # read at every claim and renewal, so this applies
+        queue.config.visibility_timeout = args.visibility_timeout
+    if not any(isinstance(hook, TaskLog) for hook in queue.engine.hooks):
+        queue.add_hook(TaskLog())
+    queue.engine.backend.adopt_new_shards()  # shard files other processes added are served too
+    return queue
+
+
+def _package_queue(args: argparse.Namespace, target: Target, prog: str) -> MessageQueue:
+    """A queue object for a package's @task_function tasks, on --path (or --broker-url)."""
+    registry = target.registry
+    assert registry is not None
+    if not len(registry):
+        hint = ""
+        if target.queues:
+            name, queue = target.queues[0]
+            hint = f" It creates {name} (on {_where(queue)}): serve that with `{prog} worker {name}`."
+        raise CliError(f"no tasks in {target.spec!r}: none of its modules has a function marked "
+                       f"@task_function (or @mq.task), so a worker would have nothing to run.{hint}")
+    url = _broker_url(args)
+    if args.path is None and args.broker_url is None:
+        here = _place(url, DEFAULT_PATH)
+        elsewhere = [(name, queue) for name, queue in target.queues if _place_of(queue) != here]
+        if elsewhere:
+            name, queue = elsewhere[0]
+            there = (f"--broker-url {queue.engine.backend.location}" if _is_postgres(queue.config.broker_url)
+                     else f"--path {queue.config.middleware_path}")
+            default = (f"the PostgreSQL queue of ${BROKER_URL_ENV}" if _is_postgres(url)
+                       else f"{os.path.abspath(DEFAULT_PATH)} (the default --path)")
+            raise CliError(
+                f"{target.spec} creates {', '.join(f'{n} on {_where(q)}' for n, q in elsewhere)}, but "
+                f"this worker would serve {default}: tasks sent through {name} would never run here. "
+                f"Serve that object itself: `{prog} worker {name}` (its folder, tasks and settings), "
+                f"or name where it is: `{prog} worker {target.spec} {there}`")
+    settings: dict[str, Any] = {name: value for name, value in (
+        ("max_workers", args.workers), ("visibility_timeout", args.visibility_timeout),
+        ("drain_timeout", args.drain_timeout)) if value is not None}
+    config = _location_config(args, need_files=False, **settings)
+    return MessageQueue(config=config, registry=registry, hooks=[TaskLog()])
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT of a worker: the first stops gracefully (``stop`` is set), a second
+    cuts the drain short. Python runs handlers in the main thread between statements, so a
+    signal can come while ``start()`` runs, before the Worker object is known: a second signal
+    then is remembered and applied in ``started``."""
+
+    def __init__(self, drain: float):
+        self.drain = drain
+        self.stop = threading.Event()
+        self.worker: Worker | None = None
+        self._count = 0
+        self._hurry = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def started(self, worker: Worker | None) -> None:
+        self.worker = worker
+        if self._hurry and worker is not None:
+            worker.hurry()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self._count += 1
+        name = signal.Signals(signum).name
+        if self._count == 1:
+            log.warning("%s: stopping gracefully: no new tasks; running ones get up to %g s to "
+                        "finish (signal again to give them back at once)", name, self.drain)
+            self.stop.set()
+            return
+        log.warning("%s again: giving the running tasks back now; they will run again", name)
+        self._hurry = True
+        if self.worker is not None:
+            self.worker.hurry()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    prog = args.prog
+    if args.path is not None:
+        _folder(args.path)  # a file named as the folder: refused before anything is imported
     sys.path.insert(0, os.getcwd())
-    settings = {"visibility_timeout": args.visibility_timeout, "drain_timeout": args.drain_timeout,
-                "max_workers": args.workers}
-    if args.broker_url:
-        config = Config(middleware_path=args.path, broker_url=args.broker_url, **settings)
+    target = load_target(args.target, prog)
+    if target.queue is not None:
+        queue = _application_queue(args, target)
+        what = target.spec
     else:
-        shards = max(1, existing_shard_count(args.path))
-        config = Config(middleware_path=args.path, middleware_num=shards, **settings)
+        queue = _package_queue(args, target, prog)
+        what = f"package {target.spec}"
+    threads = args.workers or queue.config.max_workers
+    drain = queue.config.drain_timeout if args.drain_timeout is None else args.drain_timeout
+    signals = _StopSignals(drain)
+    signals.install()
+    queue.start(workers=threads)
+    signals.started(queue.engine.worker)
+    print(f"worker: {what}, queue {_where(queue)}, {threads} thread{'s' if threads != 1 else ''}, "
+          f"tasks {queue.registry.get_all_task_names()} (pid {os.getpid()})", flush=True)
+    signals.stop.wait()
+    worker = signals.worker
     try:
-        registry = discover_tasks(args.package)
-    except ImportError:
-        raise
-    except Exception as exc:  # a task module that does not even import: say which
-        raise MessageQueueError(f"cannot load the tasks of {args.package!r}: "
-                                f"{type(exc).__name__}: {exc}") from exc
-    queue = MessageQueue(config=config, registry=registry)
-    stop = threading.Event()
-    signals = 0
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.warning("signal %d: stopping gracefully (again to stop at once)", signum)
-            stop.set()
-        else:
-            queue.engine.hurry()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    queue.start()
-    print(f"worker: {config.max_workers} thread(s), tasks {registry.get_all_task_names()}, "
-          f"queue {queue.engine.backend.location} ({len(queue.engine.shards)} shard(s))", flush=True)
-    stop.wait()
-    queue.close()
-    print("worker: stopped", flush=True)
+        queue.stop(drain)
+    finally:
+        # what still runs now was given back by the stop (the engine logged it too)
+        unfinished = len(worker.executor.unfinished()) if worker is not None else 0
+        hurried = worker is not None and worker.hurried
+        queue.close()
+    if unfinished:
+        why = ("a second signal cut the stop short" if hurried
+               else f"they were still running after the {drain:g} s drain timeout")
+        print(f"worker: stopped with {unfinished} task(s) given back unfinished ({why}); they will "
+              f"run again in another worker or at the next start (exit code {EXIT_UNFINISHED})",
+              file=sys.stderr, flush=True)
+        return EXIT_UNFINISHED
+    print("worker: stopped (every running task finished)", flush=True)
     return 0
 
 
+# -- inspecting and repairing ----------------------------------------------------------
 def cmd_stats(args: argparse.Namespace) -> int:
     with _open(args) as queue:
         stats = queue.stats()
@@ -142,7 +467,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_failed(args: argparse.Namespace) -> int:
     with _open(args) as queue:
-        records = queue.tasks(TaskStatus.FAILED, args.task, args.limit)
+        # one more than shown tells whether the list is complete, without counting them all
+        records = queue.tasks(TaskStatus.FAILED, args.task, args.limit + 1)
+        totals = queue.stats()["totals"]
+    more = len(records) > args.limit
+    records = records[:args.limit]
     if args.json:
         print(json.dumps([{"task_id": r.task_id, "task_name": r.task_name, "error": r.error,
                            "traceback": r.traceback, "attempts": r.attempts, "ended_at": r.ended_at}
@@ -150,29 +479,86 @@ def cmd_failed(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         print(f"{r.task_id}  {r.task_name}  attempts={r.attempts}  {r.error}")
-    print(f"{len(records)} failed task(s)")
+    print(_failed_footer(len(records), more, totals, args.task))
     return 0
+
+
+def _failed_footer(shown: int, more: bool, totals: dict[str, int], name: str | None) -> str:
+    """"showing N of M": M is exact when known. Counts per status hold FAILED rows; a failed
+    task whose sender's callback ran is CALLBACKED there (listed here all the same)."""
+    of_name = f" named {name!r}" if name else ""
+    if not more:
+        return f"showing {shown} of {shown} failed task(s){of_name}"
+    if name:
+        return (f"showing the newest {shown} failed task(s){of_name}; there are more "
+                "(raise --limit to see them)")
+    at_least = max(totals["FAILED"], shown + 1)
+    if totals["CALLBACKED"]:  # some of those may have failed: not counted per status
+        return (f"showing the newest {shown} of at least {at_least} failed tasks (failed tasks whose "
+                "callback ran count as CALLBACKED); raise --limit to see more")
+    return f"showing the newest {shown} of {at_least} failed tasks; raise --limit to see more"
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     with _open(args) as queue:
         count = queue.retry_failed(task_id=args.task_id, task_name=args.task)
-    print(f"{count} task(s) queued again")
-    return 0 if count or args.all or args.task else 1
+        if count:
+            print(f"{count} task(s) queued again")
+            return 0
+        if args.task_id is not None:
+            raise CliError(_why_not_retried(queue, args.task_id), EXIT_NOTHING)
+        if args.task is not None:
+            names = sorted({r.task_name for r in queue.tasks(TaskStatus.FAILED, None, 1000)})
+            listed = f"; failed tasks are named: {', '.join(names)}" if names else "; no task failed"
+            raise CliError(f"no failed task named {args.task!r} to retry{listed}", EXIT_NOTHING)
+    print("0 task(s) queued again: no task is FAILED")
+    return 0
+
+
+def _why_not_retried(queue: MessageQueue, task_id: str) -> str:
+    record = queue.engine.find(task_id)
+    if record is None:
+        return f"no task {task_id} in this queue (purged by retention, or another queue's id?)"
+    info = TaskInfo.from_record(record)
+    label = f"task {task_id} ({record.task_name})"
+    if info.status == TaskStatus.FAILED and record.cache_owner is not None:
+        return (f"{label} failed, but it was sent in cache mode: its arguments lived in the sending "
+                "process's memory and are gone, so it cannot run again")
+    ran = " (its callback ran)" if info.callback_ran else ""
+    return f"{label} is {info.status.name}{ran}, not FAILED; only failed tasks can be retried"
+
+
+# -- entry point -----------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> int:
+    from message_queue_sqlite.cli.demo import run_demo
+
+    return run_demo(args.seconds, args.dir, force=args.force, keep=args.keep)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed, "retry": cmd_retry, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    prog = program_name()
+    args = build_parser(prog).parse_args(argv)
+    args.prog = prog
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "demo":
-            from message_queue_sqlite.cli.demo import run_demo
-
-            return run_demo(args.seconds, args.dir)
-        return {"worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed,
-                "retry": cmd_retry}[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe is reported here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so that the interpreter's last flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except CliError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.code
     except (MessageQueueError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {cli_wording(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
