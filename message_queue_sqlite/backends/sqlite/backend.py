@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -77,13 +78,17 @@ def folder_mistake(folder: str) -> tuple[str, str] | None:
     """(what is wrong, the folder meant) when ``folder`` cannot be a queue folder: an existing
     file (``MessageQueue("jobs.db")``, as SqliteHuey takes one), or a new path named like a
     database file, which is surely meant as one. None when it can be a folder."""
-    if os.path.isdir(folder):
+    try:
+        is_folder: bool | None = stat.S_ISDIR(os.stat(folder).st_mode)  # one look: others may create it
+    except OSError:
+        is_folder = None  # not there (or not readable: makedirs says why)
+    if is_folder:
         return None
     name = os.path.basename(os.path.normpath(folder))
-    if SHARD_PATTERN.fullmatch(name):  # a shard file itself: its folder is meant
+    if is_folder is False and SHARD_PATTERN.fullmatch(name):  # a shard file: its folder is meant
         return f"{folder} is a shard file", os.path.dirname(folder) or "."
     meant = os.path.splitext(folder)[0] + "_dir"
-    if os.path.exists(folder):
+    if is_folder is False:
         return f"{folder} is a file", meant
     if name.lower().endswith(DATABASE_SUFFIXES):
         return f"{folder} is named like a database file", meant
