@@ -20,6 +20,8 @@ from pathlib import Path
 from message_queue_sqlite.api.queue import MessageQueue
 from message_queue_sqlite.core.errors import MessageQueueError
 
+START_LIMIT_S = 60.0  # the app must be sending by then
+STOP_LIMIT_S = 60.0  # and must have exited this long after its Ctrl+C
 SEED_FILES = ("main.py", "app/__init__.py", "app/engine/__init__.py", "app/engine/test.py")
 
 
@@ -86,16 +88,16 @@ def _run_demo(seconds: float, workdir: Path, removed_after: bool) -> int:
     with open(log_path, "wb") as log:
         child = subprocess.Popen([sys.executable, "main.py"], cwd=workdir, stdout=log,
                                  stderr=subprocess.STDOUT, env=env)
-        started = time.monotonic()
         queue = None
         try:
-            while time.monotonic() - started < seconds:
+            queue = _wait_until_sending(child, workdir / "message_queue")
+            started = time.monotonic()
+            while queue is not None and time.monotonic() - started < seconds:
                 try:
                     child.wait(timeout=0.5)
                     break  # exited early: reported below
                 except subprocess.TimeoutExpired:
                     pass
-                queue = queue or _open_if_ready(workdir / "message_queue")
                 if queue is not None:
                     t = queue.stats()["totals"]
                     done = t["CALLBACKED"] + t["FINISHED"] + t["FAILED"]
@@ -104,12 +106,27 @@ def _run_demo(seconds: float, workdir: Path, removed_after: bool) -> int:
             if child.poll() is None:
                 print("demo: sending Ctrl+C (SIGINT) to the app, as a user would")
                 child.send_signal(signal.SIGINT)
-            code = child.wait(timeout=120)
+            code = child.wait(timeout=STOP_LIMIT_S)
         finally:
             if child.poll() is None:
                 child.kill()
         queue = queue or _open_if_ready(workdir / "message_queue")
     return _summarize(queue, code, log_path)
+
+
+def _wait_until_sending(child: subprocess.Popen, folder: Path) -> MessageQueue | None:
+    """The app's queue once the app has stored a task, i.e. is inside its send loop (whose
+    ``try`` catches Ctrl+C); None if it exited or took over ``START_LIMIT_S``. A Ctrl+C
+    before that loop, while it imports or starts its server thread, would leave the app's
+    server thread running and the app alive: a slow start must not be cut there."""
+    deadline = time.monotonic() + START_LIMIT_S
+    queue = None
+    while time.monotonic() < deadline and child.poll() is None:
+        queue = queue or _open_if_ready(folder)
+        if queue is not None and sum(queue.stats()["totals"].values()):
+            return queue
+        time.sleep(0.05)  # polling another process's start: there is nothing to wait on
+    return queue
 
 
 def _open_if_ready(folder: Path) -> MessageQueue | None:
