@@ -159,3 +159,42 @@ def test_a_failed_result_raises_with_the_task_error(make_queue):
 
     with mq.running(), pytest.raises(TaskFailedError, match="KeyError: 'E42'"):
         bad.send("E42").result(timeout=10)
+
+
+def test_immediate_mode_runs_the_task_inside_send(queue_dir):
+    from message_queue_sqlite import MessageQueue
+
+    with MessageQueue(queue_dir, immediate=True) as mq:
+        calls: list[int] = []
+        got: list[dict] = []
+
+        @mq.task(retries=2)
+        def flaky(x):
+            calls.append(x)
+            if len(calls) < 3:
+                raise OSError("again")
+            return x * 2
+
+        @mq.task
+        def parent(n):
+            return [child.send(i).result(timeout=0) for i in range(n)]
+
+        @mq.task
+        def child(i):
+            return i + 100
+
+        handle = mq.send(flaky, {"x": 21}, callback=got.append, delay=3600)
+        assert calls == [21, 21, 21]  # ran, with its retries, before send returned
+        assert handle.status == TaskStatus.FINISHED and handle.result(timeout=0) == 42
+        assert [g["result"] for g in got] == [42]  # its callback too
+        assert parent.send(3).result(timeout=0) == [100, 101, 102]
+        with pytest.raises(TaskFailedError, match="ZeroDivisionError"):
+            mq.send(lambda_task(mq)).result(timeout=0)
+
+
+def lambda_task(mq):
+    @mq.task
+    def divide():
+        return 1 / 0
+
+    return divide
