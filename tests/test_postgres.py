@@ -70,8 +70,8 @@ def test_tables_live_in_the_url_schema_and_queues_in_two_schemas_are_separate(pg
         first, second = open_pg(pg_url), open_pg(other)
         try:
             first.shards[0].enqueue(new_tasks(3))
-            assert first.shards[0].count_ready() == 3
-            assert second.shards[0].count_ready() == 0
+            assert first.shards[0].count_waiting() == 3
+            assert second.shards[0].count_waiting() == 0
             assert tables(admin, schema_of(pg_url)) == {"mqs_tasks", "mqs_nodes", "mqs_schema_version"}
             assert not tables(admin, "public") & {"mqs_tasks", "mqs_nodes"}
             assert first.location.endswith(f"?schema={schema_of(pg_url)}")
@@ -346,13 +346,13 @@ def test_killed_connections_are_reopened(pg_url, admin):
     try:
         shard = backend.shards[0]
         shard.enqueue(new_tasks(2))
-        assert shard.count_ready() == 2  # opens the reader session
+        assert shard.count_waiting() == 2  # opens the reader session
         sessions = [shard._writer.backend_pid, shard._reader.backend_pid]
         assert None not in sessions and len(set(sessions)) == 2
         admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (sessions,))
-        assert shard.count_ready() == 2  # a read reconnects
+        assert shard.count_waiting() == 2  # a read reconnects
         shard.enqueue(new_tasks(1))  # so does a write
-        assert shard.count_ready() == 3
+        assert shard.count_waiting() == 3
         assert {shard._writer.backend_pid, shard._reader.backend_pid}.isdisjoint(sessions)
     finally:
         backend.close()
@@ -401,7 +401,7 @@ def test_an_enqueue_whose_commit_is_unknown_is_not_stored_twice(pg_url):
         shard = backend.shards[0]
         shard._writer.conn = _BreakAfterCommit(shard._writer.conn, "inserted AS")
         ids = shard.enqueue(new_tasks(4))
-        assert len(ids) == 4 and shard.count_ready() == 4
+        assert len(ids) == 4 and shard.count_waiting() == 4
         assert [r.row_id for r in shard.get_tasks(ids)] == ids
     finally:
         backend.close()
@@ -505,7 +505,7 @@ def test_a_command_interrupted_by_ctrl_c_leaves_no_half_used_connection(pg_url):
         _, claims = shard.complete_and_claim([], "w", 10, 30.0)
         assert len(claims) == 2 and shard.count_by_status() == {2: 2}
         ids = shard.enqueue(new_tasks(1))
-        assert shard.count_ready() == 1 and len(ids) == 1
+        assert shard.count_waiting() == 1 and len(ids) == 1
     finally:
         backend.close()
 

@@ -124,7 +124,7 @@ def test_sends_spread_over_shards_by_load(tmp_path):
     with MessageQueue(folder, shards=3) as mq:
         for _ in range(30):
             mq.send("t", {})
-        counts = [s.count_ready() for s in mq.engine.shards]
+        counts = [s.count_waiting() for s in mq.engine.shards]
     assert counts == [10, 10, 10]
     # A shard that already holds a backlog (from another sender) gets the new tasks last.
     with MessageQueue(folder, shards=3) as mq:
@@ -136,7 +136,7 @@ def test_sends_spread_over_shards_by_load(tmp_path):
         mq.engine.balancer._next_refresh = 0  # count now rather than on the next timed refresh
         for _ in range(30):
             mq.send("t", {})
-        counts = [s.count_ready() for s in mq.engine.shards]
+        counts = [s.count_waiting() for s in mq.engine.shards]
     assert counts == [30, 25, 25]
 
 
@@ -449,7 +449,7 @@ def test_the_retention_sweep_stops_where_recent_tasks_begin(tmp_path):
             calls += 1
         assert calls == 3  # two windows of old rows, then the first window of recent ones
         assert writes == ["purge", "purge"]  # the window of recent rows took no write lock
-        assert shard.count_ready() == 4000
+        assert shard.count_waiting() == 4000
         assert shard.get_tasks([stuck])[0].status == TaskStatus.RUNNING
         assert shard.purge_ended(3600, 500) is True  # the next sweep starts over: the stuck
         assert shard.purge_ended(3600, 500) is False  # one's window, then recent rows

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from message_queue_sqlite.core.ids import format_task_id
+from message_queue_sqlite.core.status import TaskStatus
 
 
 @dataclass(slots=True)
@@ -113,15 +114,23 @@ class RecoveryReport:
         return self
 
 
-class Shard(ABC):
-    """One unit of storage. Every method is one short transaction (or none)."""
+OUTCOME_NAMES = ("queued", "scheduled", "running", "finished", "failed", "callback_ran")
+_OUTCOME_OF = {TaskStatus.NOT_STARTED: "queued", TaskStatus.SCHEDULED: "scheduled",
+               TaskStatus.RUNNING: "running", TaskStatus.FINISHED: "finished",
+               TaskStatus.FAILED: "failed"}  # a CALLBACKED row counts by its outcome
 
-    index: int
-    name: str
+
+class Producer(ABC):
+    """Storing new tasks."""
 
     @abstractmethod
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
         """Store tasks durably; returns their row ids (monotonic, never reused) after the commit."""
+
+
+class Consumer(ABC):
+    """Leasing tasks to workers and recording how they ended; every statement that ends a
+    lease is fenced by owner and attempt."""
 
     @abstractmethod
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
@@ -148,13 +157,13 @@ class Shard(ABC):
         those it no longer holds (ended, given back, or recovered and maybe claimed again)."""
 
     @abstractmethod
-    def recover_expired(self, crash_limit: int) -> RecoveryReport:
-        """Requeue tasks whose lease expired; fail those that cannot run again."""
-
-    @abstractmethod
     def seconds_until_due(self) -> float | None:
         """Seconds until the earliest scheduled (delayed or backing-off) task becomes ready, by
         the backend's clock (<= 0: due now); None when nothing is scheduled."""
+
+
+class Outcomes(ABC):
+    """Handing ended tasks' outcomes to the process that sent them (callbacks)."""
 
     @abstractmethod
     def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
@@ -168,26 +177,33 @@ class Shard(ABC):
     def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
         ...
 
+
+class Admin(ABC):
+    """What people and dashboards read and repair: listings and counts that stay cheap at
+    millions of rows, and requeues by primary key."""
+
     @abstractmethod
     def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
         ...
 
     @abstractmethod
-    def count_by_status(self) -> dict[int, int]:
-        ...
+    def count_tasks(self) -> dict[tuple[int, int], int]:
+        """Tasks per (stored status, outcome: 3 or 4 once ended, else 0), from counts kept up to
+        date by the statements that change them (never a scan of the table): a dashboard may
+        poll it every second at millions of rows."""
 
     @abstractmethod
     def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
         """(created, started, ended) of the newest ended tasks: for latency summaries."""
 
     @abstractmethod
-    def count_ready(self) -> int:
-        """Tasks waiting to run (ready or scheduled); used to balance sends over shards."""
-
-    @abstractmethod
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
         """Put FAILED tasks back in the queue with a fresh retry budget (retries and crashes
         counted from zero again; the attempt count, the fencing token, is kept)."""
+
+
+class Maintenance(ABC):
+    """Liveness of queue objects, crash recovery, retention, upkeep, and fork safety."""
 
     @abstractmethod
     def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:
@@ -197,6 +213,10 @@ class Shard(ABC):
     @abstractmethod
     def unregister_node(self, node: str) -> int:
         """Forget a node that stops; fail its cached tasks that can no longer run."""
+
+    @abstractmethod
+    def recover_expired(self, crash_limit: int) -> RecoveryReport:
+        """Requeue tasks whose lease expired; fail those that cannot run again."""
 
     @abstractmethod
     def purge_ended(self, retention_seconds: float, limit: int) -> bool:
@@ -227,6 +247,36 @@ class Shard(ABC):
     @abstractmethod
     def close(self) -> None:
         ...
+
+
+class Shard(Producer, Consumer, Outcomes, Admin, Maintenance):
+    """One unit of storage: the five protocols above. Every method is one short transaction
+    (or none). The counts people read are derived here from ``count_tasks``, once."""
+
+    index: int
+    name: str
+
+    def count_by_status(self) -> dict[int, int]:
+        """Tasks per stored status (CALLBACKED as stored: the original's values)."""
+        counts: dict[int, int] = {}
+        for (status, _outcome), n in self.count_tasks().items():
+            counts[status] = counts.get(status, 0) + n
+        return {status: n for status, n in counts.items() if n}
+
+    def count_by_outcome(self) -> dict[str, int]:
+        """What people ask: queued, scheduled, running, finished, failed (an ended task counts by
+        how it ended, whether or not its callback ran), and callback_ran apart."""
+        counts = dict.fromkeys(OUTCOME_NAMES, 0)
+        for (status, outcome), n in self.count_tasks().items():
+            counts[_OUTCOME_OF.get(status) or _OUTCOME_OF[outcome]] += n
+            if status == TaskStatus.CALLBACKED:
+                counts["callback_ran"] += n
+        return counts
+
+    def count_waiting(self) -> int:
+        """Tasks waiting to run (ready or scheduled); used to balance sends over shards."""
+        waiting = (TaskStatus.NOT_STARTED, TaskStatus.SCHEDULED)
+        return sum(n for (status, _), n in self.count_tasks().items() if status in waiting)
 
 
 class Backend(ABC):

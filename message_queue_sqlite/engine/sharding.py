@@ -40,6 +40,6 @@ class ShardBalancer:
             return best
 
     def _refresh(self, started: float) -> None:
-        self._estimate = [shard.count_ready() for shard in self._shards]
+        self._estimate = [shard.count_waiting() for shard in self._shards]
         took = time.monotonic() - started
         self._next_refresh = time.monotonic() + max(0.05, took / REFRESH_COST_SHARE)

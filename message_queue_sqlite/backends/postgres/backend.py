@@ -380,14 +380,11 @@ class PostgresShard(Shard):
                            {"status": status, "task_name": task_name, "limit": limit})
         return [_record(self.index, r) for r in rows]
 
-    def count_by_status(self) -> dict[int, int]:
-        return dict(self._fetch("count by status", "count_by_status"))
+    def count_tasks(self) -> dict[tuple[int, int], int]:
+        return {(s, o): n for s, o, n in self._fetch("count tasks", "count_tasks")}
 
     def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
         return self._fetch("ended timings", "ended_timings", {"limit": limit})
-
-    def count_ready(self) -> int:
-        return self._fetch("count waiting", "count_waiting")[0][0]
 
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
         params = {"row_id": row_id, "task_name": task_name, **self._channel}

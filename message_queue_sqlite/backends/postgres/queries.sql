@@ -191,19 +191,14 @@ SELECT id, task_name, status, outcome, result, traceback, priority, attempts, ma
    AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
  ORDER BY id DESC LIMIT %(limit)s;
 
--- name: count_by_status
--- Number of tasks in each status.
-SELECT status, count(*) FROM {schema}.mqs_tasks GROUP BY status;
+-- name: count_tasks
+-- Number of tasks per status and outcome (0 until ended).
+SELECT status, coalesce(outcome, 0), count(*) FROM {schema}.mqs_tasks GROUP BY 1, 2;
 
 -- name: ended_timings
 -- Created, started and ended times of the newest ended tasks (latency summaries).
 SELECT created_at, started_at, ended_at FROM {schema}.mqs_tasks
  WHERE status IN (3, 4, 5) AND ended_at IS NOT NULL ORDER BY id DESC LIMIT %(limit)s;
-
--- name: count_waiting
--- Tasks waiting to run (ready or scheduled), counted on their partial indexes.
-SELECT (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 1)
-     + (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 6);
 
 -- name: requeue_failed
 -- FAILED tasks (by row id and/or name) run again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); cached ones cannot. Listeners are notified once if any.

@@ -493,17 +493,13 @@ class SQLiteShard(Shard):
             rows = conn.execute(Q["list_tasks"], (status, task_name, limit)).fetchall()
         return [_record(self.index, r) for r in rows]
 
-    def count_by_status(self) -> dict[int, int]:
+    def count_tasks(self) -> dict[tuple[int, int], int]:
         with self._read() as conn:
-            return dict(conn.execute(Q["count_by_status"]).fetchall())
+            return {(s, o): n for s, o, n in conn.execute(Q["count_tasks"])}
 
     def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
         with self._read() as conn:
             return conn.execute(Q["ended_timings"], (limit,)).fetchall()
-
-    def count_ready(self) -> int:
-        with self._read() as conn:
-            return conn.execute(Q["count_waiting"]).fetchone()[0]
 
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
         with self._write("requeue failed") as conn:
