@@ -72,7 +72,8 @@ def test_tables_live_in_the_url_schema_and_queues_in_two_schemas_are_separate(pg
             first.shards[0].enqueue(new_tasks(3))
             assert first.shards[0].count_waiting() == 3
             assert second.shards[0].count_waiting() == 0
-            assert tables(admin, schema_of(pg_url)) == {"mqs_tasks", "mqs_nodes", "mqs_schema_version"}
+            assert tables(admin, schema_of(pg_url)) == {"mqs_tasks", "mqs_nodes", "mqs_counts",
+                                                        "mqs_count_deltas", "mqs_schema_version"}
             assert not tables(admin, "public") & {"mqs_tasks", "mqs_nodes"}
             assert first.location.endswith(f"?schema={schema_of(pg_url)}")
         finally:
@@ -647,3 +648,42 @@ def test_notifications_name_their_writer_and_flag_scheduled_retries(pg_url):
         assert not relevant(fake, 4242, "") and relevant(fake, 4242, "*") and relevant(fake, 7, "")
     finally:
         backend.close()
+
+
+SAMPLE_PARAMS = {"attempt": 1, "callbacked": [1], "channel": "c", "completions": "[]",
+                 "crash_limit": 3, "created_at": 1.0, "floor": 1, "host": "h", "lease": 30.0,
+                 "limit": 10, "name": "n", "node": "n", "owner": "o", "pid": 1, "retention": 60.0,
+                 "row_id": 1, "sender": "s", "stamp": 1.0, "status": 3, "task_name": "t", "tasks": "[]"}
+
+
+PRIMARY_KEY_WALKS = {"list_recent", "list_ended_as"}  # newest first, ended by their LIMIT
+
+
+def _scans_of_tasks(node: dict) -> Iterator[dict]:
+    if node.get("Relation Name") == "mqs_tasks" or str(node.get("Index Name", "")).startswith("mqs_tasks"):
+        yield node
+    for child in node.get("Plans", []):
+        yield from _scans_of_tasks(child)
+
+
+def test_every_query_uses_an_index(pg_url):
+    """No statement reads the whole tasks table: with sequential scans priced out, each finds
+    its rows by a condition on an index, or walks a partial index (only its state's rows);
+    the two walks of the primary key back from the newest row are named."""
+    from message_queue_sqlite.backends.postgres.backend import QUERIES
+    from message_queue_sqlite.backends.postgres.connection import Target
+
+    MessageQueue(broker_url=pg_url).close()  # creates the schema
+    target = Target(pg_url)
+    with psycopg.connect(POSTGRES_DSN) as conn:
+        conn.execute("SET enable_seqscan = off")
+        cursor = psycopg.ClientCursor(conn)  # literals inlined: EXPLAIN takes no parameters
+        for name, sql in QUERIES.items():
+            sql = target.sql(sql)
+            params = {key: ([value] if f"%({key})s::bigint[]" in sql or f"%({key})s::integer[]" in sql
+                            else value) for key, value in SAMPLE_PARAMS.items() if f"%({key})s" in sql}
+            plan = cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params).fetchone()[0][0]["Plan"]
+            for scan in _scans_of_tasks(plan):
+                assert scan["Node Type"] != "Seq Scan", f"{name}: {json.dumps(plan)}"
+                whole = scan.get("Index Name") == "mqs_tasks_pkey" and "Index Cond" not in scan
+                assert not whole or name in PRIMARY_KEY_WALKS, f"{name} walks the whole table: {scan}"

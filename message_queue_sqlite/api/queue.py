@@ -82,7 +82,8 @@ class TaskHandle:
     def _record(self) -> TaskRecord:
         record = self._engine.find(self.task_id)
         if record is None:
-            raise LookupError(f"task {self.task_id} is no longer stored (purged by retention?)")
+            raise LookupError(f"task {self.task_id} is no longer stored "
+                              "(removed by purge(), or by the retention purge)")
         return record
 
     @property
@@ -276,12 +277,20 @@ class MessageQueue:
 
     def tasks(self, status: TaskStatus | int | None = None, task_name: str | None = None,
               limit: int = 100) -> list[TaskInfo]:
-        """Newest tasks, filtered; ``status=TaskStatus.FAILED`` is the dead-letter view (FINISHED
-        and FAILED include the tasks whose callback ran). Results come decoded."""
+        """Tasks, filtered, each shard's found on an index: waiting ones in the order they will
+        run (NOT_STARTED: best priority, then oldest; SCHEDULED: soonest due), the others newest
+        first. ``status=TaskStatus.FAILED`` is the dead-letter view (FINISHED and FAILED include
+        the tasks whose callback ran). Results come decoded."""
+        code = None if status is None else int(status)
         found: list[TaskRecord] = []
         for shard in self._engine.shards:
-            found.extend(shard.list_tasks(None if status is None else int(status), task_name, limit))
-        found.sort(key=lambda r: r.created_at, reverse=True)
+            found.extend(shard.list_tasks(code, task_name, limit))
+        if code == TaskStatus.NOT_STARTED:
+            found.sort(key=lambda r: (-r.priority, r.created_at))
+        elif code == TaskStatus.SCHEDULED:
+            found.sort(key=lambda r: r.run_after)
+        else:
+            found.sort(key=lambda r: r.created_at, reverse=True)
         return [TaskInfo.from_record(record) for record in found[:limit]]
 
     def retry_failed(self, task_id: str | None = None, task_name: str | None = None) -> int:
@@ -294,6 +303,15 @@ class MessageQueue:
         if count:
             self._engine.bell.ring()
         return count
+
+    def purge(self, task_id: str | None = None, task_name: str | None = None) -> int:
+        """Remove waiting tasks (ready or scheduled) for good: one by id, all of a name, or all
+        (as Celery's purge, RQ's empty, huey's flush); how many. A running task is left alone
+        (cancelling one is another matter); an ended one stays until the retention purge."""
+        if task_id is not None:
+            shard, row_id = self._engine.shard_of(task_id)
+            return self._engine.shards[shard].remove_waiting(row_id, task_name)
+        return sum(s.remove_waiting(None, task_name) for s in self._engine.shards)
 
     def add_hook(self, hook: Hook) -> None:
         """Append a lifecycle hook (see ``message_queue_sqlite.Hook``) to this queue's chain."""

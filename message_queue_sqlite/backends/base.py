@@ -197,6 +197,12 @@ class Admin(ABC):
         """(created, started, ended) of the newest ended tasks: for latency summaries."""
 
     @abstractmethod
+    def remove_waiting(self, row_id: int | None, task_name: str | None) -> int:
+        """Delete waiting (ready or scheduled) tasks: one by row id (primary key), all of a
+        name, or all; how many. The newest row stays as a tombstone that is no task, so row
+        ids are never reused."""
+
+    @abstractmethod
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
         """Put FAILED tasks back in the queue with a fresh retry budget (retries and crashes
         counted from zero again; the attempt count, the fencing token, is kept)."""

@@ -6,6 +6,15 @@ import re
 from importlib import resources
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+# Every backend lists tasks with one query per status, each on that state's index (or the
+# primary key); the statuses not named here (FINISHED, CALLBACKED) share list_ended_as.
+_LISTINGS = {None: "list_recent", 1: "list_ready", 2: "list_running", 4: "list_failed",
+             6: "list_scheduled"}
+
+
+def listing_query(status: int | None) -> str:
+    """The name of the query that lists tasks of ``status`` (None: of any)."""
+    return _LISTINGS.get(status, "list_ended_as")
 
 
 def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:

@@ -72,7 +72,7 @@ from message_queue_sqlite.backends.base import (
 )
 from message_queue_sqlite.backends.postgres.connection import Target, connect, open_schema
 from message_queue_sqlite.backends.postgres.notify import ChangeListener
-from message_queue_sqlite.backends.sql_files import load_queries
+from message_queue_sqlite.backends.sql_files import listing_query, load_queries
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import QueueStorageError
 
@@ -161,6 +161,7 @@ class PostgresShard(Shard):
         self._closed = False
         self._unsettled: set[tuple[str, float]] = set()  # claims (owner, stamp) whose commit is unknown
         self._last_stamp = 0.0
+        self._id_floor = 0  # the largest row id an enqueue of this object got back
         self._writer = _Session(target, durability, "writer", open_schema(target, durability))
         self._reader = _Session(target, durability, "reader")
 
@@ -252,7 +253,10 @@ class PostgresShard(Shard):
         rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
                  t.max_retries, t.retry, float(t.delay), float(t.created_at)] for t in tasks]
         params = {"tasks": _json(rows), **self._channel}
-        batch = {"sender": tasks[0].sender, "created_at": float(tasks[0].created_at)}
+        # every id returned before this call is below this batch's (the sequence only grows): a
+        # committed batch is found above it, on the primary key
+        batch = {"sender": tasks[0].sender, "created_at": float(tasks[0].created_at),
+                 "floor": self._id_floor}
         same_batch = all(t.sender == batch["sender"] and t.created_at == now for t in tasks)
 
         def body(conn: psycopg.Connection, broke: bool) -> list[int]:
@@ -263,7 +267,9 @@ class PostgresShard(Shard):
             # one statement (an implicit transaction): committed when it returns
             return list(conn.execute(self._q["enqueue"], params).fetchone()[0])
 
-        return self._run("enqueue", body)
+        ids = self._run("enqueue", body)
+        self._id_floor = max(self._id_floor, ids[-1])
+        return ids
 
     # -- working ---------------------------------------------------------------------
     def _claim_stamp(self) -> float:
@@ -376,7 +382,7 @@ class PostgresShard(Shard):
         return [_record(self.index, by_id[i]) for i in dict.fromkeys(row_ids) if i in by_id]
 
     def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
-        rows = self._fetch("list tasks", "list_tasks",
+        rows = self._fetch("list tasks", listing_query(status),
                            {"status": status, "task_name": task_name, "limit": limit})
         return [_record(self.index, r) for r in rows]
 
@@ -387,9 +393,22 @@ class PostgresShard(Shard):
         return self._fetch("ended timings", "ended_timings", {"limit": limit})
 
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
+        query = "requeue_failed_all" if row_id is None else "requeue_failed_by_id"
         params = {"row_id": row_id, "task_name": task_name, **self._channel}
         return self._run("requeue failed", lambda conn, _broke: conn.execute(
-            self._q["requeue_failed"], params).fetchone()[0])
+            self._q[query], params).fetchone()[0])
+
+    def remove_waiting(self, row_id: int | None, task_name: str | None) -> int:
+        params = {"row_id": row_id, "task_name": task_name}
+
+        def body(conn: psycopg.Connection, _broke: bool) -> int:
+            if row_id is not None:
+                return conn.execute(self._q["remove_waiting_by_id"], params).rowcount
+            with conn.transaction():
+                return sum(conn.execute(self._q[query], params).rowcount
+                           for query in ("remove_ready", "remove_scheduled"))
+
+        return self._run("remove waiting tasks", body)
 
     # -- liveness and upkeep ---------------------------------------------------------
     def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:
@@ -413,8 +432,10 @@ class PostgresShard(Shard):
         return deleted == limit
 
     def maintain(self) -> None:
-        """Nothing to do: autovacuum keeps the table and its indexes in shape (the migration
-        lowers its thresholds for this table, which churns)."""
+        """Fold the appended count deltas into the counts (migration 0003), so reading them
+        stays cheap; autovacuum keeps the tables and indexes in shape (the migrations lower
+        its thresholds for these tables, which churn)."""
+        self._run("fold counts", lambda conn, _broke: conn.execute(self._q["fold_counts"]))
 
     def close(self) -> None:
         self._closed = True

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SCHEMA = "mqs"
 VERSION_TABLE = "mqs_schema_version"
-OUR_TABLES = frozenset({"mqs_tasks", "mqs_nodes", VERSION_TABLE})
+OUR_TABLES = frozenset({"mqs_tasks", "mqs_nodes", "mqs_counts", "mqs_count_deltas", VERSION_TABLE})
 MIGRATIONS = load_migrations(__package__)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

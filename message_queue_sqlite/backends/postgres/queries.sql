@@ -30,8 +30,9 @@ SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
   FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
 
 -- name: find_batch
--- After a connection broke during an enqueue's commit: the batch's rows if it did commit (a batch shares its sender and creation time).
-SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
+-- After a connection broke during an enqueue's commit: the batch's rows if it did commit (a batch shares its sender and creation time), above the ids returned to this client before it (on the primary key).
+SELECT id FROM {schema}.mqs_tasks
+ WHERE id > %(floor)s::bigint AND sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
 -- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
@@ -181,36 +182,112 @@ SELECT id, task_name, status, outcome, result, traceback, priority, attempts, ma
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
   FROM {schema}.mqs_tasks WHERE id = ANY(%(row_id)s::bigint[]);
 
--- name: list_tasks
--- Newest tasks, optionally of a status (3 or 4 also match CALLBACKED rows with that outcome) and a name.
+-- name: list_recent
+-- The newest tasks (of a name, if given), walking the primary key back from the newest row.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
   FROM {schema}.mqs_tasks
- WHERE (%(status)s::integer IS NULL OR status = %(status)s::integer
-        OR (status = 5 AND outcome = %(status)s::integer))
+ WHERE (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: list_ready
+-- Ready tasks (of a name) in the order they will be claimed, on the ready index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks
+ WHERE status = 1 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+ ORDER BY priority DESC, id LIMIT %(limit)s;
+
+-- name: list_scheduled
+-- Scheduled tasks (of a name) in the order they become ready, on the scheduled index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks
+ WHERE status = 6 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+ ORDER BY run_after, id LIMIT %(limit)s;
+
+-- name: list_running
+-- Running tasks (of a name), newest first, on the running index (at most the leases held).
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks
+ WHERE status = 2 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: list_failed
+-- Failed tasks (of a name), whether or not their callback ran, newest first, on the failed index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks
+ WHERE outcome = 4 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: list_ended_as
+-- Tasks of a status (3: FINISHED, with those whose callback ran; 5: CALLBACKED) and a name, newest first, walking the primary key back from the newest row (most ended tasks finished: no index is kept on every completion for this).
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM {schema}.mqs_tasks
+ WHERE (status = %(status)s::integer OR (%(status)s::integer = 3 AND status = 5 AND outcome = 3))
    AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
  ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: count_tasks
--- Number of tasks per status and outcome (0 until ended).
-SELECT status, coalesce(outcome, 0), count(*) FROM {schema}.mqs_tasks GROUP BY 1, 2;
+-- Tasks per status and outcome: the folded counts plus the deltas appended since (migration 0003), in one snapshot.
+SELECT status, outcome, sum(n)::bigint FROM (
+    SELECT status, outcome, n FROM {schema}.mqs_counts
+    UNION ALL
+    SELECT status, outcome, n FROM {schema}.mqs_count_deltas) AS c
+ GROUP BY 1, 2 HAVING sum(n) <> 0;
+
+-- name: fold_counts
+-- Fold the appended deltas into the counts, in one statement (a concurrent fold waits for this one's rows, then finds them gone); in key order, so two folds never deadlock.
+WITH moved AS (DELETE FROM {schema}.mqs_count_deltas RETURNING status, outcome, n)
+INSERT INTO {schema}.mqs_counts (status, outcome, n)
+SELECT status, outcome, sum(n) FROM moved GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (status, outcome) DO UPDATE SET n = {schema}.mqs_counts.n + excluded.n;
 
 -- name: ended_timings
--- Created, started and ended times of the newest ended tasks (latency summaries).
+-- Created, started and ended times of the tasks that ended last (latency summaries), on the ended index.
 SELECT created_at, started_at, ended_at FROM {schema}.mqs_tasks
- WHERE status IN (3, 4, 5) AND ended_at IS NOT NULL ORDER BY id DESC LIMIT %(limit)s;
+ WHERE status IN (3, 4, 5) ORDER BY ended_at DESC LIMIT %(limit)s;
 
--- name: requeue_failed
--- FAILED tasks (by row id and/or name) run again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); cached ones cannot. Listeners are notified once if any.
+-- name: requeue_failed_by_id
+-- Task %(row_id)s, if it failed (whether or not its callback ran; of a name, if given), runs again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); a cached one cannot. By primary key; listeners are notified if it was.
 WITH requeued AS (
     UPDATE {schema}.mqs_tasks
        SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
            ended_at = NULL, started_at = NULL, run_after = 0
-     WHERE (status = 4 OR (status = 5 AND outcome = 4)) AND cache_owner IS NULL
-       AND (%(row_id)s::bigint IS NULL OR id = %(row_id)s::bigint)
+     WHERE id = %(row_id)s::bigint AND status IN (4, 5) AND outcome = 4 AND cache_owner IS NULL
        AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM requeued) AS c;
+
+-- name: requeue_failed_all
+-- As requeue_failed_by_id for every failed task (of a name, if given), found on the failed index; listeners are notified once if any.
+WITH requeued AS (
+    UPDATE {schema}.mqs_tasks
+       SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
+           ended_at = NULL, started_at = NULL, run_after = 0
+     WHERE outcome = 4 AND status IN (4, 5) AND cache_owner IS NULL
+       AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+    RETURNING 1)
+SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM requeued) AS c;
+
+-- name: remove_waiting_by_id
+-- Delete task %(row_id)s if it is waiting (ready or scheduled; of a name, if given), by primary key (the sequence never reuses its id).
+DELETE FROM {schema}.mqs_tasks
+ WHERE id = %(row_id)s::bigint AND status IN (1, 6)
+   AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text);
+
+-- name: remove_ready
+-- Delete the ready tasks (of a name; all when NULL), on the ready index.
+DELETE FROM {schema}.mqs_tasks
+ WHERE status = 1 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text);
+
+-- name: remove_scheduled
+-- Delete the scheduled tasks (of a name; all when NULL), on the scheduled index.
+DELETE FROM {schema}.mqs_tasks
+ WHERE status = 6 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text);
 
 -- name: register_node
 -- A queue object is alive for %(lease)s more seconds from clock_timestamp() (its cached arguments depend on it); refreshed before that runs out.

@@ -31,7 +31,7 @@ from message_queue_sqlite.backends.base import (
     Shard,
     TaskRecord,
 )
-from message_queue_sqlite.backends.sql_files import load_queries
+from message_queue_sqlite.backends.sql_files import listing_query, load_queries
 from message_queue_sqlite.backends.sqlite.clock import BOOT_ID, Clock
 from message_queue_sqlite.backends.sqlite.connection import (
     check_sqlite_library,
@@ -55,6 +55,20 @@ WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 FORK_LOCK_WAIT_S = 5.0  # a fork waits at most this long for a write in progress to end
 PURGE_CLOCK_SLACK_S = 60.0  # rows stamped by senders whose clocks differ a little still get swept
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
+TIMINGS_WINDOW = 4  # ended_timings looks at most this many times its limit of newest rows
+
+# The kept counts (migration 0004): (status, outcome) keys, moved in the transactions that
+# move tasks into or out of them.
+SCHEDULED_KEY, FINISHED_KEY, FAILED_KEY, REMOVED_KEY = (6, 0), (3, 3), (4, 4), (0, 0)
+CALLBACKED_KEY = {3: (5, 3), 4: (5, 4)}  # by outcome
+ENDED_KEY = {3: FINISHED_KEY, 4: FAILED_KEY, 6: SCHEDULED_KEY}  # where a completion moves a task
+
+
+def _add_to_counts(conn: sqlite3.Connection, deltas: dict[tuple[int, int], int]) -> None:
+    """Move the kept counts by ``deltas`` inside the caller's transaction."""
+    rows = [(status, outcome, n) for (status, outcome), n in deltas.items() if n]
+    if rows:
+        conn.executemany(Q["add_to_count"], rows)
 
 
 def shard_path(folder: str, index: int) -> str:
@@ -355,11 +369,13 @@ class SQLiteShard(Shard):
             rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
                      t.max_retries, t.retry, t.delay, t.created_at) for t in tasks]
         self._sent_here = True
-        if len(rows) == 1:  # one statement is its own write transaction: no BEGIN/COMMIT round
+        delayed = sum(1 for t in tasks if t.delay > 0)  # stored SCHEDULED: counted; ready is not
+        if len(rows) == 1 and not delayed:  # its own write transaction: no BEGIN/COMMIT round
             return [self._write_one(sql, rows[0], "enqueue").lastrowid]
         with self._write("enqueue") as conn:
             conn.executemany(sql, rows)
             last = conn.execute(Q["last_row_id"]).fetchone()[0]
+            _add_to_counts(conn, {SCHEDULED_KEY: delayed})
         # one writer inside BEGIN IMMEDIATE, each rowid one past the largest: consecutive
         return list(range(last - len(rows) + 1, last + 1))
 
@@ -369,9 +385,6 @@ class SQLiteShard(Shard):
                            callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
         claim = (owner, lease_seconds, limit)
-        if limit <= 0 and len(completions) == 1 and not callbacked:
-            sql, row = self._completion_row(completions[0], owner)  # its own write transaction
-            return ([] if self._write_one(sql, row, "complete").rowcount else [row[0]]), []
         if not completions and not callbacked:
             hinted, self._sent_here = self._sent_here, False
             if hinted:  # this object just stored ready work: no need to look first
@@ -385,12 +398,12 @@ class SQLiteShard(Shard):
                 return rejected, self._claimed(self._write_one(Q["claim_batch"], claim, "claim", fetch=True))
         with self._write("complete/claim") as conn:
             if callbacked:
-                conn.execute(Q["mark_callbacked"], (json.dumps(list(callbacked)),))
+                self._mark_callbacked(conn, callbacked)
             if completions:
                 rejected = self._complete(conn, completions, owner)
             rows: list[tuple] = []
             if limit > 0:
-                conn.execute(Q["promote_due"])
+                _add_to_counts(conn, {SCHEDULED_KEY: -conn.execute(Q["promote_due"]).rowcount})
                 rows = conn.execute(Q["claim_batch"], claim).fetchall()
         return rejected, self._claimed(rows)
 
@@ -411,6 +424,13 @@ class SQLiteShard(Shard):
         rejected: list[int] = []
         for sql, rows in by_statement.items():
             rejected += self._complete_rows(conn, sql, rows)
+        stale = set(rejected)
+        deltas: dict[tuple[int, int], int] = {}
+        for completion in completions:
+            if completion.row_id not in stale:
+                key = ENDED_KEY[completion.status]
+                deltas[key] = deltas.get(key, 0) + 1
+        _add_to_counts(conn, deltas)
         return rejected
 
     @staticmethod
@@ -455,12 +475,12 @@ class SQLiteShard(Shard):
     def recover_expired(self, crash_limit: int) -> RecoveryReport:
         report = RecoveryReport()
         with self._write("recover expired leases") as conn:
-            report.failed += len(conn.execute(Q["fail_orphaned_cached"]).fetchall())
-            for (status,) in conn.execute(Q["recover_expired"], (crash_limit,)).fetchall():
-                if status == 1:
-                    report.requeued += 1
-                else:
-                    report.failed += 1
+            report.failed += self._fail_orphaned_cached(conn)
+            statuses = [row[0] for row in conn.execute(Q["recover_expired"], (crash_limit,))]
+            report.requeued += statuses.count(1)
+            crashed_out = len(statuses) - statuses.count(1)  # crash limit reached: FAILED
+            report.failed += crashed_out
+            _add_to_counts(conn, {FAILED_KEY: crashed_out})
             conn.execute(Q["forget_dead_nodes"])
         return report
 
@@ -475,9 +495,26 @@ class SQLiteShard(Shard):
 
     def mark_callbacked(self, row_ids: Sequence[int]) -> None:
         if row_ids:
-            ids = json.dumps(list(row_ids))
             with self._write("mark callbacked") as conn:
-                conn.execute(Q["mark_callbacked"], (ids,))
+                self._mark_callbacked(conn, row_ids)
+
+    @staticmethod
+    def _mark_callbacked(conn: sqlite3.Connection, row_ids: Sequence[int]) -> None:
+        outcomes = [row[0] for row in conn.execute(Q["mark_callbacked"], (json.dumps(list(row_ids)),))]
+        deltas: dict[tuple[int, int], int] = {}
+        for outcome in (3, 4):
+            moved = outcomes.count(outcome)
+            deltas[ENDED_KEY[outcome]] = -moved
+            deltas[CALLBACKED_KEY[outcome]] = moved
+        _add_to_counts(conn, deltas)
+
+    @staticmethod
+    def _fail_orphaned_cached(conn: sqlite3.Connection) -> int:
+        """Fail the cached tasks whose sender is gone (see the query); how many."""
+        scheduled = conn.execute(Q["count_orphaned_scheduled"]).fetchone()[0]
+        failed = len(conn.execute(Q["fail_orphaned_cached"]).fetchall())
+        _add_to_counts(conn, {SCHEDULED_KEY: -scheduled, FAILED_KEY: failed})
+        return failed
 
     def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
         with self._read() as conn:
@@ -489,21 +526,61 @@ class SQLiteShard(Shard):
             return found
 
     def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
+        query = listing_query(status)
         with self._read() as conn:
-            rows = conn.execute(Q["list_tasks"], (status, task_name, limit)).fetchall()
+            rows = conn.execute(Q[query], (status, task_name, limit)).fetchall()
         return [_record(self.index, r) for r in rows]
 
     def count_tasks(self) -> dict[tuple[int, int], int]:
         with self._read() as conn:
-            return {(s, o): n for s, o, n in conn.execute(Q["count_tasks"])}
+            rows = conn.execute(Q["count_tasks"]).fetchall()
+        counts = {(status, outcome): n for status, outcome, n in rows}
+        stored = counts.pop((-1, 0))  # every row id ever given: the rest are ready
+        ready = stored - sum(counts.values())
+        counts.pop(REMOVED_KEY)
+        counts[(1, 0)] = ready
+        return {key: n for key, n in counts.items() if n}
 
     def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
         with self._read() as conn:
-            return conn.execute(Q["ended_timings"], (limit,)).fetchall()
+            return conn.execute(Q["ended_timings"], (limit, limit * TIMINGS_WINDOW)).fetchall()
 
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
+        query, key = ("requeue_failed_all", task_name) if row_id is None else ("requeue_failed_by_id", row_id)
         with self._write("requeue failed") as conn:
-            return conn.execute(Q["requeue_failed"], (row_id, task_name)).rowcount
+            requeued = {status: conn.execute(Q[query], (key, task_name, status)).rowcount
+                        for status in (4, 5)}
+            _add_to_counts(conn, {FAILED_KEY: -requeued[4], CALLBACKED_KEY[4]: -requeued[5]})
+        return sum(requeued.values())
+
+    def remove_waiting(self, row_id: int | None, task_name: str | None) -> int:
+        with self._write("remove waiting tasks") as conn:
+            scheduled, removed = self._tombstone_newest(conn, row_id, task_name)
+            if row_id is not None:
+                statuses = [r[0] for r in conn.execute(Q["remove_waiting_by_id"], (row_id, task_name))]
+                scheduled += statuses.count(6)
+                removed += len(statuses)
+            else:
+                removed += conn.execute(Q["remove_ready"], (task_name,)).rowcount
+                gone = conn.execute(Q["remove_scheduled"], (task_name,)).rowcount
+                scheduled += gone
+                removed += gone
+            _add_to_counts(conn, {SCHEDULED_KEY: -scheduled, REMOVED_KEY: removed})
+        return removed
+
+    @staticmethod
+    def _tombstone_newest(conn: sqlite3.Connection, row_id: int | None,
+                          task_name: str | None) -> tuple[int, int]:
+        """The newest row, if it is to be removed, stays as a tombstone (row ids are never
+        reused: every row id up to the newest is a row stored). (scheduled, removed) by it."""
+        newest = conn.execute(Q["newest_row"]).fetchone()
+        if newest is None:
+            return 0, 0
+        newest_id, status, name = newest
+        if status not in (1, 6) or row_id not in (None, newest_id) or task_name not in (None, name):
+            return 0, 0
+        conn.execute(Q["tombstone"], (newest_id,))
+        return int(status == 6), 1
 
     # -- liveness and upkeep ---------------------------------------------------------
     def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:
@@ -512,7 +589,7 @@ class SQLiteShard(Shard):
     def unregister_node(self, node: str) -> int:
         with self._write("unregister node") as conn:
             conn.execute(Q["unregister_node"], (node,))
-            return len(conn.execute(Q["fail_orphaned_cached"]).fetchall())
+            return self._fail_orphaned_cached(conn)
 
     def purge_ended(self, retention_seconds: float, limit: int) -> bool:
         """One window of ``limit`` rows, walked by row id from where the last call stopped
@@ -530,7 +607,13 @@ class SQLiteShard(Shard):
             return False
         if due:
             with self._write("purge") as conn:
-                conn.execute(Q["purge_ended"], (before, self._purge_after, last_id))
+                deleted = conn.execute(Q["purge_ended"], (before, self._purge_after, last_id)).fetchall()
+                deltas: dict[tuple[int, int], int] = {REMOVED_KEY: 0}
+                for status, outcome in deleted:
+                    if status:  # a tombstone (0) was counted as removed already
+                        deltas[(status, outcome)] = deltas.get((status, outcome), 0) - 1
+                        deltas[REMOVED_KEY] += 1
+                _add_to_counts(conn, deltas)
         self._purge_after = last_id
         return True
 

@@ -75,6 +75,12 @@ UPDATE mqs_tasks SET lease_expires = mqs_lease_now() + ?3
    AND +mqs_tasks.status = 2 AND +mqs_tasks.lease_owner = ?1
 RETURNING id;
 
+-- name: count_orphaned_scheduled
+-- How many of the tasks fail_orphaned_cached is about to fail are SCHEDULED (for the kept counts; same transaction).
+SELECT count(*) FROM mqs_tasks INDEXED BY mqs_tasks_cached
+ WHERE cache_owner IS NOT NULL AND status IN (1, 2, 6) AND +status = 6
+   AND cache_owner NOT IN (SELECT node_id FROM mqs_nodes WHERE expires_at > mqs_lease_now());
+
 -- name: fail_orphaned_cached
 -- Cached tasks whose owning node is gone can never run: FAILED, with the reason.
 UPDATE mqs_tasks
@@ -107,40 +113,93 @@ SELECT (SELECT min(run_after) FROM mqs_tasks WHERE status = 6) - mqs_wall_now();
 SELECT id FROM mqs_tasks WHERE sender = ?1 AND notify = 1 AND status IN (3, 4) LIMIT ?2;
 
 -- name: mark_callbacked
--- The sender's callback ran for these tasks (?1: a JSON array of row ids; one statement per batch).
-UPDATE mqs_tasks SET status = 5 WHERE id IN (SELECT value FROM json_each(?1)) AND status IN (3, 4);
+-- The sender's callback ran for these tasks (?1: a JSON array of row ids; one statement per batch); returns each one's outcome (for the kept counts).
+UPDATE mqs_tasks SET status = 5 WHERE id IN (SELECT value FROM json_each(?1)) AND status IN (3, 4)
+RETURNING outcome;
 
 -- name: get_task
--- One task by its row id.
+-- One task by its row id (a removed one's tombstone, status 0, is not a task).
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
-  FROM mqs_tasks WHERE id = ?1;
+  FROM mqs_tasks WHERE id = ?1 AND status <> 0;
 
--- name: list_tasks
--- Newest tasks, optionally of status ?1 (3 or 4 also match CALLBACKED rows with that outcome) and name ?2.
+-- name: list_recent
+-- The newest tasks (of name ?2 if not NULL), walking the primary key back from the newest row.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
        sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
   FROM mqs_tasks
- WHERE (?1 IS NULL OR status = ?1 OR (status = 5 AND outcome = ?1))
-   AND (?2 IS NULL OR task_name = ?2)
+ WHERE status <> 0 AND (?2 IS NULL OR task_name = ?2)
+ ORDER BY id DESC LIMIT ?3;
+
+-- name: list_ready
+-- Ready tasks (of name ?2) in the order they will be claimed, on the ready index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM mqs_tasks
+ WHERE status = 1 AND (?2 IS NULL OR task_name = ?2)
+ ORDER BY priority DESC, id LIMIT ?3;
+
+-- name: list_scheduled
+-- Scheduled tasks (of name ?2) in the order they become ready, on the scheduled index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM mqs_tasks
+ WHERE status = 6 AND (?2 IS NULL OR task_name = ?2)
+ ORDER BY run_after, id LIMIT ?3;
+
+-- name: list_running
+-- Running tasks (of name ?2), newest first, on the running index (at most the leases held).
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM mqs_tasks INDEXED BY mqs_tasks_running
+ WHERE status = 2 AND (?2 IS NULL OR task_name = ?2)
+ ORDER BY id DESC LIMIT ?3;
+
+-- name: list_failed
+-- Failed tasks (of name ?2), whether or not their callback ran, newest first, on the failed index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM mqs_tasks
+ WHERE outcome = 4 AND (?2 IS NULL OR task_name = ?2)
+ ORDER BY id DESC LIMIT ?3;
+
+-- name: list_ended_as
+-- Tasks of status ?1 (3: FINISHED, with those whose callback ran; 5: CALLBACKED) and name ?2, newest first, walking the primary key back from the newest row (most ended tasks finished: no index is kept on every completion for this).
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+  FROM mqs_tasks
+ WHERE (status = ?1 OR (?1 = 3 AND status = 5 AND outcome = 3)) AND (?2 IS NULL OR task_name = ?2)
  ORDER BY id DESC LIMIT ?3;
 
 -- name: count_tasks
--- Number of tasks per status and outcome (0 until ended).
-SELECT status, coalesce(outcome, 0), count(*) FROM mqs_tasks GROUP BY 1, 2;
+-- One snapshot: the kept counts (migration 0004 says which), the running tasks on their index, and the largest row id (every row ever stored: the rest are ready). Status -1 carries max(id).
+SELECT status, outcome, n FROM mqs_counts
+UNION ALL SELECT 2, 0, (SELECT count(*) FROM mqs_tasks WHERE status = 2)
+UNION ALL SELECT -1, 0, coalesce((SELECT max(id) FROM mqs_tasks), 0);
+
+-- name: add_to_count
+-- Move the kept count of (status ?1, outcome ?2) by ?3, in the transaction that moved the tasks.
+UPDATE mqs_counts SET n = n + ?3 WHERE status = ?1 AND outcome = ?2;
 
 -- name: ended_timings
--- Created, started and ended times of the newest ended tasks (latency summaries).
+-- Created, started and ended times of the newest ended tasks (latency summaries), among the newest ?2 rows only: a backlog sent after them bounds the walk instead of making it the whole table.
 SELECT created_at, started_at, ended_at FROM mqs_tasks
- WHERE ended_at IS NOT NULL ORDER BY id DESC LIMIT ?1;
+ WHERE id > (SELECT max(id) FROM mqs_tasks) - ?2 AND ended_at IS NOT NULL ORDER BY id DESC LIMIT ?1;
 
--- name: requeue_failed
--- FAILED tasks (by row id ?1 and/or name ?2) run again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); cached ones cannot.
+-- name: requeue_failed_by_id
+-- Task ?1, if it is of status ?3 (4: FAILED, or 5: its callback ran) with outcome FAILED (and of name ?2, if not NULL), runs again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); a cached one cannot. By primary key.
 UPDATE mqs_tasks
    SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
        ended_at = NULL, started_at = NULL, run_after = 0
- WHERE (status = 4 OR (status = 5 AND outcome = 4)) AND cache_owner IS NULL
-   AND (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR task_name = ?2);
+ WHERE id = ?1 AND status = ?3 AND outcome = 4 AND cache_owner IS NULL
+   AND (?2 IS NULL OR task_name = ?2);
+
+-- name: requeue_failed_all
+-- As requeue_failed_by_id for every failed task of status ?3 (and of name ?2, if not NULL), found on the failed index.
+UPDATE mqs_tasks
+   SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
+       ended_at = NULL, started_at = NULL, run_after = 0
+ WHERE outcome = 4 AND +status = ?3 AND cache_owner IS NULL AND (?2 IS NULL OR task_name = ?2);
 
 -- name: register_node
 -- A queue object is alive for ?4 more seconds (its cached arguments depend on it); refreshed before that runs out.
@@ -179,6 +238,34 @@ SELECT max(id), sum(ended_at < ?2), min(created_at)
   FROM (SELECT id, ended_at, created_at FROM mqs_tasks WHERE id > ?1 ORDER BY id LIMIT ?3);
 
 -- name: purge_ended
--- Delete the tasks that ended before ?1 among row ids ?2 < id <= ?3 (one window); never the newest row, so row ids are never reused.
+-- Delete the tasks that ended before ?1 among row ids ?2 < id <= ?3 (one window); never the newest row, so row ids are never reused; returns what each was (for the kept counts).
 DELETE FROM mqs_tasks
- WHERE id > ?2 AND id <= ?3 AND ended_at < ?1 AND id < (SELECT max(id) FROM mqs_tasks);
+ WHERE id > ?2 AND id <= ?3 AND ended_at < ?1 AND id < (SELECT max(id) FROM mqs_tasks)
+RETURNING status, coalesce(outcome, 0);
+
+-- name: newest_row
+-- The newest row (id, status, name): a removal never deletes it, so row ids are never reused.
+SELECT id, status, task_name FROM mqs_tasks WHERE id = (SELECT max(id) FROM mqs_tasks);
+
+-- name: tombstone
+-- Row ?1, the newest, is removed in place: status 0 (no task; never claimed, listed or counted), arguments dropped, ended now so the retention purge deletes it once a newer row exists.
+UPDATE mqs_tasks SET status = 0, outcome = NULL, args = NULL, result = NULL, traceback = NULL,
+       notify = 0, ended_at = mqs_wall_now()
+ WHERE id = ?1;
+
+-- name: remove_waiting_by_id
+-- Delete task ?1 if it is waiting (ready or scheduled; of name ?2 if not NULL) and not the newest row, by primary key; returns its status.
+DELETE FROM mqs_tasks
+ WHERE id = ?1 AND status IN (1, 6) AND (?2 IS NULL OR task_name = ?2)
+   AND id < (SELECT max(id) FROM mqs_tasks)
+RETURNING status;
+
+-- name: remove_ready
+-- Delete the ready tasks (of name ?1; all when NULL) but the newest row, on the ready index.
+DELETE FROM mqs_tasks
+ WHERE status = 1 AND (?1 IS NULL OR task_name = ?1) AND +id < (SELECT max(id) FROM mqs_tasks);
+
+-- name: remove_scheduled
+-- Delete the scheduled tasks (of name ?1; all when NULL) but the newest row, on the scheduled index.
+DELETE FROM mqs_tasks
+ WHERE status = 6 AND (?1 IS NULL OR task_name = ?1) AND +id < (SELECT max(id) FROM mqs_tasks);
