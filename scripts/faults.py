@@ -276,11 +276,27 @@ class SQLiteStore:
         self.close()
         return ""  # the files go with the run folder
 
+    def kept_counts(self) -> dict[tuple[int, int], int]:
+        """The counts the package keeps (what ``stats()`` reads), through the package."""
+        from message_queue_sqlite import MessageQueue
+
+        return _kept_counts(MessageQueue(self.folder, shards=self.shards))
+
     def lease_now(self) -> float:
         """Now on the clock the files' lease expiries are on (the host's boot clock)."""
         from message_queue_sqlite.backends.sqlite.clock import lease_now
 
         return lease_now()
+
+
+def _kept_counts(queue: Any) -> dict[tuple[int, int], int]:
+    try:
+        total: Counter[tuple[int, int]] = Counter()
+        for shard in queue.engine.shards:
+            total.update(shard.count_tasks())
+        return {key: n for key, n in total.items() if n}
+    finally:
+        queue.close()
 
 
 class StoreMissing(Exception):
@@ -362,6 +378,12 @@ class PostgresStore:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+    def kept_counts(self) -> dict[tuple[int, int], int]:
+        """The counts the package keeps (what ``stats()`` reads), through the package."""
+        from message_queue_sqlite import MessageQueue
+
+        return _kept_counts(MessageQueue(broker_url=self.url))
 
     def lease_now(self) -> float:
         """Now on the clock lease expiries are on (the server's)."""
@@ -783,6 +805,7 @@ class Scenario:
                 r.note(f"task id {task_id} stored twice")
             rows[task_id] = record
         r.stored = len(rows)
+        self.check_counts(records)
 
         # What the senders tried and what they were told was stored.
         accepted: dict[str, str] = {}  # task_id -> key
@@ -889,6 +912,20 @@ class Scenario:
         if phantom:
             r.bad_outcomes += len(phantom)
             r.note(f"executions of {len(phantom)} key(s) that no row holds, e.g. {sorted(phantom)[:3]}")
+
+    def check_counts(self, records: list[dict[str, Any]]) -> None:
+        """The counts kept by the statements that moved the tasks (through every kill) must
+        equal the rows: a count that drifted would show a dashboard a wrong queue."""
+        scanned = Counter((row["status"], row["outcome"] or 0) for row in records if row["status"])
+        try:
+            kept = self.store.kept_counts()
+        except Exception as exc:  # noqa: BLE001 - reported in the verdict
+            self.result.errors += 1
+            self.result.note(f"reading the kept counts failed: {exc!r}")
+            return
+        if kept != dict(scanned):
+            self.result.bad_outcomes += 1
+            self.result.note(f"BAD kept counts {sorted(kept.items())} != rows {sorted(scanned.items())}")
 
     def line(self) -> str:
         r = self.result
