@@ -8,7 +8,12 @@ from message_queue_sqlite.core.errors import MissingDependencyError
 
 
 def open_backend(config: Config, shard_count: int | None = None) -> Backend:
-    """The backend ``config`` selects: PostgreSQL for a postgresql:// URL, else SQLite files."""
+    """The backend ``config`` selects: in memory for immediate mode (unless
+    ``immediate_use_memory=False``), PostgreSQL for a postgresql:// URL, else SQLite files."""
+    if config.immediate and config.immediate_use_memory:  # before any path or URL is looked at
+        from message_queue_sqlite.backends.sqlite.memory import MemoryBackend
+
+        return MemoryBackend(shard_count or config.middleware_num, config.durability)
     url = config.broker_url
     if url and url.startswith(("postgresql://", "postgres://")):
         try:

@@ -22,7 +22,8 @@ class Config:
     """
 
     middleware_path: str = "message_queue"
-    """Folder holding the SQLite shard files (created if missing)."""
+    """Folder holding the SQLite shard files (created if missing). Immediate mode keeps its
+    tasks in memory instead and never looks at it (see ``immediate_use_memory``)."""
     max_workers: int = 5
     """Worker threads that run tasks in a process that starts the server."""
     middleware_num: int = 1
@@ -43,10 +44,17 @@ class Config:
     """Callbacks one queue object may hold for tasks not ended yet; a send with a callback
     beyond it waits for room (back-pressure), and fails if none ends for 30 s."""
     immediate: bool = False
-    """Run each task in the sending thread before ``send`` returns, in memory, no files: for
-    tests and scripts (huey's ``immediate``, Celery's ``task_always_eager``)."""
+    """Run each task in the sending thread before ``send`` returns: for tests and scripts
+    (huey's ``immediate``, Celery's ``task_always_eager``). Its tasks are kept in memory, no
+    folder, no file, no database server (see ``immediate_use_memory``)."""
     broker_url: str | None = field(default_factory=_default_broker_url)
     """A ``postgresql://`` URL selects PostgreSQL; None (default) uses SQLite files."""
+    immediate_use_memory: bool = True
+    """With ``immediate``: True (default) keeps the tasks in memory private to this queue
+    object, freed when it closes; ``middleware_path`` and ``broker_url`` are accepted and
+    ignored (nothing is created there). False stores them where those say, as without
+    ``immediate`` (to look at them from another process or the CLI). Huey's option of the
+    same name; without ``immediate`` it is not read."""
 
     def __post_init__(self) -> None:
         self.middleware_path = os.fspath(self.middleware_path)
@@ -59,8 +67,10 @@ class Config:
         _require_positive("drain_timeout", self.drain_timeout, allow_zero=True)
         if self.retention is not None:
             _require_positive("retention", self.retention, allow_zero=True)
-        if not isinstance(self.immediate, bool):
-            raise ValueError(f"Config.immediate={self.immediate!r} is invalid; it must be True or False")
+        for name in ("immediate", "immediate_use_memory"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"Config.{name}={value!r} is invalid; it must be True or False")
         if self.durability not in DURABILITY_MODES:
             raise ValueError(
                 f"Config.durability={self.durability!r} is not a mode; use one of {DURABILITY_MODES}"

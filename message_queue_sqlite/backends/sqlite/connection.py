@@ -4,12 +4,16 @@ Another application's database is never modified (an application id in the file 
 marks ours); switching a fresh file to WAL needs the write lock, so processes opening it
 at once retry the switch instead of failing with "database is locked"; and the schema is
 created or migrated inside one ``BEGIN IMMEDIATE`` so concurrent openers agree.
+
+A shard may also live in memory (immediate mode; ``memory_database``): the same schema,
+migrations and settings, minus WAL, which SQLite has no use for there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
@@ -27,6 +31,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 BUSY_TIMEOUT_S = 5.0  # one wait inside SQLite's busy handler
 LOCK_DEADLINE_S = 120.0  # total time a write keeps retrying a locked file before giving up
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+MEMORY_VFS_SUFFIX = "?vfs=memdb"
 
 T = TypeVar("T")
 
@@ -75,12 +80,29 @@ def check_sqlite_library() -> None:
         raise QueueStorageError(f"this SQLite library lacks the JSON functions ({exc})") from exc
 
 
+def memory_database(name: str) -> str:
+    """Where to ``connect`` for the in-memory database ``name`` of this process (SQLite's
+    "memdb" VFS): every connection opened on it in this process shares the one database, with
+    SQLite's usual locking (a write transaction holds readers off, within the busy timeout),
+    and it is freed when its last connection closes. Nothing is read from or written to disk;
+    no other process can see it. ``name`` must be unique in the process for a database of its own."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):  # nothing a URI would read otherwise
+        raise ValueError(f"an in-memory database name must be a plain word, got {name!r}")
+    return f"file:/{name}{MEMORY_VFS_SUFFIX}"
+
+
+def is_memory_database(path: str) -> bool:
+    return path.startswith("file:/") and path.endswith(MEMORY_VFS_SUFFIX)
+
+
 def connect(path: str, durability: str, clock: Clock | None = None) -> sqlite3.Connection:
-    """A configured connection to a verified, migrated shard file, its SQL reading ``clock``
-    (default: the host's boot clock for leases, the wall clock for scheduled times)."""
-    try:
+    """A configured connection to a verified, migrated shard file (or in-memory shard, see
+    ``memory_database``), its SQL reading ``clock`` (default: the host's boot clock for
+    leases, the wall clock for scheduled times)."""
+    in_memory = is_memory_database(path)
+    try:  # only our own memory strings are read as URIs: a folder may be named "file:..."
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False, cached_statements=256)
+                               check_same_thread=False, cached_statements=256, uri=in_memory)
     except sqlite3.Error as exc:
         raise QueueStorageError(f"cannot open queue file {path}: {exc}") from exc
     try:
@@ -89,7 +111,8 @@ def connect(path: str, durability: str, clock: Clock | None = None) -> sqlite3.C
         conn.create_function("mqs_lease_now", 0, clock.lease_reading, deterministic=True)
         conn.create_function("mqs_wall_now", 0, clock.wall_reading, deterministic=True)
         _verify_owner(conn, path)
-        _set_wal(conn, path)
+        if not in_memory:  # in memory the journal stays in memory too (journal_mode MEMORY)
+            _set_wal(conn, path)
         conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
         conn.execute("PRAGMA journal_size_limit = 67108864")  # WAL truncated to 64 MiB after checkpoints
         conn.execute("PRAGMA temp_store = MEMORY")
