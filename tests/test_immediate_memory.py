@@ -181,9 +181,8 @@ def test_closing_an_immediate_queue_frees_its_memory(tmp_path: Path):
 
 def test_immediate_memory_serves_sends_from_many_threads(tmp_path: Path):
     """Several threads' connections share one in-memory shard under SQLite's locking (a write
-    holds readers off, within the busy timeout): every task runs once, every callback runs.
-    (A task another thread's send is running may end just after this send returns: the
-    result is awaited, not read at once.)"""
+    holds readers off, within the busy timeout): every task runs once, every callback runs,
+    and each send returns after its own task ended, even when another thread's send ran it."""
     with MessageQueue(tmp_path / "queue", immediate=True) as mq:
 
         @mq.task
@@ -196,7 +195,7 @@ def test_immediate_memory_serves_sends_from_many_threads(tmp_path: Path):
         def sender(base: int) -> None:
             for i in range(base, base + 25):
                 handle = mq.send(square, {"x": i}, callback=lambda d: got.append(d["result"]))
-                results[i] = handle.result(timeout=30)
+                results[i] = handle.result(timeout=0)
 
         threads = [threading.Thread(target=sender, args=(n * 25,)) for n in range(4)]
         for thread in threads:

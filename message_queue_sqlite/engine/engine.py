@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 IDLE_RECHECK_S = 1.0  # an idle worker re-checks storage at least this often (missed-event guard)
 BACKPRESSURE_WAIT_S = 30.0  # a send waits this long for pending callbacks to make room
+INLINE_WAIT_S = 30.0  # immediate mode: how long a send waits for its task run by another thread
 PRIORITY_RANGE = (-(2**63), 2**63 - 1)  # what both backends store (SQLite INTEGER, PostgreSQL BIGINT)
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # closed at exit, reset in a forked child
 
@@ -121,7 +122,7 @@ class Engine:
             self.dispatcher.expect(((task_id, request.callback),))
         self.bell.ring()
         if self.config.immediate:
-            self._run_inline()
+            self._run_inline((task_id,))
         return task_id
 
     def send_many(self, requests: Sequence[SendRequest]) -> list[str]:
@@ -170,19 +171,25 @@ class Engine:
             for request, task_id in zip(requests, task_ids, strict=True):
                 hooks.fire(hooks.after_send, task_id, request)
         if self.config.immediate:
-            self._run_inline()
+            self._run_inline(task_ids)
         return task_ids
 
-    def _run_inline(self) -> None:
+    def _run_inline(self, task_ids: Sequence[str]) -> None:
         """Immediate mode: run what was just sent (and what it sent, and its retries) in this
-        thread, then let the callbacks run, before the send returns."""
+        thread, then let the callbacks run, before the send returns. Another thread's send may
+        have claimed one of these tasks in its own run: the send waits for it to end there, so
+        a send never returns before its task ended."""
         with self._lock:
             self._ensure_node_locked()
             if self._inline is None:
                 self._inline = Worker(self, InlineExecutor(), self.runner)
                 self._inline.start()
         self._inline.run_ready_now()
-        self.dispatcher.flush(timeout=30)
+        for task_id in task_ids:
+            if self.wait_outcome(task_id, INLINE_WAIT_S) is None:
+                log.warning("immediate mode: task %s did not end within %.0f s of its send",
+                            task_id, INLINE_WAIT_S)
+        self.dispatcher.flush(timeout=INLINE_WAIT_S)
 
     def _prepare(self, request: SendRequest, now: float, cached_keys: list[str]) -> NewTask:
         """Validate one request and turn it into a row; cached arguments go to memory here."""
