@@ -207,12 +207,13 @@ SELECT id, task_name, status, outcome, result, traceback, priority, attempts, ma
  ORDER BY run_after, id LIMIT %(limit)s;
 
 -- name: list_running
--- Running tasks (of a name), newest first, on the running index (at most the leases held).
-SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
-  FROM {schema}.mqs_tasks
- WHERE status = 2 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
- ORDER BY id DESC LIMIT %(limit)s;
+-- Running tasks (of a name), newest first, read on the running index (at most the leases held) and sorted after: a walk of the primary key looking for them, which the planner may prefer for the ORDER BY, would cross the whole table.
+WITH running AS MATERIALIZED (
+    SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+           sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+      FROM {schema}.mqs_tasks
+     WHERE status = 2 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text))
+SELECT * FROM running ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_failed
 -- Failed tasks (of a name), whether or not their callback ran, newest first, on the failed index.
