@@ -21,7 +21,7 @@ from message_queue_sqlite import MessageQueue, QueueStorageError, RetryPolicy, T
 
 PY = sys.executable
 QUICK_RETRY = RetryPolicy(max_retries=1, backoff=0.05, jitter=False)
-COMMANDS = ["worker", "stats", "failed", "retry", "demo"]
+COMMANDS = ["worker", "stats", "failed", "retry", "purge", "demo"]
 
 APP = """
 import threading
@@ -409,3 +409,73 @@ def test_pip_install_metadata_is_current():
     assert not [c for c in project["project"]["classifiers"] if c.startswith("License ::")]
     build = project["build-system"]["requires"]
     assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77 for r in build)
+
+
+def _mixed_queue(folder: str) -> None:
+    """3 finished (2 of them with a callback that ran), 2 failed (1 with a callback), 1 waiting."""
+    with MessageQueue(folder) as mq:
+        @mq.task
+        def ok(n):
+            return n
+
+        @mq.task
+        def bad(n):
+            raise ValueError(f"bad {n}")
+
+        ran: list[object] = []
+        handles = [mq.send(ok, {"n": 1}, callback=ran.append), mq.send(ok, {"n": 2}, callback=ran.append),
+                   mq.send(ok, {"n": 3}), mq.send(bad, {"n": 4}, callback=ran.append), mq.send(bad, {"n": 5})]
+        with mq.running():
+            wait_until(lambda: sum(h.callback_ran for h in handles) == 3, what="three callbacks")
+            for h in handles:
+                h.outcome(timeout=10)
+        mq.send(ok, {"n": 6})
+
+
+def test_stats_says_finished_and_failed_whether_or_not_the_callback_ran(tmp_path):
+    folder = str(tmp_path / "q")
+    _mixed_queue(folder)
+    data = json.loads(cli("stats", "--path", folder, "--json").stdout)
+    assert data["outcomes"] == {"queued": 1, "scheduled": 0, "running": 0, "finished": 3, "failed": 2,
+                                "callback_ran": 3}
+    assert data["totals"]["CALLBACKED"] == 3 and data["totals"]["FAILED"] == 1  # stored, as before
+    assert data["shards"][0]["outcomes"] == data["outcomes"]
+    table = cli("stats", "--path", folder).stdout.splitlines()
+    header, total = table[0].split(), table[-1].split()
+    assert header == ["shard", "queued", "scheduled", "running", "finished", "failed", "callback", "ran"]
+    assert total == ["total", "1", "0", "0", "3", "2", "3"]
+
+
+def test_failed_counts_failures_whose_callback_ran(tmp_path):
+    folder = str(tmp_path / "q")
+    _mixed_queue(folder)
+    result = cli("failed", "--path", folder, "--limit", "1")
+    assert result.stdout.splitlines()[-1].startswith("showing the newest 1 of 2 failed tasks")
+
+
+def test_purge_removes_waiting_tasks_and_says_why_not(tmp_path):
+    folder = str(tmp_path / "q")
+    with MessageQueue(folder) as mq:
+        sent = [mq.send("a", {}) for _ in range(3)] + [mq.send("b", {}, delay=600) for _ in range(2)]
+    nothing = cli("purge", "--path", folder)
+    assert nothing.returncode == 2 and "TASK_ID" in nothing.stderr and "--all" in nothing.stderr
+    one = cli("purge", sent[0].task_id, "--path", folder)
+    assert one.returncode == 0 and "1 waiting task(s) removed" in one.stdout
+    gone = cli("purge", sent[0].task_id, "--path", folder)
+    assert gone.returncode == 1 and "no task" in gone.stderr
+    named = cli("purge", "--task", "b", "--path", folder)
+    assert named.returncode == 0 and "2 waiting task(s) named 'b' removed" in named.stdout
+    with MessageQueue(folder) as mq:
+        @mq.task
+        def a():
+            return 1
+
+        with mq.running():
+            mq.get(sent[1].task_id).outcome(timeout=10)
+            mq.get(sent[2].task_id).outcome(timeout=10)
+    ended = cli("purge", sent[1].task_id, "--path", folder)
+    assert ended.returncode == 1 and "FINISHED, not waiting" in ended.stderr
+    every = cli("purge", "--all", "--path", folder)
+    assert every.returncode == 0 and "0 waiting task(s) removed" in every.stdout
+    data = json.loads(cli("stats", "--path", folder, "--json").stdout)
+    assert data["outcomes"]["finished"] == 2 and data["outcomes"]["queued"] == 0

@@ -1,4 +1,4 @@
-"""The command line: ``worker``, ``stats``, ``failed``, ``retry`` and ``demo``; ``--help`` on each.
+"""The command line: ``worker``, ``stats``, ``failed``, ``retry``, ``purge`` and ``demo``; ``--help`` on each.
 
 It is the first thing many users meet, so every refusal names what the user typed (``--path``,
 ``--workers``, not the ``Config`` field behind it) and says what to type instead; a worker
@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from message_queue_sqlite.api.queue import MessageQueue, TaskInfo
+from message_queue_sqlite.backends.base import OUTCOME_NAMES
 from message_queue_sqlite.backends.sqlite import existing_shard_count, folder_mistake
 from message_queue_sqlite.cli.target import Target, load_target
 from message_queue_sqlite.core.config import BROKER_URL_ENV, Config
@@ -117,6 +118,26 @@ exit codes:
   1  nothing to retry for what was named: the task is not FAILED (its status is shown),
      no such task, or no failed task of that name
   2  a bad option or task id, or the queue cannot be opened"""
+PURGE_EXIT_CODES = """\
+exit codes:
+  0  the waiting tasks named were removed (none waiting is no error for --task or --all)
+  1  the task named by id is not waiting (its status is shown) or not in this queue
+  2  a bad option or task id, or the queue cannot be opened"""
+
+
+def _selection_examples(prog: str, name: str, which: str, exit_codes: str) -> str:
+    return _examples(prog, [(f"{name} 0-17 --path q", "one task, by the id send returned"),
+                            (f"{name} --task resize --path q", f"every {which} task named resize"),
+                            (f"{name} --all --path q", f"every {which} task")], exit_codes)
+
+
+def _add_selection(parser: argparse.ArgumentParser, which: str) -> None:
+    """What ``retry`` and ``purge`` act on: one task by id, the tasks of a name, or all."""
+    _add_location(parser)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("task_id", nargs="?", metavar="TASK_ID", help=f"the id of one {which} task, e.g. 0-17")
+    group.add_argument("--task", metavar="NAME", help=f"every {which} task of this name")
+    group.add_argument("--all", action="store_true", help=f"every {which} task")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -192,17 +213,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="at most this many (default: %(default)s)")
     failed.add_argument("--json", action="store_true", help="print JSON (a list, with tracebacks)")
 
-    retry = command("retry", "queue failed tasks again",
-                    "Queue failed tasks again with a fresh retry budget: one task by id, every\n"
-                    "failed task of a name, or all of them.",
-                    _examples(prog, [("retry 0-17 --path q", "one task, by the id send returned"),
-                                     ("retry --task resize --path q", "every failed task named resize"),
-                                     ("retry --all --path q", "every failed task")], RETRY_EXIT_CODES))
-    _add_location(retry)
-    group = retry.add_mutually_exclusive_group(required=True)
-    group.add_argument("task_id", nargs="?", metavar="TASK_ID", help="the id of one failed task, e.g. 0-17")
-    group.add_argument("--task", metavar="NAME", help="every failed task of this name")
-    group.add_argument("--all", action="store_true", help="every failed task")
+    _add_selection(command("retry", "queue failed tasks again",
+                           "Queue failed tasks again with a fresh retry budget: one task by id, every\n"
+                           "failed task of a name, or all of them.",
+                           _selection_examples(prog, "retry", "failed", RETRY_EXIT_CODES)), "failed")
+    _add_selection(command("purge", "remove waiting tasks for good",
+                           "Remove tasks that have not started (NOT_STARTED or SCHEDULED) for good: one\n"
+                           "task by id, every waiting task of a name, or all of them. A running task is\n"
+                           "left alone; ended tasks go by retention.",
+                           _selection_examples(prog, "purge", "waiting", PURGE_EXIT_CODES)), "waiting")
 
     demo = command("demo", "run the original package's example app and summarize",
                    "Run the original README's example app unmodified against SQLite for a few\n"
@@ -457,11 +476,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    names = [s.name for s in TaskStatus]
-    print("shard".ljust(16) + "".join(n.rjust(12) for n in names))
-    for row in stats["shards"]:
-        print(row["shard"].ljust(16) + "".join(str(row[n]).rjust(12) for n in names))
-    print("total".ljust(16) + "".join(str(stats["totals"][n]).rjust(12) for n in names))
+    # How tasks stand (an ended task by how it ended, whether or not its callback ran), then
+    # whether the callbacks ran; the stored statuses (CALLBACKED as stored) are in --json.
+    names = [name for name in OUTCOME_NAMES if name != "callback_ran"]
+    width = max(16, *(len(row["shard"]) + 2 for row in stats["shards"]))
+    print("shard".ljust(width) + "".join(n.rjust(11) for n in names) + "callback ran".rjust(14))
+    for row in [*stats["shards"], {"shard": "total", "outcomes": stats["outcomes"]}]:
+        counts = row["outcomes"]
+        print(row["shard"].ljust(width) + "".join(str(counts[n]).rjust(11) for n in names)
+              + str(counts["callback_ran"]).rjust(14))
     return 0
 
 
@@ -469,7 +492,7 @@ def cmd_failed(args: argparse.Namespace) -> int:
     with _open(args) as queue:
         # one more than shown tells whether the list is complete, without counting them all
         records = queue.tasks(TaskStatus.FAILED, args.task, args.limit + 1)
-        totals = queue.stats()["totals"]
+        failed = queue.stats()["outcomes"]["failed"]
     more = len(records) > args.limit
     records = records[:args.limit]
     if args.json:
@@ -479,24 +502,20 @@ def cmd_failed(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         print(f"{r.task_id}  {r.task_name}  attempts={r.attempts}  {r.error}")
-    print(_failed_footer(len(records), more, totals, args.task))
+    print(_failed_footer(len(records), more, failed, args.task))
     return 0
 
 
-def _failed_footer(shown: int, more: bool, totals: dict[str, int], name: str | None) -> str:
-    """"showing N of M": M is exact when known. Counts per status hold FAILED rows; a failed
-    task whose sender's callback ran is CALLBACKED there (listed here all the same)."""
+def _failed_footer(shown: int, more: bool, failed: int, name: str | None) -> str:
+    """"showing N of M": M is every failed task, whether or not its callback ran (the counts
+    are kept per outcome); of one name, M is known only when all are shown."""
     of_name = f" named {name!r}" if name else ""
     if not more:
         return f"showing {shown} of {shown} failed task(s){of_name}"
     if name:
         return (f"showing the newest {shown} failed task(s){of_name}; there are more "
                 "(raise --limit to see them)")
-    at_least = max(totals["FAILED"], shown + 1)
-    if totals["CALLBACKED"]:  # some of those may have failed: not counted per status
-        return (f"showing the newest {shown} of at least {at_least} failed tasks (failed tasks whose "
-                "callback ran count as CALLBACKED); raise --limit to see more")
-    return f"showing the newest {shown} of {at_least} failed tasks; raise --limit to see more"
+    return f"showing the newest {shown} of {failed} failed tasks; raise --limit to see more"
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -528,6 +547,22 @@ def _why_not_retried(queue: MessageQueue, task_id: str) -> str:
     return f"{label} is {info.status.name}{ran}, not FAILED; only failed tasks can be retried"
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    with _open(args) as queue:
+        count = queue.purge(task_id=args.task_id, task_name=args.task)
+        if count or args.task_id is None:
+            what = f" named {args.task!r}" if args.task else ""
+            print(f"{count} waiting task(s){what} removed")
+            return 0
+        record = queue.engine.find(args.task_id)
+    if record is None:
+        raise CliError(f"no task {args.task_id} in this queue (removed already, purged by retention, "
+                       "or another queue's id?)", EXIT_NOTHING)
+    status = TaskInfo.from_record(record).status
+    raise CliError(f"task {args.task_id} ({record.task_name}) is {status.name}, not waiting; only "
+                   "tasks that have not started (NOT_STARTED or SCHEDULED) can be purged", EXIT_NOTHING)
+
+
 # -- entry point -----------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from message_queue_sqlite.cli.demo import run_demo
@@ -536,7 +571,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed, "retry": cmd_retry, "demo": _demo}
+    "worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed, "retry": cmd_retry, "purge": cmd_purge,
+    "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
