@@ -479,3 +479,50 @@ def test_purge_removes_waiting_tasks_and_says_why_not(tmp_path):
     assert every.returncode == 0 and "0 waiting task(s) removed" in every.stdout
     data = json.loads(cli("stats", "--path", folder, "--json").stdout)
     assert data["outcomes"]["finished"] == 2 and data["outcomes"]["queued"] == 0
+
+
+def test_demo_summary_counts_failures_apart_and_is_not_ok_over_them(tmp_path, capsys):
+    """The demo once printed "demo: OK" over failed tasks, counted as done. A queue where the
+    app's non-cache task failed: the summary counts it as failed, names the most common
+    reason, and says NOT OK (exit 1)."""
+    from message_queue_sqlite.cli.demo import _summarize
+
+    folder = str(tmp_path / "message_queue")
+    with MessageQueue(folder) as mq:
+        @mq.task
+        def test1(message):
+            raise RuntimeError(f"cannot print {message}")
+
+        @mq.task
+        def test(message):
+            return "test"
+
+        handles = [mq.send(test1, {"message": "hi"}) for _ in range(2)] + [mq.send(test, {"message": "x"})]
+        with mq.running():
+            for h in handles:
+                h.outcome(timeout=10)
+    log = tmp_path / "app-output.log"
+    log.write_text("")
+    assert _summarize(MessageQueue(folder), 0, log) == 1
+    out = capsys.readouterr().out
+    assert "  finished                  1  (callbacks received: 0, recorded: 0)" in out
+    assert "  failed                    2  (most common: 'RuntimeError: cannot print hi', 2 of 2)" in out
+    assert "demo: NOT OK: 2 task(s) failed that were not cache-mode tasks orphaned at the stop" in out
+    assert "demo: OK" not in out
+
+
+def test_demo_verdict_accepts_only_what_the_app_was_promised():
+    from message_queue_sqlite.api.queue import TaskInfo
+    from message_queue_sqlite.cli.demo import verdict
+
+    def failure(name: str, attempts: int) -> TaskInfo:
+        return TaskInfo("0-1", name, TaskStatus.FAILED, False, None, "why", None, 0, attempts,
+                        1.0, None, 2.0, 0.0)
+
+    good = {"queued": 3, "scheduled": 0, "running": 0, "finished": 10, "failed": 1, "callback_ran": 10}
+    assert verdict(0, good, 10, [failure("test", 0)]) == []  # the cache-mode task orphaned at the stop
+    assert verdict(1, good, 10, [])[0] == "main.py exited with code 1"
+    assert "RUNNING" in verdict(0, {**good, "running": 2}, 10, [])[0]
+    assert "9 callback line(s) printed, but 10 recorded" in verdict(0, good, 9, [])[0]
+    assert "failed that were not" in verdict(0, good, 10, [failure("test", 1)])[0]
+    assert "failed that were not" in verdict(0, good, 10, [failure("test1", 0)])[0]
