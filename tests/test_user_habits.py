@@ -4,6 +4,7 @@ its own arguments (checked at send), absolute times, and results as values (both
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import wait_until
 
 from message_queue_sqlite import TaskFailedError, TaskStatus
+from message_queue_sqlite.engine import engine as engine_module
 
 
 def test_status_says_finished_or_failed_whether_or_not_the_callback_ran(make_queue):
@@ -198,3 +200,36 @@ def lambda_task(mq):
         return 1 / 0
 
     return divide
+
+
+def _cache_task(mq):
+    @mq.task(use_cache=True)
+    def holds(lock):
+        return "ran"
+
+    return holds
+
+
+def test_a_cache_mode_send_with_no_workers_started_is_warned_about(make_queue, monkeypatch, caplog):
+    """A cache-mode task can run only on its sender's own workers: a CLI worker never can."""
+    monkeypatch.setattr(engine_module, "CACHE_WORKER_GRACE_S", 0.05)
+    mq = make_queue()
+    holds = _cache_task(mq)
+    with caplog.at_level(logging.WARNING, logger="message_queue_sqlite.engine.engine"):
+        holds.send(threading.Lock())
+        mq.engine._cache_check.join(timeout=10)
+    assert "sent in cache mode" in caplog.text and "'holds'" in caplog.text
+    assert "a CLI worker never can" in caplog.text
+
+
+def test_a_cache_mode_send_whose_sender_starts_its_workers_is_not_warned_about(make_queue, monkeypatch,
+                                                                                  caplog):
+    monkeypatch.setattr(engine_module, "CACHE_WORKER_GRACE_S", 0.5)
+    mq = make_queue()
+    holds = _cache_task(mq)
+    with caplog.at_level(logging.WARNING, logger="message_queue_sqlite.engine.engine"):
+        handle = holds.send(threading.Lock())
+        mq.start()  # within the grace period, as start_server just after the first sends
+        assert handle.result(timeout=10) == "ran"
+        mq.engine._cache_check.join(timeout=10)
+    assert "sent in cache mode" not in caplog.text

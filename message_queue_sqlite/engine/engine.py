@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 IDLE_RECHECK_S = 1.0  # an idle worker re-checks storage at least this often (missed-event guard)
 BACKPRESSURE_WAIT_S = 30.0  # a send waits this long for pending callbacks to make room
+CACHE_WORKER_GRACE_S = 2.0  # a cache-mode send with no worker started by then is warned about
 INLINE_WAIT_S = 30.0  # immediate mode: how long a send waits for its task run by another thread
 PRIORITY_RANGE = (-(2**63), 2**63 - 1)  # what both backends store (SQLite INTEGER, PostgreSQL BIGINT)
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # closed at exit, reset in a forked child
@@ -95,6 +96,7 @@ class Engine:
         self._watching = False
         self._next_shard_look = 0.0
         self._node_registered = False
+        self._cache_check: threading.Timer | None = None  # armed by the first cache-mode send
 
     def after_fork_in_child(self) -> None:
         """In a child process made by ``fork()``: this object starts over as a new node
@@ -232,6 +234,8 @@ class Engine:
             max_retries = definition.options.retry.max_retries if definition else 0
         if cached:
             self._ensure_node()
+            if self._cache_check is None:
+                self._arm_cache_check(name)
             payload = f"{self.node}:{next(self._cache_keys)}"  # the key of the arguments in memory
             self.cache[payload] = (tuple(positional), args)
             cached_keys.append(payload)
@@ -296,6 +300,23 @@ class Engine:
     def worker(self) -> Worker | None:
         """The running worker (its ledger and executor), or None."""
         return self._worker
+
+    def _arm_cache_check(self, task_name: str) -> None:
+        """A cache-mode task runs only on this object's own workers (its arguments are in this
+        process's memory; a CLI worker never can): warn, once, when none was started within a
+        grace period of the first such send (senders often start their workers just after)."""
+        def check() -> None:
+            if not self._closed and not self.config.immediate and self._worker is None:
+                log.warning("task %r was sent in cache mode (use_cache=True), but this queue "
+                            "object runs no workers: only its own workers can run cache-mode "
+                            "tasks (their arguments live in this process's memory; a CLI worker "
+                            "never can), so it waits until this object starts workers (start() "
+                            "or start_server) and fails when it closes", task_name)
+
+        timer = threading.Timer(CACHE_WORKER_GRACE_S, check)
+        timer.daemon = True
+        self._cache_check = timer
+        timer.start()
 
     def active_workers(self) -> list[Worker]:
         """The running worker and one still stopping: whose ledgers the housekeeper renews."""
@@ -367,6 +388,8 @@ class Engine:
             return
         self.stop_workers()
         self._closed = True
+        if self._cache_check is not None:
+            self._cache_check.cancel()
         self.housekeeper.close()
         if self._node_registered:
             for shard in self.shards:
