@@ -106,9 +106,28 @@ def main() -> None:
         ("mq.retry_failed(task_id=one) (write)", lambda: mq.retry_failed(task_id=failed)),
         ("mq.purge(task_id=one) (write)", lambda: mq.purge(task_id=ready)),
     ]
+    first = {name: timed(call, args.repeat) for name, call in calls}
+    if not args.broker_url:
+        for name, ms in first.items():
+            print(f"| {name:40} | {ms:9.2f} |")
+        mq.close()
+        return
+    # Right after a burst of a million completions the partial indexes of the passing states
+    # (ready, running) still hold their dead entries, until autovacuum has been by.
+    settle(mq)
+    print(f"| {'call':40} | {'after the burst':>15} | {'after VACUUM':>12} |")
     for name, call in calls:
-        print(f"| {name:40} | {timed(call, args.repeat):9.2f} |")
+        print(f"| {name:40} | {first[name]:15.2f} | {timed(call, args.repeat):12.2f} |")
     mq.close()
+
+
+def settle(mq: MessageQueue) -> None:
+    """What autovacuum and the housekeeper do between bursts: VACUUM ANALYZE, fold the counts."""
+    import psycopg
+
+    with psycopg.connect(mq.engine.config.broker_url.split("?")[0], autocommit=True) as conn:
+        conn.execute(f"VACUUM ANALYZE {mq.engine.shards[0].name}")
+    mq.engine.shards[0].maintain()
 
 
 if __name__ == "__main__":
