@@ -411,9 +411,9 @@ def test_pip_install_metadata_is_current():
     assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77 for r in build)
 
 
-def _mixed_queue(folder: str) -> None:
+def _mixed_queue(folder: str, shards: int = 1) -> None:
     """3 finished (2 of them with a callback that ran), 2 failed (1 with a callback), 1 waiting."""
-    with MessageQueue(folder) as mq:
+    with MessageQueue(folder, shards=shards) as mq:
         @mq.task
         def ok(n):
             return n
@@ -433,24 +433,54 @@ def _mixed_queue(folder: str) -> None:
 
 
 def test_stats_says_finished_and_failed_whether_or_not_the_callback_ran(tmp_path):
+    """`stats` once counted only stored statuses: a failed task whose callback ran was stored
+    CALLBACKED and shown with the finished ones. Now the outcome split is in both outputs,
+    per shard and in total, and "totals" keeps the stored statuses as before (a contract)."""
     folder = str(tmp_path / "q")
-    _mixed_queue(folder)
+    _mixed_queue(folder, shards=2)
     data = json.loads(cli("stats", "--path", folder, "--json").stdout)
     assert data["outcomes"] == {"queued": 1, "scheduled": 0, "running": 0, "finished": 3, "failed": 2,
                                 "callback_ran": 3}
-    assert data["totals"]["CALLBACKED"] == 3 and data["totals"]["FAILED"] == 1  # stored, as before
-    assert data["shards"][0]["outcomes"] == data["outcomes"]
-    table = cli("stats", "--path", folder).stdout.splitlines()
-    header, total = table[0].split(), table[-1].split()
+    assert list(data["totals"]) == [s.name for s in TaskStatus]  # the stored statuses, as before
+    assert data["totals"]["CALLBACKED"] == 3 and data["totals"]["FAILED"] == 1
+    assert [row["shard"] for row in data["shards"]] == ["mq-shard-0.db", "mq-shard-1.db"]
+    for name in data["outcomes"]:
+        assert sum(row["outcomes"][name] for row in data["shards"]) == data["outcomes"][name]
+    assert all(set(row) == {"shard", "outcomes", *data["totals"]} for row in data["shards"])
+    human = cli("stats", "--path", folder)
+    assert human.returncode == 0, human.stderr
+    table = human.stdout.splitlines()
+    assert len(table) == 5, human.stdout
+    header, rows, total, words = table[0].split(), table[1:3], table[3].split(), table[4]
     assert header == ["shard", "queued", "scheduled", "running", "finished", "failed", "callback", "ran"]
+    names = ["queued", "scheduled", "running", "finished", "failed", "callback_ran"]
+    for line, row in zip(rows, data["shards"], strict=True):  # each shard's own split
+        assert line.split() == [row["shard"], *(str(row["outcomes"][n]) for n in names)]
     assert total == ["total", "1", "0", "0", "3", "2", "3"]
+    assert words == ("5 ended: 3 finished, 2 failed; the callback ran for 3 of them. "
+                     "1 queued, 0 scheduled, 0 running")
+    MessageQueue(str(tmp_path / "empty")).close()
+    assert cli("stats", "--path", str(tmp_path / "empty")).stdout.splitlines()[-1] == (
+        "nothing ended yet. 0 queued, 0 scheduled, 0 running")
 
 
 def test_failed_counts_failures_whose_callback_ran(tmp_path):
+    """The footer once said some failures "may" be among the CALLBACKED ones, uncounted:
+    M in "showing N of M" is now every failed task, whether or not its callback ran."""
     folder = str(tmp_path / "q")
     _mixed_queue(folder)
     result = cli("failed", "--path", folder, "--limit", "1")
-    assert result.stdout.splitlines()[-1].startswith("showing the newest 1 of 2 failed tasks")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "showing the newest 1 of 2 failed tasks; raise --limit to see more")
+    every = cli("failed", "--path", folder).stdout.splitlines()
+    assert [line.split()[1] for line in every[:-1]] == ["bad", "bad"]  # the one whose callback ran too
+    assert every[-1] == "showing 2 of 2 failed task(s)"
+    named = cli("failed", "--path", folder, "--task", "bad", "--limit", "1").stdout.splitlines()
+    assert named[-1] == (
+        "showing the newest 1 failed task(s) named 'bad'; there are more (raise --limit to see them)")
+    assert cli("failed", "--path", folder, "--task", "ok").stdout.splitlines() == [
+        "showing 0 of 0 failed task(s) named 'ok'"]
 
 
 def test_purge_removes_waiting_tasks_and_says_why_not(tmp_path):

@@ -194,10 +194,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="seconds a graceful stop waits for running tasks "
                              "(default: the object's setting, or 30)")
 
-    stats = command("stats", "count tasks per status per shard",
-                    "Count tasks per status, in total and per shard file.",
-                    _examples(prog, [("stats --path q", "a table"),
-                                     ("stats --path q --json", "JSON: \"totals\" and \"shards\"")]))
+    stats = command("stats", "how tasks stand: queued, running, finished, failed, callbacks",
+                    "How tasks stand, per shard file and in total: queued, scheduled, running,\n"
+                    "finished, failed (an ended task by how it ended, whether or not its callback\n"
+                    "ran) and, apart, how many of the ended tasks had their callback run.",
+                    _examples(prog, [("stats --path q", "a table, and the total in words"),
+                                     ("stats --path q --json", "JSON: \"outcomes\" as in the table, "
+                                      "\"totals\" per stored status, and \"shards\"")]))
     _add_location(stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
 
@@ -485,7 +488,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
         counts = row["outcomes"]
         print(row["shard"].ljust(width) + "".join(str(counts[n]).rjust(11) for n in names)
               + str(counts["callback_ran"]).rjust(14))
+    print(_stats_in_words(stats["outcomes"]))
     return 0
+
+
+def _stats_in_words(counts: dict[str, int]) -> str:
+    """The total as a sentence, so that "callback ran" is not read as a third way to end:
+    ``5 ended: 3 finished, 2 failed; the callback ran for 3 of them. 1 queued, ...``."""
+    ended = counts["finished"] + counts["failed"]
+    waiting = (f"{counts['queued']} queued, {counts['scheduled']} scheduled, "
+               f"{counts['running']} running")
+    if not ended:
+        return f"nothing ended yet. {waiting}"
+    return (f"{ended} ended: {counts['finished']} finished, {counts['failed']} failed; the callback "
+            f"ran for {counts['callback_ran']} of them. {waiting}")
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
