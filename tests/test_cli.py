@@ -287,6 +287,15 @@ def test_errors_name_the_flag_typed(tmp_path):
     assert result.returncode == 2 and "--broker-url" in result.stderr and "Config" not in result.stderr
     result = cli("worker", "anything", "--drain-timeout", "-1", cwd=tmp_path)
     assert result.returncode == 2 and "--drain-timeout" in result.stderr
+    # a folder spelled as a sqlite:// URL is named as it was typed, not as --path
+    result = cli("stats", "--broker-url", "sqlite://nothere", cwd=tmp_path)
+    assert result.returncode == 2 and "in --broker-url 'sqlite://nothere' (" in result.stderr
+    assert "--path" not in result.stderr
+    (tmp_path / "jobs.db").write_text("")
+    result = cli("failed", cwd=tmp_path, env=dict(subprocess_env(), MQS_BROKER_URL="sqlite://jobs.db"))
+    assert result.returncode == 2
+    said = result.stderr.split(": error: ")[1]
+    assert said.startswith("$MQS_BROKER_URL='sqlite://jobs.db': jobs.db is a file")
 
 
 def _failed_queue(folder: str, count: int) -> list[str]:

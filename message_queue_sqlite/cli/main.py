@@ -262,12 +262,13 @@ def _is_postgres(url: str | None) -> bool:
     return bool(url) and str(url).startswith(("postgresql://", "postgres://"))
 
 
-def _folder(given: str | None) -> str:
-    """The --path folder, refused with the right spelling when it names a file."""
+def _folder(given: str | None, typed: str = "--path") -> str:
+    """The --path folder, refused with the right spelling when it names a file. ``typed``
+    names it as the user did: ``--path``, or ``--broker-url 'sqlite://...':``."""
     path = given or DEFAULT_PATH
     mistake = folder_mistake(path)
     if mistake is not None:
-        raise CliError(f"--path {mistake[0]}; the queue is a folder of shard files (mq-shard-0.db, "
+        raise CliError(f"{typed} {mistake[0]}; the queue is a folder of shard files (mq-shard-0.db, "
                        f"...): --path {mistake[1]} (in Python: MessageQueue({mistake[1]!r}))")
     return path
 
@@ -299,16 +300,18 @@ def _location_config(args: argparse.Namespace, need_files: bool, **settings: Any
     inspecting command must not create a queue). A URL that is not PostgreSQL's is refused,
     naming the flag."""
     url, given = _broker_url(args), args.path
+    typed = None  # how the folder was named, when not by --path
     if url and url.startswith("sqlite://"):  # a folder, spelled as a URL
+        typed = f"--broker-url {url!r}" if args.broker_url else f"${BROKER_URL_ENV}={url!r}"
         url, given = None, url[len("sqlite://"):]
     if url:
         return _config(middleware_path=given or DEFAULT_PATH, broker_url=url, **settings)
-    path = _folder(given)
+    path = _folder(given, f"{typed}:" if typed else "--path")
     shards = existing_shard_count(path)
     if shards == 0 and need_files:
         why = "the folder does not exist" if not os.path.exists(path) else "no mq-shard-0.db in it"
-        raise CliError(f"no queue files (mq-shard-N.db) in --path {path!r} ({os.path.abspath(path)}: "
-                       f"{why}); give the folder your senders and workers use")
+        raise CliError(f"no queue files (mq-shard-N.db) in {typed or f'--path {path!r}'} "
+                       f"({os.path.abspath(path)}: {why}); give the folder your senders and workers use")
     return _config(middleware_path=path, middleware_num=max(1, shards), broker_url=None, **settings)
 
 
