@@ -287,6 +287,15 @@ def test_errors_name_the_flag_typed(tmp_path):
     assert result.returncode == 2 and "--broker-url" in result.stderr and "Config" not in result.stderr
     result = cli("worker", "anything", "--drain-timeout", "-1", cwd=tmp_path)
     assert result.returncode == 2 and "--drain-timeout" in result.stderr
+    # a folder spelled as a sqlite:// URL is named as it was typed, not as --path
+    result = cli("stats", "--broker-url", "sqlite://nothere", cwd=tmp_path)
+    assert result.returncode == 2 and "in --broker-url 'sqlite://nothere' (" in result.stderr
+    assert "--path" not in result.stderr
+    (tmp_path / "jobs.db").write_text("")
+    result = cli("failed", cwd=tmp_path, env=dict(subprocess_env(), MQS_BROKER_URL="sqlite://jobs.db"))
+    assert result.returncode == 2
+    said = result.stderr.split(": error: ")[1]
+    assert said.startswith("$MQS_BROKER_URL='sqlite://jobs.db': jobs.db is a file")
 
 
 def _failed_queue(folder: str, count: int) -> list[str]:
@@ -411,9 +420,9 @@ def test_pip_install_metadata_is_current():
     assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77 for r in build)
 
 
-def _mixed_queue(folder: str) -> None:
+def _mixed_queue(folder: str, shards: int = 1) -> None:
     """3 finished (2 of them with a callback that ran), 2 failed (1 with a callback), 1 waiting."""
-    with MessageQueue(folder) as mq:
+    with MessageQueue(folder, shards=shards) as mq:
         @mq.task
         def ok(n):
             return n
@@ -433,24 +442,54 @@ def _mixed_queue(folder: str) -> None:
 
 
 def test_stats_says_finished_and_failed_whether_or_not_the_callback_ran(tmp_path):
+    """`stats` once counted only stored statuses: a failed task whose callback ran was stored
+    CALLBACKED and shown with the finished ones. Now the outcome split is in both outputs,
+    per shard and in total, and "totals" keeps the stored statuses as before (a contract)."""
     folder = str(tmp_path / "q")
-    _mixed_queue(folder)
+    _mixed_queue(folder, shards=2)
     data = json.loads(cli("stats", "--path", folder, "--json").stdout)
     assert data["outcomes"] == {"queued": 1, "scheduled": 0, "running": 0, "finished": 3, "failed": 2,
                                 "callback_ran": 3}
-    assert data["totals"]["CALLBACKED"] == 3 and data["totals"]["FAILED"] == 1  # stored, as before
-    assert data["shards"][0]["outcomes"] == data["outcomes"]
-    table = cli("stats", "--path", folder).stdout.splitlines()
-    header, total = table[0].split(), table[-1].split()
+    assert list(data["totals"]) == [s.name for s in TaskStatus]  # the stored statuses, as before
+    assert data["totals"]["CALLBACKED"] == 3 and data["totals"]["FAILED"] == 1
+    assert [row["shard"] for row in data["shards"]] == ["mq-shard-0.db", "mq-shard-1.db"]
+    for name in data["outcomes"]:
+        assert sum(row["outcomes"][name] for row in data["shards"]) == data["outcomes"][name]
+    assert all(set(row) == {"shard", "outcomes", *data["totals"]} for row in data["shards"])
+    human = cli("stats", "--path", folder)
+    assert human.returncode == 0, human.stderr
+    table = human.stdout.splitlines()
+    assert len(table) == 5, human.stdout
+    header, rows, total, words = table[0].split(), table[1:3], table[3].split(), table[4]
     assert header == ["shard", "queued", "scheduled", "running", "finished", "failed", "callback", "ran"]
+    names = ["queued", "scheduled", "running", "finished", "failed", "callback_ran"]
+    for line, row in zip(rows, data["shards"], strict=True):  # each shard's own split
+        assert line.split() == [row["shard"], *(str(row["outcomes"][n]) for n in names)]
     assert total == ["total", "1", "0", "0", "3", "2", "3"]
+    assert words == ("5 ended: 3 finished, 2 failed; the callback ran for 3 of them. "
+                     "1 queued, 0 scheduled, 0 running")
+    MessageQueue(str(tmp_path / "empty")).close()
+    assert cli("stats", "--path", str(tmp_path / "empty")).stdout.splitlines()[-1] == (
+        "nothing ended yet. 0 queued, 0 scheduled, 0 running")
 
 
 def test_failed_counts_failures_whose_callback_ran(tmp_path):
+    """The footer once said some failures "may" be among the CALLBACKED ones, uncounted:
+    M in "showing N of M" is now every failed task, whether or not its callback ran."""
     folder = str(tmp_path / "q")
     _mixed_queue(folder)
     result = cli("failed", "--path", folder, "--limit", "1")
-    assert result.stdout.splitlines()[-1].startswith("showing the newest 1 of 2 failed tasks")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "showing the newest 1 of 2 failed tasks; raise --limit to see more")
+    every = cli("failed", "--path", folder).stdout.splitlines()
+    assert [line.split()[1] for line in every[:-1]] == ["bad", "bad"]  # the one whose callback ran too
+    assert every[-1] == "showing 2 of 2 failed task(s)"
+    named = cli("failed", "--path", folder, "--task", "bad", "--limit", "1").stdout.splitlines()
+    assert named[-1] == (
+        "showing the newest 1 failed task(s) named 'bad'; there are more (raise --limit to see them)")
+    assert cli("failed", "--path", folder, "--task", "ok").stdout.splitlines() == [
+        "showing 0 of 0 failed task(s) named 'ok'"]
 
 
 def test_purge_removes_waiting_tasks_and_says_why_not(tmp_path):
@@ -481,33 +520,76 @@ def test_purge_removes_waiting_tasks_and_says_why_not(tmp_path):
     assert data["outcomes"]["finished"] == 2 and data["outcomes"]["queued"] == 0
 
 
-def test_demo_summary_counts_failures_apart_and_is_not_ok_over_them(tmp_path, capsys):
-    """The demo once printed "demo: OK" over failed tasks, counted as done. A queue where the
-    app's non-cache task failed: the summary counts it as failed, names the most common
-    reason, and says NOT OK (exit 1)."""
-    from message_queue_sqlite.cli.demo import _summarize
-
-    folder = str(tmp_path / "message_queue")
+def _demo_folder(root: Path, failing: int, finished_without_callback: int = 0) -> tuple[MessageQueue, Path]:
+    """A queue folder and app log as the demo's app leaves them, made with the app's task
+    names: finished ``test1`` tasks whose callback ran (and printed), ``finished_without_callback``
+    more whose callback did not run, ``failing`` ``test1`` tasks that raised, one cache-mode
+    ``test`` orphaned at its sender's close (never run), and one ``test1`` still queued."""
+    folder = str(root / "message_queue")
+    printed: list[str] = []
     with MessageQueue(folder) as mq:
         @mq.task
-        def test1(message):
-            raise RuntimeError(f"cannot print {message}")
+        def test1(message, fail=False):
+            if fail:
+                raise RuntimeError(f"cannot print {message}")
+            return "test1"
 
         @mq.task
         def test(message):
             return "test"
 
-        handles = [mq.send(test1, {"message": "hi"}) for _ in range(2)] + [mq.send(test, {"message": "x"})]
+        handles = [mq.send(test1, {"message": "hi"}, callback=lambda o: printed.append(str(o)))
+                   for _ in range(3)]
+        handles += [mq.send(test1, {"message": "hi", "fail": True}) for _ in range(failing)]
+        handles += [mq.send(test1, {"message": "hi"}) for _ in range(finished_without_callback)]
         with mq.running():
+            wait_until(lambda: sum(h.callback_ran for h in handles) == 3, what="three callbacks")
             for h in handles:
                 h.outcome(timeout=10)
-    log = tmp_path / "app-output.log"
-    log.write_text("")
-    assert _summarize(MessageQueue(folder), 0, log) == 1
-    out = capsys.readouterr().out
-    assert "  finished                  1  (callbacks received: 0, recorded: 0)" in out
-    assert "  failed                    2  (most common: 'RuntimeError: cannot print hi', 2 of 2)" in out
-    assert "demo: NOT OK: 2 task(s) failed that were not cache-mode tasks orphaned at the stop" in out
+        mq.send(test1, {"message": "later"})
+    with MessageQueue(folder) as sender:  # a cache-mode send its sender never runs: failed at its close
+        sender.send("test", {"message": "x"}, use_cache=True)
+    log = root / "app-output.log"
+    assert all(line.startswith("{'task_id': ") for line in printed)  # what the app's print(x) writes
+    log.write_text("hello world1\n" + "".join(f"{line}\n" for line in printed))
+    return MessageQueue(folder), log
+
+
+def test_demo_summary_is_ok_over_what_the_app_was_promised(tmp_path, capsys):
+    """Callbacks all ran, one task queued for the next run, and one failure: the cache-mode
+    task orphaned at the stop, which the seed README says cache mode cannot avoid."""
+    from message_queue_sqlite.cli.demo import _summarize
+
+    queue, log = _demo_folder(tmp_path, failing=0)
+    assert _summarize(queue, 0, log) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  finished                  3" in out
+    assert any(line.startswith("  failed                    1  most common failure: the process that "
+                               "sent this cache-mode task ended before it ran") and line.endswith("(1 of 1)")
+               for line in out), out
+    assert "  still queued              1  (kept in the files for the next run)" in out
+    assert "  scheduled                 0" in out and "  running (must be 0)       0" in out
+    assert "  callbacks                 3 recorded as run, 3 printed by the app" in out
+    assert out[-1] == "demo: OK"
+
+
+def test_demo_summary_counts_failures_apart_and_is_not_ok_over_them(tmp_path, capsys):
+    """The demo once printed "demo: OK" over failed tasks, counted as done. The app's
+    stored task failing twice: counted as failed, the most common reason named among all
+    failures, NOT OK (exit 1); so is a finished task whose callback did not run."""
+    from message_queue_sqlite.cli.demo import _summarize
+
+    queue, log = _demo_folder(tmp_path, failing=2, finished_without_callback=1)
+    assert _summarize(queue, 0, log) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "  finished                  4" in out
+    assert "  failed                    3  most common failure: RuntimeError: cannot print hi (2 of 3)" in out
+    assert "  callbacks                 3 recorded as run, 3 printed by the app" in out
+    problems = [line for line in out if line.startswith("demo: NOT OK: ")]
+    assert problems[0] == "demo: NOT OK: 1 task(s) finished but their callback did not run"
+    assert problems[1].startswith("demo: NOT OK: 2 task(s) failed that were not cache-mode tasks orphaned "
+                                  "at the stop, e.g. ")
+    assert problems[1].endswith("(test1): RuntimeError: cannot print hi") and len(problems) == 2
     assert "demo: OK" not in out
 
 
@@ -515,14 +597,44 @@ def test_demo_verdict_accepts_only_what_the_app_was_promised():
     from message_queue_sqlite.api.queue import TaskInfo
     from message_queue_sqlite.cli.demo import verdict
 
-    def failure(name: str, attempts: int) -> TaskInfo:
-        return TaskInfo("0-1", name, TaskStatus.FAILED, False, None, "why", None, 0, attempts,
+    def failure(name: str, traceback: str | None = None) -> TaskInfo:
+        return TaskInfo("0-1", name, TaskStatus.FAILED, False, None, "why", traceback, 0, 1,
                         1.0, None, 2.0, 0.0)
 
-    good = {"queued": 3, "scheduled": 0, "running": 0, "finished": 10, "failed": 1, "callback_ran": 10}
-    assert verdict(0, good, 10, [failure("test", 0)]) == []  # the cache-mode task orphaned at the stop
-    assert verdict(1, good, 10, [])[0] == "main.py exited with code 1"
-    assert "RUNNING" in verdict(0, {**good, "running": 2}, 10, [])[0]
-    assert "9 callback line(s) printed, but 10 recorded" in verdict(0, good, 9, [])[0]
-    assert "failed that were not" in verdict(0, good, 10, [failure("test", 1)])[0]
-    assert "failed that were not" in verdict(0, good, 10, [failure("test1", 0)])[0]
+    def stats(callback_not_run: int = 0, **outcomes: int) -> dict:
+        split = {"queued": 3, "scheduled": 0, "running": 0, "finished": 10, "failed": 1, "callback_ran": 10,
+                 **outcomes}
+        return {"outcomes": split, "totals": {"FINISHED": callback_not_run}}  # stored: callback not run
+
+    good, orphan = stats(), failure("test")  # claimed, given back at the stop (attempt 1), failed at close
+    assert verdict(0, good, 10, [orphan]) == []
+    assert verdict(1, good, 10, [orphan]) == ["main.py exited with code 1"]
+    assert verdict(None, good, 10, [orphan]) == ["main.py did not exit within 60 s of its Ctrl+C "
+                                                 "(the demo killed it)"]
+    assert verdict(0, stats(running=2), 10, [orphan]) == ["2 task(s) left RUNNING after the app stopped"]
+    assert verdict(0, good, 9, [orphan]) == ["9 callback line(s) printed, but 10 recorded as run"]
+    assert verdict(0, stats(1, finished=11), 10, [orphan]) == [
+        "1 task(s) finished but their callback did not run"]
+    assert verdict(0, stats(finished=0, failed=0, callback_ran=0), 0, []) == ["no task finished"]
+    assert "failed that were not" in verdict(0, good, 10, [failure("test", "Traceback ...")])[0]  # it ran
+    assert "failed that were not" in verdict(0, good, 10, [failure("test1")])[0]
+    unread = verdict(0, stats(failed=1001), 10, [orphan] * 1000)
+    assert unread == ["1001 tasks failed; the newest 1000 were cache-mode tasks orphaned at the stop, "
+                      "the others were not read, so cannot be told apart"]
+
+
+def test_demo_ok_run_summary_agrees_with_the_files(tmp_path):
+    """A real run of the app: OK, and its summary's figures are what `stats` reads after."""
+    folder = tmp_path / "d"
+    result = cli("demo", "--seconds", "0.5", "--dir", str(folder), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert out[-1] == "demo: OK", result.stdout
+    figures = {line[2:28].strip(): line[28:].split()[0] for line in out if line.startswith("  ") and
+               not line.startswith("  t=")}
+    split = json.loads(cli("stats", "--path", str(folder / "message_queue"), "--json").stdout)["outcomes"]
+    assert split["finished"] > 0 and figures["finished"] == str(split["finished"])
+    assert figures["failed"] == str(split["failed"]) and figures["running (must be 0)"] == "0"
+    assert figures["still queued"] == str(split["queued"]) and figures["scheduled"] == str(split["scheduled"])
+    assert f"  callbacks                 {split['callback_ran']} recorded as run, {split['callback_ran']} " \
+           "printed by the app" in out

@@ -194,10 +194,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="seconds a graceful stop waits for running tasks "
                              "(default: the object's setting, or 30)")
 
-    stats = command("stats", "count tasks per status per shard",
-                    "Count tasks per status, in total and per shard file.",
-                    _examples(prog, [("stats --path q", "a table"),
-                                     ("stats --path q --json", "JSON: \"totals\" and \"shards\"")]))
+    stats = command("stats", "how tasks stand: queued, running, finished, failed, callbacks",
+                    "How tasks stand, per shard file and in total: queued, scheduled, running,\n"
+                    "finished, failed (an ended task by how it ended, whether or not its callback\n"
+                    "ran) and, apart, how many of the ended tasks had their callback run.",
+                    _examples(prog, [("stats --path q", "a table, and the total in words"),
+                                     ("stats --path q --json", "JSON: \"outcomes\" as in the table, "
+                                      "\"totals\" per stored status, and \"shards\"")]))
     _add_location(stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
 
@@ -259,12 +262,13 @@ def _is_postgres(url: str | None) -> bool:
     return bool(url) and str(url).startswith(("postgresql://", "postgres://"))
 
 
-def _folder(given: str | None) -> str:
-    """The --path folder, refused with the right spelling when it names a file."""
+def _folder(given: str | None, typed: str = "--path") -> str:
+    """The --path folder, refused with the right spelling when it names a file. ``typed``
+    names it as the user did: ``--path``, or ``--broker-url 'sqlite://...':``."""
     path = given or DEFAULT_PATH
     mistake = folder_mistake(path)
     if mistake is not None:
-        raise CliError(f"--path {mistake[0]}; the queue is a folder of shard files (mq-shard-0.db, "
+        raise CliError(f"{typed} {mistake[0]}; the queue is a folder of shard files (mq-shard-0.db, "
                        f"...): --path {mistake[1]} (in Python: MessageQueue({mistake[1]!r}))")
     return path
 
@@ -296,16 +300,18 @@ def _location_config(args: argparse.Namespace, need_files: bool, **settings: Any
     inspecting command must not create a queue). A URL that is not PostgreSQL's is refused,
     naming the flag."""
     url, given = _broker_url(args), args.path
+    typed = None  # how the folder was named, when not by --path
     if url and url.startswith("sqlite://"):  # a folder, spelled as a URL
+        typed = f"--broker-url {url!r}" if args.broker_url else f"${BROKER_URL_ENV}={url!r}"
         url, given = None, url[len("sqlite://"):]
     if url:
         return _config(middleware_path=given or DEFAULT_PATH, broker_url=url, **settings)
-    path = _folder(given)
+    path = _folder(given, f"{typed}:" if typed else "--path")
     shards = existing_shard_count(path)
     if shards == 0 and need_files:
         why = "the folder does not exist" if not os.path.exists(path) else "no mq-shard-0.db in it"
-        raise CliError(f"no queue files (mq-shard-N.db) in --path {path!r} ({os.path.abspath(path)}: "
-                       f"{why}); give the folder your senders and workers use")
+        raise CliError(f"no queue files (mq-shard-N.db) in {typed or f'--path {path!r}'} "
+                       f"({os.path.abspath(path)}: {why}); give the folder your senders and workers use")
     return _config(middleware_path=path, middleware_num=max(1, shards), broker_url=None, **settings)
 
 
@@ -485,7 +491,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
         counts = row["outcomes"]
         print(row["shard"].ljust(width) + "".join(str(counts[n]).rjust(11) for n in names)
               + str(counts["callback_ran"]).rjust(14))
+    print(_stats_in_words(stats["outcomes"]))
     return 0
+
+
+def _stats_in_words(counts: dict[str, int]) -> str:
+    """The total as a sentence, so that "callback ran" is not read as a third way to end:
+    ``5 ended: 3 finished, 2 failed; the callback ran for 3 of them. 1 queued, ...``."""
+    ended = counts["finished"] + counts["failed"]
+    waiting = (f"{counts['queued']} queued, {counts['scheduled']} scheduled, "
+               f"{counts['running']} running")
+    if not ended:
+        return f"nothing ended yet. {waiting}"
+    return (f"{ended} ended: {counts['finished']} finished, {counts['failed']} failed; the callback "
+            f"ran for {counts['callback_ran']} of them. {waiting}")
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
