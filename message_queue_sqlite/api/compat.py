@@ -21,13 +21,17 @@ class Server:
 
     def __init__(self, queue: MessageQueue):
         self.queue = queue
-        self._state = threading.Condition()
+        # entered through the C lock itself: stop_server runs right after the app's Ctrl+C, and
+        # a with statement on a C lock releases it whatever is raised (Condition.__enter__ is
+        # Python code, where a KeyboardInterrupt could leave the lock taken)
+        self._mutex = threading.RLock()
+        self._state = threading.Condition(self._mutex)
         self._started = False
         self._stopped = False
 
     def run(self) -> None:
         """Start the workers and block until ``stop`` is called."""
-        with self._state:
+        with self._mutex:
             if self._stopped:
                 return
             if self._started:
@@ -37,14 +41,14 @@ class Server:
             self._state.wait_for(lambda: self._stopped)
 
     def stop(self) -> None:
-        with self._state:
+        with self._mutex:
             if self._stopped:
                 return
             self._stopped = True
             started = self._started
         if started:
             self.queue.stop()
-        with self._state:
+        with self._mutex:
             self._state.notify_all()
 
 

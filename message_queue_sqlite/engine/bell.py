@@ -13,7 +13,10 @@ class Bell:
     """
 
     def __init__(self) -> None:
-        self._cv = threading.Condition(threading.Lock())
+        # entered through the lock itself: a with statement on a C lock releases it whatever
+        # is raised (Condition.__enter__ is Python, and a Ctrl+C inside it could leak the lock)
+        self._cv_mutex = threading.Lock()
+        self._cv = threading.Condition(self._cv_mutex)
         self._generation = 0
         self._waiting = 0
 
@@ -22,14 +25,14 @@ class Bell:
         return self._generation
 
     def ring(self) -> None:
-        with self._cv:
+        with self._cv_mutex:
             self._generation += 1
             if self._waiting:
                 self._cv.notify_all()
 
     def wait(self, seen: int, timeout: float | None) -> bool:
         """Block until rung after generation ``seen`` or ``timeout`` elapses; True if rung."""
-        with self._cv:
+        with self._cv_mutex:
             self._waiting += 1
             try:
                 return self._cv.wait_for(lambda: self._generation != seen, timeout)

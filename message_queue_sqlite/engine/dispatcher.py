@@ -69,7 +69,10 @@ class OutcomeDispatcher:
         self._workers_running = workers_running
         self._marks: dict[int, list[int]] = defaultdict(list)  # shard -> rows whose callback ran
         self._marks_since = 0.0
-        self._lock = threading.Condition(threading.Lock())
+        # entered through the lock itself: a with statement on a C lock releases it whatever
+        # is raised (Condition.__enter__ is Python, and a Ctrl+C inside it could leak the lock)
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
         self._pending: dict[str, _Pending] = {}
         self._remote = 0  # awaited tasks not held by a local worker
         self._callbacks_pending = 0  # registered callbacks not run yet
@@ -97,7 +100,7 @@ class OutcomeDispatcher:
         already waiting here for their outcomes; raise once none ends within ``timeout``."""
         if self._callbacks_pending + count <= limit:
             return
-        with self._lock:
+        with self._mutex:
             self._blocked += 1
             try:
                 deadline = time.monotonic() + timeout
@@ -116,7 +119,7 @@ class OutcomeDispatcher:
 
     def expect(self, callbacks: Iterable[tuple[str, Callback]]) -> None:
         """Register callbacks for stored tasks, by task id (an outcome may already be stored)."""
-        with self._lock:
+        with self._mutex:
             for task_id, callback in callbacks:
                 self._pending[task_id] = _Pending(callback)
                 self._callbacks_pending += 1
@@ -135,7 +138,7 @@ class OutcomeDispatcher:
         ended since epoch ``since`` (taken before the task was sent, while watching storage).
         Should that miss an outcome, the poll every ``FALLBACK_POLL_S`` finds it."""
         event = threading.Event()
-        with self._lock:
+        with self._mutex:
             entry = self._pending.get(task_id)
             if entry is not None and entry.outcome is not None:
                 return entry.outcome
@@ -158,11 +161,11 @@ class OutcomeDispatcher:
         record = None if held_here or unchanged else lookup()
         if record is not None and TaskStatus(record.status).is_terminal:
             outcome = outcome_from_record(record)
-            with self._lock:
+            with self._mutex:
                 self._finish_waiter(task_id, entry, outcome)
             return outcome
         if not event.wait(timeout):
-            with self._lock:
+            with self._mutex:
                 if entry.waiters and event in entry.waiters:
                     entry.waiters.remove(event)
                 if not entry.waiters and entry.callback is None and entry.outcome is None:
@@ -191,7 +194,7 @@ class OutcomeDispatcher:
         """This object's workers hold these tasks now; returns those whose callback is
         registered here (their outcomes are handed over in memory, never looked up)."""
         with_callback = set()
-        with self._lock:
+        with self._mutex:
             for task_id in task_ids:
                 entry = self._pending.get(task_id)
                 if entry is None:
@@ -205,7 +208,7 @@ class OutcomeDispatcher:
         return with_callback
 
     def released_locally(self, task_ids: Iterable[str]) -> None:
-        with self._lock:
+        with self._mutex:
             for task_id in task_ids:
                 self._held_here.discard(task_id)
                 entry = self._pending.get(task_id)
@@ -216,7 +219,7 @@ class OutcomeDispatcher:
     def deliver(self, items: Iterable[tuple[TaskOutcome, int, int]]) -> None:
         """Outcomes recorded by this object's workers. Waiting handles are woken right here;
         callbacks run on the delivery thread, so a slow callback never holds a worker."""
-        with self._lock:
+        with self._mutex:
             self._epoch += 1
             queued = False
             held = self._held_here
@@ -241,7 +244,7 @@ class OutcomeDispatcher:
         ready or ended tasks outside the worker path)."""
         self._epoch += 1  # (a lost concurrent increment still moves it on)
         if self._remote and not self._changed:
-            with self._lock:
+            with self._mutex:
                 self._changed = True
                 if not self._busy:
                     self._lock.notify_all()
@@ -254,7 +257,7 @@ class OutcomeDispatcher:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
+            with self._mutex:
                 timeout = FALLBACK_POLL_S
                 if self._marks:
                     timeout = min(timeout, max(0.0, self._marks_since + MARK_LATEST_S - time.monotonic()))
@@ -281,7 +284,7 @@ class OutcomeDispatcher:
             except BaseException:  # noqa: BLE001 - the delivery thread must outlive any failure
                 log.exception("delivering task outcomes failed; will retry")
             finally:
-                with self._lock:
+                with self._mutex:
                     self._busy = False
                     self._lock.notify_all()
 
@@ -291,7 +294,7 @@ class OutcomeDispatcher:
         self._last_poll = time.monotonic()
         found: list[tuple[TaskOutcome, int, int]] = []
         wanted: dict[int, list[int]] = defaultdict(list)
-        with self._lock:
+        with self._mutex:
             for task_id in self._waited:
                 entry = self._pending.get(task_id)
                 if entry is not None and not entry.local and entry.outcome is None:
@@ -302,7 +305,7 @@ class OutcomeDispatcher:
             # only callbacks need the scan for ended rows; a waited-for task is read by id
             ended = shard.outcome_row_ids(self._node, FETCH_LIMIT) if self._callbacks_pending else []
             seen += len(ended)
-            with self._lock:
+            with self._mutex:
                 for row_id in ended:
                     entry = self._pending.get(format_task_id(shard.index, row_id))
                     if entry is not None and not entry.local and entry.callback is not None:
@@ -324,7 +327,7 @@ class OutcomeDispatcher:
     def _run_callbacks(self, batch: list[tuple[TaskOutcome, int, int]]) -> None:
         called: list[tuple[int, int]] = []
         todo = []
-        with self._lock:
+        with self._mutex:
             for outcome, shard, row_id in batch:
                 entry = self._pending.get(outcome.task_id)
                 if entry is None or entry.outcome is not None and entry.callback is None:
@@ -347,7 +350,7 @@ class OutcomeDispatcher:
             if hooks is not None and hooks.callback_ran:
                 hooks.fire(hooks.callback_ran, outcome)
         if called:
-            with self._lock:
+            with self._mutex:
                 if not self._marks:
                     self._marks_since = time.monotonic()
                 for shard, row_id in called:
@@ -360,13 +363,13 @@ class OutcomeDispatcher:
         """The rows of ``shard`` whose callback ran, for a worker to mark in its transaction."""
         if not self._marks:
             return []
-        with self._lock:
+        with self._mutex:
             return self._marks.pop(shard, [])
 
     def return_marks(self, shard: int, row_ids: list[int]) -> None:
         """Marks a worker took but could not commit: kept for the next attempt."""
         if row_ids:
-            with self._lock:
+            with self._mutex:
                 self._marks_since = time.monotonic()  # retried MARK_LATEST_S from now
                 self._marks[shard][:0] = row_ids
 
@@ -384,7 +387,7 @@ class OutcomeDispatcher:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every outcome delivered so far has had its callback run and recorded
         (called from a callback itself, it cannot wait for its own thread: no wait)."""
-        with self._lock:
+        with self._mutex:
             if self._thread is None or self._thread is threading.current_thread():
                 return True
             self._lock.notify_all()
@@ -406,7 +409,7 @@ class OutcomeDispatcher:
                 self.write_marks()
             except Exception:
                 log.exception("final delivery of task outcomes failed")
-        with self._lock:
+        with self._mutex:
             self._closing = True
             self._lock.notify_all()
             thread = self._thread

@@ -83,7 +83,10 @@ class ThreadExecutor(Executor):
 
     def __init__(self, threads: int):
         self.slots = threads
-        self._cv = threading.Condition(threading.Lock())
+        # entered through the lock itself: a with statement on a C lock releases it whatever
+        # is raised (Condition.__enter__ is Python, and a Ctrl+C inside it could leak the lock)
+        self._cv_mutex = threading.Lock()
+        self._cv = threading.Condition(self._cv_mutex)
         self._buffer: list[ClaimedTask] = []  # submitted, not started: the next to run is last
         self._running: set[ClaimedTask] = set()
         self._claiming = False
@@ -102,7 +105,7 @@ class ThreadExecutor(Executor):
             self._spawn()
 
     def submit(self, claims: list[ClaimedTask]) -> bool:
-        with self._cv:
+        with self._cv_mutex:
             if self._stopping:
                 return False
             self._buffer.extend(claims)  # claims come in run order: sorting is one pass
@@ -114,14 +117,14 @@ class ThreadExecutor(Executor):
         return max(0, self.slots - len(self._running) - len(self._buffer))
 
     def stop_claiming(self) -> list[ClaimedTask]:
-        with self._cv:
+        with self._cv_mutex:
             self._stopping = True
             unstarted, self._buffer = self._buffer, []
             self._cv.notify_all()
         return unstarted
 
     def wait(self, deadline: float, hurry: threading.Event) -> bool:
-        with self._cv:
+        with self._cv_mutex:
             while self._exited < len(self._threads):
                 left = deadline - time.monotonic()
                 if left <= 0 or hurry.is_set():
@@ -130,14 +133,14 @@ class ThreadExecutor(Executor):
         return True
 
     def unfinished(self) -> list[ClaimedTask]:
-        with self._cv:
+        with self._cv_mutex:
             left = list(self._running) + self._buffer
             self._buffer = []
             return left
 
     def discard(self, claims: list[ClaimedTask]) -> None:
         gone = {id(claim) for claim in claims}
-        with self._cv:
+        with self._cv_mutex:
             self._buffer = [claim for claim in self._buffer if id(claim) not in gone]
 
     @property
@@ -148,7 +151,7 @@ class ThreadExecutor(Executor):
     def _spawn(self) -> None:
         number, self._numbers = self._numbers, self._numbers + 1
         thread = threading.Thread(target=self._work, name=f"mqs-worker-{number}", daemon=True)
-        with self._cv:
+        with self._cv_mutex:
             self._threads.append(thread)
         thread.start()
 
@@ -160,13 +163,13 @@ class ThreadExecutor(Executor):
         except BaseException:  # noqa: BLE001 - a bug of ours: salvage, replace the thread
             log.exception("worker thread %s died; replacing it", threading.current_thread().name)
             self._salvage(taken, done)
-            with self._cv:
+            with self._cv_mutex:
                 replace = not self._stopping
                 self.replaced += 1
             if replace:
                 self._spawn()
         finally:
-            with self._cv:
+            with self._cv_mutex:
                 self._exited += 1
                 self._cv.notify_all()
 
@@ -188,7 +191,7 @@ class ThreadExecutor(Executor):
             took = (time.perf_counter() - started) / len(done)
             self._avg_task_s += (took - self._avg_task_s) * 0.05
             unstarted = taken[len(done):]
-            with self._cv:
+            with self._cv_mutex:
                 running = self._running
                 for claim in taken:
                     running.discard(claim)
@@ -206,7 +209,7 @@ class ThreadExecutor(Executor):
         a few when they take microseconds (fewer lock round trips per task); with the
         buffer empty, this thread claims more for every thread, unless another one is."""
         while True:
-            with self._cv:
+            with self._cv_mutex:
                 while True:
                     if self._stopping:
                         return []
@@ -229,7 +232,7 @@ class ThreadExecutor(Executor):
             try:
                 got = worker.claim_for(self, idle, self._avg_task_s)
             finally:
-                with self._cv:
+                with self._cv_mutex:
                     self._claiming = False
                     # as many threads as there are new claims: one may become the next claimer
                     self._cv.notify(max(1, got))
@@ -241,7 +244,7 @@ class ThreadExecutor(Executor):
         if worker is None:
             return
         ran = {id(item.claim) for item in done}
-        with self._cv:
+        with self._cv_mutex:
             for claim in taken:
                 self._running.discard(claim)
         try:

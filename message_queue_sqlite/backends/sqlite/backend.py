@@ -115,42 +115,6 @@ def _record(shard: int, row: tuple) -> TaskRecord:
                       row[16], row[17])
 
 
-class _Writer:
-    """``with shard._writer as conn``: the writer lock and connection. The change watcher of
-    this object ignores the file writes made meanwhile (they are its own); other connections'
-    commits are looked for when the work under the lock succeeded, and reported once it is
-    released. A class, not a generator context manager: a single send goes through it, and
-    contextlib's layers cost a tenth of that send."""
-
-    __slots__ = ("_shard",)
-
-    def __init__(self, shard: SQLiteShard):
-        self._shard = shard
-
-    def __enter__(self) -> sqlite3.Connection:
-        shard = self._shard
-        shard._lock.acquire()
-        try:
-            conn = shard._connection()
-            if shard._watcher is not None:
-                shard._watcher.mute()
-        except BaseException:
-            shard._lock.release()
-            raise
-        return conn
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        shard = self._shard
-        try:
-            if shard._watcher is not None:
-                shard._watcher.unmute()
-            foreign = exc_type is None and shard._foreign_commit_seen(shard._connection())
-        finally:
-            shard._lock.release()
-        if foreign:
-            shard._report_foreign_commit()
-
-
 class SQLiteShard(Shard):
     """A writer connection for every write, and a reader connection so that lookups,
     probes and counts never wait behind a write transaction (WAL readers never block).
@@ -177,7 +141,6 @@ class SQLiteShard(Shard):
         self.on_foreign_commit: Callable[[], None] | None = None  # set while watched
         self._watcher: ChangeWatcher | None = None  # muted during this object's own writes
         self._purge_after = 0  # the retention sweep's position (a row id)
-        self._writer = _Writer(self)
         self._held_at_fork: list[threading.Lock] = []
         self._unusable_in_child: str | None = None
         try:
@@ -253,10 +216,32 @@ class SQLiteShard(Shard):
             log.warning("%s: %d lease(s) were taken before this machine's last boot (or by an older "
                         "version, on the wall clock); expired: those tasks run again", self.name, expired)
 
+    # Every write holds the writer lock through a ``with`` statement on the lock itself: a
+    # Ctrl+C (KeyboardInterrupt, raised in the main thread between any two bytecodes) that
+    # lands just after an acquire() call and before a try block would leave the lock taken
+    # for good, and the app's own stop_server after its Ctrl+C then waited for it forever
+    # (about one demo in thirty). The with statement releases it whatever is raised there.
+    def _begin_write(self) -> sqlite3.Connection:
+        """Under the writer lock: the connection. The change watcher of this object ignores
+        the file writes made meanwhile (they are its own)."""
+        conn = self._connection()
+        if self._watcher is not None:
+            self._watcher.mute()
+        return conn
+
+    def _end_write(self, succeeded: bool) -> bool:
+        """Under the writer lock, after the work: did another connection commit meanwhile (to
+        be reported once the lock is released)? Looked for only when the work succeeded."""
+        if self._watcher is not None:
+            self._watcher.unmute()
+        return succeeded and self._foreign_commit_seen(self._connection())
+
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
         """One short write transaction; locked files are retried, any error rolls back."""
-        with self._writer as conn:
+        with self._lock:
+            conn = self._begin_write()
+            succeeded = False
             try:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -264,12 +249,17 @@ class SQLiteShard(Shard):
                     retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"), f"{what} on {self.name}")
                 yield conn
                 conn.execute("COMMIT")
+                succeeded = True
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise self._storage_error(what, exc) from exc
                 raise
+            finally:
+                foreign = self._end_write(succeeded)
+        if foreign:
+            self._report_foreign_commit()
 
     def _foreign_commit_seen(self, conn: sqlite3.Connection) -> bool:
         """Under the writer lock, after a write: did another connection commit since the last
@@ -327,16 +317,24 @@ class SQLiteShard(Shard):
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if fetch else cursor
 
-        with self._writer as conn:
+        with self._lock:
+            conn = self._begin_write()
+            succeeded = False
             try:
                 try:
-                    return run()
+                    result = run()
                 except sqlite3.OperationalError as exc:
                     if not is_locked_error(exc):
                         raise
-                    return retry_locked(run, f"{what} on {self.name}")
+                    result = retry_locked(run, f"{what} on {self.name}")
+                succeeded = True
             except sqlite3.Error as exc:
                 raise self._storage_error(what, exc) from exc
+            finally:
+                foreign = self._end_write(succeeded)
+        if foreign:
+            self._report_foreign_commit()
+        return result
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -624,8 +622,7 @@ class SQLiteShard(Shard):
         except OSError:
             return
         if size > WAL_CHECKPOINT_BYTES:
-            with self._writer as conn:
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, _, _ = self._write_one("PRAGMA wal_checkpoint(TRUNCATE)", (), "checkpoint", fetch=True)[0]
             log.info("%s: WAL was %d bytes; checkpoint %s", self.name, size,
                      "deferred (readers busy)" if busy else "done")
 
