@@ -687,3 +687,14 @@ def test_every_query_uses_an_index(pg_url):
                 assert scan["Node Type"] != "Seq Scan", f"{name}: {json.dumps(plan)}"
                 whole = scan.get("Index Name") == "mqs_tasks_pkey" and "Index Cond" not in scan
                 assert not whole or name in PRIMARY_KEY_WALKS, f"{name} walks the whole table: {scan}"
+
+
+def test_queue_sessions_run_without_jit(pg_url):
+    """The sessions price sorts out (enable_sort = off): a plan that must still sort costs more
+    than jit_above_cost, and JIT then compiled a 0.1 ms listing for 260 ms. Both the writer
+    and the reader session (listings are reads) have it off."""
+    with MessageQueue(broker_url=pg_url) as mq:
+        shard = mq.engine.shards[0]
+        shard.count_tasks()  # opens the reader session
+        for session in (shard._writer, shard._reader):
+            assert session.connection().execute("SHOW jit").fetchone()[0] == "off"
