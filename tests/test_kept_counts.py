@@ -180,6 +180,11 @@ def test_migration_fills_the_counts_from_the_rows_there(tmp_path):
         conn.execute("UPDATE mqs_tasks SET status = 4, outcome = 4 WHERE id = 1")
         conn.execute("DROP TABLE mqs_counts")
         conn.execute("DROP INDEX mqs_tasks_failed")
+        # and what the migrations after 0004 added, so that they apply again
+        conn.execute("DROP INDEX mqs_tasks_slot")
+        conn.execute("ALTER TABLE mqs_tasks DROP COLUMN slot")
+        conn.execute("ALTER TABLE mqs_tasks DROP COLUMN schedule")
+        conn.execute("DROP TABLE mqs_schedules")
         conn.execute("PRAGMA user_version = 3")
     with MessageQueue(folder) as mq:
         assert mq.stats()["outcomes"] == {"queued": 3, "scheduled": 1, "running": 0, "finished": 0,

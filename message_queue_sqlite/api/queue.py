@@ -10,9 +10,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from message_queue_sqlite.backends import open_backend
-from message_queue_sqlite.backends.base import OUTCOME_NAMES, RecoveryReport, TaskRecord
+from message_queue_sqlite.backends.base import OUTCOME_NAMES, RecoveryReport, ScheduleRecord, TaskRecord
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import TaskFailedError
+from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.registry import (
     MARK,
@@ -25,6 +26,7 @@ from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine.dispatcher import Callback
 from message_queue_sqlite.engine.engine import Engine, SendRequest
 from message_queue_sqlite.engine.hooks import Hook, require_hook
+from message_queue_sqlite.engine.scheduler import ORPHANED_AFTER_S
 from message_queue_sqlite.serialization import loads_result
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,6 +68,40 @@ class TaskInfo:
                    None if finished else record.result, record.traceback, record.priority,
                    record.attempts, record.created_at, record.started_at, record.ended_at,
                    record.run_after)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """One stored schedule, as ``mq.schedules()`` and ``mqs schedules`` show it."""
+
+    name: str
+    expression: str
+    next_run: float | None  # epoch seconds of the next slot
+    last_slot: float  # the newest slot decided (run, or skipped by the missed policy)
+    last_task_id: str | None  # the task of the newest slot that was enqueued
+    last_status: TaskStatus | None  # its status (FINISHED/FAILED once ended), None if purged or none yet
+    seen_at: float  # a live worker last declared it then
+    orphaned: bool  # no worker declared it for a while though others declared theirs
+
+    @classmethod
+    def from_record(cls, record: ScheduleRecord, newest_seen: float) -> ScheduleInfo:
+        status = None
+        if record.last_status is not None:
+            status = TaskStatus(record.last_outcome if record.last_status == TaskStatus.CALLBACKED
+                                and record.last_outcome else record.last_status)
+        task_id = format_task_id(0, record.last_task) if record.last_task is not None else None
+        return cls(record.name, record.expression, record.next_slot, record.last_slot, task_id,
+                   status, record.seen_at, newest_seen - record.seen_at > ORPHANED_AFTER_S)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "schedule": self.expression, "next_run": _iso(self.next_run),
+                "last_slot": _iso(self.last_slot), "last_task_id": self.last_task_id,
+                "last_status": self.last_status.name if self.last_status is not None else None,
+                "seen_at": _iso(self.seen_at), "orphaned": self.orphaned}
+
+
+def _iso(stamp: float | None) -> str | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc).isoformat()
 
 
 class TaskHandle:
@@ -165,6 +201,49 @@ class MessageQueue:
             return f
 
         return register(func) if func is not None else register
+
+    def periodic(self, func: F | None = None, **options: Any) -> Any:
+        """Register a periodic task: ``@mq.periodic(every=30)`` (seconds, or a timedelta) or
+        ``@mq.periodic(cron="*/5 * * * *", tz="Europe/Paris")`` (the ``cron`` extra).
+
+        Every process running workers of this queue enqueues its due slots, and each slot is
+        enqueued exactly once however many do (then runs at least once, like any task).
+        ``missed=`` says what happens to slots that came due while no worker ran: ``"skip"``
+        them, run the ``"latest"`` one (default; not if older than ``max_delay`` seconds), or
+        ``"all"`` of those within ``backfill`` seconds (default a day), oldest first.
+        ``skip_if_running=True`` skips a slot while the previous run is still waiting or
+        running; ``slot_arg="scheduled_at"`` passes the slot's time (ISO 8601, in ``tz``) as
+        that keyword argument; ``kwargs=`` are fixed keyword arguments; ``priority=``, and
+        every option of ``task`` (retries, name, ...) apply as well."""
+        if "every" not in options and "cron" not in options:
+            raise TypeError("@mq.periodic needs every=SECONDS (or a timedelta) or cron='M H DoM Mon DoW', "
+                            "e.g. @mq.periodic(every=30) or @mq.periodic(cron='*/5 * * * *')")
+        return self.task(func, **options)
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """The stored schedules of periodic tasks with their next and last runs; a schedule
+        no live worker declared for a while is ``orphaned`` (removed from the code, or no
+        worker of the app runs): see ``prune_schedules``."""
+        records = self._engine.shards[0].list_schedules()
+        newest_seen = max((r.seen_at for r in records), default=0.0)
+        return [ScheduleInfo.from_record(r, newest_seen) for r in records]
+
+    def prune_schedules(self, names: Sequence[str] | None = None) -> list[str]:
+        """Forget schedules (their tasks stay): the named ones, or by default every orphaned
+        one; returns the names forgotten. A schedule still declared by a running worker
+        comes back at its next declaration (at most a minute), with its slots from then."""
+        if names is None:
+            names = [info.name for info in self.schedules() if info.orphaned]
+        elif isinstance(names, str):
+            names = [names]
+        names = list(names)
+        known = {info.name for info in self.schedules()}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise LookupError(f"no schedule named {', '.join(map(repr, unknown))}; stored schedules: "
+                              f"{sorted(known)}")
+        self._engine.shards[0].remove_schedules(names)
+        return names
 
     def discover(self, package: str) -> TaskRegistry:
         """Register every task marked with ``@task_function`` in a package's modules."""

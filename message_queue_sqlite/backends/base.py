@@ -114,6 +114,22 @@ class RecoveryReport:
         return self
 
 
+@dataclass(slots=True)
+class ScheduleRecord:
+    """A periodic task's stored schedule: what ``mqs schedules`` shows, and the one value
+    every scheduler compares and sets to enqueue a slot exactly once (``last_slot``)."""
+
+    name: str  # the task's name
+    expression: str  # as Schedule.expression shows it: "every 30s", "cron */5 * * * * (UTC)"
+    last_slot: float  # the newest slot decided (enqueued or skipped), epoch seconds
+    next_slot: float | None  # the next slot, as the last scheduler to decide computed it
+    last_task: int | None  # row id of the task of the newest slot enqueued (its shard: the first)
+    last_status: int | None  # that task's stored status (None: no run yet, or purged)
+    last_outcome: int | None
+    seen_at: float  # when a live scheduler last declared this schedule (backend wall clock)
+    created_at: float
+
+
 OUTCOME_NAMES = ("queued", "scheduled", "running", "finished", "failed", "callback_ran")
 _OUTCOME_OF = {TaskStatus.NOT_STARTED: "queued", TaskStatus.SCHEDULED: "scheduled",
                TaskStatus.RUNNING: "running", TaskStatus.FINISHED: "finished",
@@ -255,8 +271,44 @@ class Maintenance(ABC):
         ...
 
 
-class Shard(Producer, Consumer, Outcomes, Admin, Maintenance):
-    """One unit of storage: the five protocols above. Every method is one short transaction
+class Schedules(ABC):
+    """Periodic tasks' schedules, kept on the queue's first shard. Every process that runs
+    workers also runs a scheduler; there is no leader: each may try to enqueue a due slot,
+    and the compare-and-set on ``last_slot``, in the transaction that inserts the slot's
+    task (under a unique index on (schedule, slot)), lets exactly one of them do it."""
+
+    @abstractmethod
+    def wall_now(self) -> float:
+        """The backend's wall clock now (epoch seconds): every scheduler's slot arithmetic
+        uses it, so processes whose own clocks differ agree on when a slot is due."""
+
+    @abstractmethod
+    def declare_schedules(self, schedules: Sequence[tuple[str, str, float, float]]) -> None:
+        """``(name, expression, first_last_slot, next_slot)`` of the schedules this process's
+        code declares: store the ones not stored yet with ``first_last_slot`` (the slot just
+        before the first to run), update the expression of the others, and mark all as seen
+        now. One short transaction."""
+
+    @abstractmethod
+    def enqueue_slots(self, name: str, expected_last: float, decided: float, next_slot: float,
+                      runs: Sequence[tuple[float, NewTask]], skip_if_running: bool) -> list[int] | None:
+        """If schedule ``name``'s ``last_slot`` is still ``expected_last``, set it to
+        ``decided`` and store the tasks of ``runs`` (slot, task), in one transaction; a slot
+        already stored is not stored again. With ``skip_if_running``, nothing is stored while
+        the schedule's previous task is still waiting or running (the slots count as decided).
+        Returns the row ids stored, or None when another process decided first."""
+
+    @abstractmethod
+    def list_schedules(self) -> list[ScheduleRecord]:
+        ...
+
+    @abstractmethod
+    def remove_schedules(self, names: Sequence[str]) -> int:
+        """Forget these schedules (their stored tasks stay); how many there were."""
+
+
+class Shard(Producer, Consumer, Outcomes, Admin, Maintenance, Schedules):
+    """One unit of storage: the six protocols above. Every method is one short transaction
     (or none). The counts people read are derived here from ``count_tasks``, once."""
 
     index: int

@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from message_queue_sqlite.api.queue import MessageQueue, TaskInfo
@@ -225,6 +226,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                            "task by id, every waiting task of a name, or all of them. A running task is\n"
                            "left alone; ended tasks go by retention.",
                            _selection_examples(prog, "purge", "waiting", PURGE_EXIT_CODES)), "waiting")
+
+    schedules = command("schedules", "list the schedules of periodic tasks",
+                        "The stored schedules of periodic tasks: each one's schedule, next run, the\n"
+                        "newest slot decided and how its run stands. A schedule that no running worker\n"
+                        "declares any longer (removed from the code) shows as orphaned until pruned.",
+                        _examples(prog, [("schedules --path q", "a table"),
+                                         ("schedules --path q --json", "JSON: a list, times in ISO 8601"),
+                                         ("schedules --path q --prune", "forget the orphaned schedules")]))
+    _add_location(schedules)
+    schedules.add_argument("--json", action="store_true", help="print JSON")
+    schedules.add_argument("--prune", action="store_true",
+                           help="forget the orphaned schedules (their tasks stay)")
 
     demo = command("demo", "run the original package's example app and summarize",
                    "Run the original README's example app unmodified against SQLite for a few\n"
@@ -582,6 +595,38 @@ def cmd_purge(args: argparse.Namespace) -> int:
                    "tasks that have not started (NOT_STARTED or SCHEDULED) can be purged", EXIT_NOTHING)
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    with _open(args) as queue:
+        if args.prune:
+            pruned = queue.prune_schedules()
+            names = f": {', '.join(pruned)}" if pruned else ""
+            print(f"{len(pruned)} orphaned schedule(s) forgotten{names}")
+            return 0
+        infos = queue.schedules()
+    if args.json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return 0
+    if not infos:
+        print("no schedules stored (periodic tasks appear once a worker of their app starts)")
+        return 0
+    rows = [("name", "schedule", "next run (UTC)", "last slot (UTC)", "last run", "")]
+    for info in infos:
+        last = f"{info.last_task_id} {info.last_status.name}" if info.last_status else (
+            info.last_task_id or "none yet")
+        rows.append((info.name, info.expression, _clock(info.next_run), _clock(info.last_slot), last,
+                     "orphaned: no worker declares it" if info.orphaned else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+    return 0
+
+
+def _clock(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 # -- entry point -----------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from message_queue_sqlite.cli.demo import run_demo
@@ -591,7 +636,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed, "retry": cmd_retry, "purge": cmd_purge,
-    "demo": _demo}
+    "schedules": cmd_schedules, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any, TypeVar, overload
 
 from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
+from message_queue_sqlite.core.schedule import SCHEDULE_OPTIONS, Schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__mqs_task__"
@@ -27,6 +28,7 @@ class TaskOptions:
     use_cache: bool = False
     retry: RetryPolicy = NO_RETRY
     name: str | None = None
+    schedule: Schedule | None = None  # a periodic task's
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,26 @@ def make_task_options(
     retry_jitter: bool = True,
     retry_on: tuple[type[BaseException] | str, ...] | type[BaseException] = (Exception,),
     name: str | None = None,
+    **periodic: Any,
 ) -> TaskOptions:
-    """The one place decorator keywords become ``TaskOptions``."""
+    """The one place decorator keywords become ``TaskOptions``. ``every=`` or ``cron=`` (and
+    the other fields of ``Schedule``) make the task periodic."""
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache={use_cache!r} must be True or False")
+    unknown = sorted(set(periodic) - SCHEDULE_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown task option(s) {', '.join(unknown)}; task options are use_cache, "
+                        "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, and "
+                        f"for periodic tasks {', '.join(sorted(SCHEDULE_OPTIONS))}")
+    schedule = Schedule(**periodic) if periodic else None
+    if schedule is not None and use_cache:
+        raise ValueError("a periodic task cannot use_cache=True: its arguments would live in the "
+                         "memory of whichever worker enqueued it")
     if not isinstance(retry_on, tuple):
         retry_on = (retry_on,)
     policy = RetryPolicy(max_retries=retries, backoff=retry_backoff, backoff_max=retry_backoff_max,
                          jitter=retry_jitter, retry_on=retry_on)
-    return TaskOptions(use_cache=use_cache, retry=policy, name=name)
+    return TaskOptions(use_cache=use_cache, retry=policy, name=name, schedule=schedule)
 
 
 @overload
@@ -149,6 +162,8 @@ class TaskRegistry:
                 f"one in module {getattr(func, '__module__', '?')!r}; rename one or pass name="
             )
         definition = TaskDefinition(task_name, func, opts, _CallCheck.of(func))
+        if opts.schedule is not None:
+            _check_periodic_call(definition, opts.schedule)
         self._tasks[task_name] = definition
         self._names[id(func)] = task_name
         return definition
@@ -175,6 +190,19 @@ class TaskRegistry:
 
     def __repr__(self) -> str:
         return f"TaskRegistry({self.get_all_task_names()})"
+
+
+def _check_periodic_call(definition: TaskDefinition, schedule: Schedule) -> None:
+    """A periodic task is called with its schedule's kwargs (and the slot, if asked): refuse
+    at declaration a function that cannot take them, not at its first slot."""
+    kwargs = dict(schedule.kwargs)
+    if schedule.slot_arg is not None:
+        kwargs[schedule.slot_arg] = "2026-01-01T00:00:00+00:00"
+    try:
+        definition.check_arguments((), kwargs)
+    except TypeError as exc:
+        raise TypeError(f"periodic task {definition.name!r} cannot be called by its schedule "
+                        f"({schedule.expression}): {exc}") from None
 
 
 def _iter_modules(package: ModuleType) -> Iterator[ModuleType]:

@@ -33,6 +33,7 @@ from message_queue_sqlite.engine.executors import InlineExecutor, ThreadExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
 from message_queue_sqlite.engine.running import TaskRunner
+from message_queue_sqlite.engine.scheduler import Scheduler
 from message_queue_sqlite.engine.sharding import ShardBalancer
 from message_queue_sqlite.engine.worker import Worker
 from message_queue_sqlite.serialization import dumps_args, dumps_call
@@ -92,6 +93,7 @@ class Engine:
         self._worker: Worker | None = None
         self._stopping_worker: Worker | None = None
         self._inline: Worker | None = None  # immediate mode's
+        self.scheduler: Scheduler | None = None  # runs while workers do, if tasks are periodic
         self.housekeeper = Housekeeper(self)
         self._watching = False
         self._next_shard_look = 0.0
@@ -272,6 +274,19 @@ class Engine:
             executor = ThreadExecutor(threads or self.config.max_workers)
             self._worker = Worker(self, executor, self.runner)
             self._worker.start()
+            self._start_scheduler()
+
+    def _start_scheduler(self) -> None:
+        """Every process that runs workers enqueues the periodic tasks its registry declares
+        (see scheduler.py: no leader; a slot is enqueued once however many try)."""
+        if not any(d.options.schedule is not None for d in self.registry):
+            return
+        scheduler = Scheduler(self.shards[0], list(self.registry),
+                              lambda request: self._prepare(request, self.clock(), []),
+                              lambda name, kwargs, priority: SendRequest(name, kwargs, priority=priority),
+                              self.bell.ring)
+        scheduler.start()
+        self.scheduler = scheduler
 
     def hurry(self) -> None:
         """Make a stop in progress give its leases back now instead of draining."""
@@ -283,6 +298,9 @@ class Engine:
         with self._lock:
             worker, self._worker = self._worker, None
             self._stopping_worker = worker
+            scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            scheduler.stop()
         try:
             if worker is not None:
                 worker.stop(self.config.drain_timeout if drain_timeout is None else drain_timeout)

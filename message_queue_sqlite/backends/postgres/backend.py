@@ -67,6 +67,7 @@ from message_queue_sqlite.backends.base import (
     Completion,
     NewTask,
     RecoveryReport,
+    ScheduleRecord,
     Shard,
     TaskRecord,
 )
@@ -409,6 +410,45 @@ class PostgresShard(Shard):
                            for query in ("remove_ready", "remove_scheduled"))
 
         return self._run("remove waiting tasks", body)
+
+    # -- schedules of periodic tasks -------------------------------------------------
+    def wall_now(self) -> float:
+        return self._fetch("read the server's clock", "wall_now")[0][0]
+
+    def declare_schedules(self, schedules: Sequence[tuple[str, str, float, float]]) -> None:
+        if schedules:
+            params = {"schedules": _json([[_text(n), e, last, nxt] for n, e, last, nxt in schedules])}
+            self._run("declare schedules", lambda conn, _broke: conn.execute(
+                self._q["declare_schedules"], params))
+
+    def enqueue_slots(self, name: str, expected_last: float, decided: float, next_slot: float,
+                      runs: Sequence[tuple[float, NewTask]], skip_if_running: bool) -> list[int] | None:
+        decide = {"name": name, "expected": float(expected_last), "decided": float(decided),
+                  "next_slot": float(next_slot)}
+        tasks = _json([[_text(t.task_name), t.args, t.priority, t.sender, t.max_retries, t.retry,
+                        float(t.created_at), float(slot)] for slot, t in runs])
+
+        def body(conn: psycopg.Connection, broke: bool) -> list[int] | None:
+            # A replay after a lost reply finds last_slot moved and stores nothing: the slots
+            # were decided (by this call or another process), and the unique index holds.
+            with conn.transaction():
+                if conn.execute(self._q["decide_slots"], decide).rowcount == 0:
+                    return None
+                if not runs or (skip_if_running and conn.execute(
+                        self._q["previous_run_waiting"], {"name": name}).fetchone()[0]):
+                    return []
+                ids = conn.execute(self._q["enqueue_slots"],
+                                   {"name": name, "tasks": tasks, **self._channel}).fetchone()[0]
+                return list(ids or ())
+
+        return self._run("enqueue periodic task", body)
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        return [ScheduleRecord(*row) for row in self._fetch("list schedules", "list_schedules")]
+
+    def remove_schedules(self, names: Sequence[str]) -> int:
+        return self._run("remove schedules", lambda conn, _broke: conn.execute(
+            self._q["remove_schedules"], {"names": list(names)}).rowcount)
 
     # -- liveness and upkeep ---------------------------------------------------------
     def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SCHEMA = "mqs"
 VERSION_TABLE = "mqs_schema_version"
-OUR_TABLES = frozenset({"mqs_tasks", "mqs_nodes", "mqs_counts", "mqs_count_deltas", VERSION_TABLE})
+OUR_TABLES = frozenset({"mqs_tasks", "mqs_nodes", "mqs_counts", "mqs_count_deltas", "mqs_schedules",
+                        VERSION_TABLE})
+FIRST_TABLES = frozenset({"mqs_tasks", "mqs_nodes", VERSION_TABLE})  # every version has these
 MIGRATIONS = load_migrations(__package__)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -170,7 +172,7 @@ def _inspect(conn: psycopg.Connection, target: Target) -> tuple[bool, int]:
         raise QueueStorageError(
             f"schema {target.schema!r} at {target.location} has queue schema version {version}, "
             f"newer than this package supports ({SCHEMA_VERSION}); upgrade message_queue_sqlite")
-    if version and not tables >= OUR_TABLES:
+    if version and not tables >= FIRST_TABLES:  # later ones arrive by migration
         raise _refuse(target, f"tables are missing (found {', '.join(sorted(tables))})")
     return exists, version
 

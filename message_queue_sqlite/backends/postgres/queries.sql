@@ -312,3 +312,53 @@ DELETE FROM {schema}.mqs_tasks WHERE id IN (
      ORDER BY ended_at LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED)
   AND id < (SELECT max(id) FROM {schema}.mqs_tasks);
+
+-- name: wall_now
+-- The server's clock, which every scheduler of this queue does its slot arithmetic on.
+SELECT date_part('epoch', clock_timestamp());
+
+-- name: declare_schedules
+-- Store each schedule of a JSON array of [name, expression, last slot before the first to run, next slot] if new, else update its expression; seen now either way.
+INSERT INTO {schema}.mqs_schedules (name, expression, last_slot, next_slot, seen_at, created_at)
+SELECT e->>0, e->>1, (e->>2)::float8, (e->>3)::float8, date_part('epoch', now()), date_part('epoch', now())
+  FROM json_array_elements(%(schedules)s::json) AS e
+ON CONFLICT (name) DO UPDATE SET expression = excluded.expression, seen_at = excluded.seen_at;
+
+-- name: decide_slots
+-- Compare-and-set: the schedule's last slot moves from %(expected)s to %(decided)s; a concurrent scheduler waits for this row lock, then finds the value moved and changes nothing (READ COMMITTED re-checks the row).
+UPDATE {schema}.mqs_schedules SET last_slot = %(decided)s, next_slot = %(next_slot)s
+ WHERE name = %(name)s AND last_slot = %(expected)s;
+
+-- name: previous_run_waiting
+-- Is the schedule's newest task still waiting or running (skip_if_running)? On the primary keys.
+SELECT EXISTS (SELECT 1 FROM {schema}.mqs_tasks
+                WHERE id = (SELECT last_task FROM {schema}.mqs_schedules WHERE name = %(name)s)
+                  AND status IN (1, 2, 6));
+
+-- name: enqueue_slots
+-- Store the tasks of the schedule's slots (JSON rows [name, args, priority, sender, max_retries, retry, created_at, slot]; ready at once) but the slots stored already (the unique index on schedule and slot); note the newest as the schedule's last task; returns the ids and notifies listeners at commit.
+WITH inserted AS (
+    INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, max_retries,
+                                    retry, created_at, schedule, slot)
+    SELECT e->>0, e->>1, (e->>2)::bigint, 1, e->>3, false, (e->>4)::bigint, e->>5, (e->>6)::float8,
+           %(name)s, (e->>7)::float8
+      FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
+     ORDER BY b.n
+    ON CONFLICT (schedule, slot) WHERE schedule IS NOT NULL DO NOTHING
+    RETURNING id),
+noted AS (
+    UPDATE {schema}.mqs_schedules SET last_task = (SELECT max(id) FROM inserted)
+     WHERE name = %(name)s AND EXISTS (SELECT 1 FROM inserted))
+SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '*') END
+  FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
+
+-- name: list_schedules
+-- Every schedule, with the stored status and outcome of its newest slot's task (by primary key).
+SELECT s.name, s.expression, s.last_slot, s.next_slot, s.last_task, t.status, t.outcome,
+       s.seen_at, s.created_at
+  FROM {schema}.mqs_schedules AS s LEFT JOIN {schema}.mqs_tasks AS t ON t.id = s.last_task
+ ORDER BY s.name;
+
+-- name: remove_schedules
+-- Forget these schedules (an array of names); their stored tasks stay.
+DELETE FROM {schema}.mqs_schedules WHERE name = ANY(%(names)s::text[]);

@@ -28,6 +28,7 @@ from message_queue_sqlite.backends.base import (
     Completion,
     NewTask,
     RecoveryReport,
+    ScheduleRecord,
     Shard,
     TaskRecord,
 )
@@ -579,6 +580,42 @@ class SQLiteShard(Shard):
             return 0, 0
         conn.execute(Q["tombstone"], (newest_id,))
         return int(status == 6), 1
+
+    # -- schedules of periodic tasks -------------------------------------------------
+    def wall_now(self) -> float:
+        return self.clock.wall()
+
+    def declare_schedules(self, schedules: Sequence[tuple[str, str, float, float]]) -> None:
+        if schedules:
+            with self._write("declare schedules") as conn:
+                conn.executemany(Q["declare_schedule"], schedules)
+
+    def enqueue_slots(self, name: str, expected_last: float, decided: float, next_slot: float,
+                      runs: Sequence[tuple[float, NewTask]], skip_if_running: bool) -> list[int] | None:
+        with self._write("enqueue periodic task") as conn:
+            if skip_if_running and runs and conn.execute(Q["previous_run_waiting"], (name,)).fetchone()[0]:
+                runs = ()  # the previous run is still waiting or running: these slots are skipped
+            if not conn.execute(Q["decide_slots"], (name, expected_last, decided, next_slot)).rowcount:
+                return None
+            stored = []
+            for slot, t in runs:
+                row = conn.execute(Q["enqueue_slot"], (t.task_name, t.args, t.priority, t.sender,
+                                                       t.max_retries, t.retry, t.created_at, name,
+                                                       slot)).fetchone()
+                if row is not None:
+                    stored.append(row[0])
+            if stored:
+                conn.execute(Q["note_last_task"], (name, stored[-1]))
+                self._sent_here = True
+        return stored
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        with self._read() as conn:
+            return [ScheduleRecord(*row) for row in conn.execute(Q["list_schedules"])]
+
+    def remove_schedules(self, names: Sequence[str]) -> int:
+        with self._write("remove schedules") as conn:
+            return sum(conn.execute(Q["remove_schedule"], (name,)).rowcount for name in names)
 
     # -- liveness and upkeep ---------------------------------------------------------
     def register_node(self, node: str, pid: int, host: str, lease_seconds: float) -> None:

@@ -269,3 +269,45 @@ DELETE FROM mqs_tasks
 -- Delete the scheduled tasks (of name ?1; all when NULL) but the newest row, on the scheduled index.
 DELETE FROM mqs_tasks
  WHERE status = 6 AND (?1 IS NULL OR task_name = ?1) AND +id < (SELECT max(id) FROM mqs_tasks);
+
+-- name: wall_now
+-- The wall clock every scheduler of this folder does its slot arithmetic on.
+SELECT mqs_wall_now();
+
+-- name: declare_schedule
+-- Store schedule ?1 (expression ?2, its last slot ?3 before the first to run, next ?4) if new; else update its expression; seen now either way.
+INSERT INTO mqs_schedules (name, expression, last_slot, next_slot, seen_at, created_at)
+VALUES (?1, ?2, ?3, ?4, mqs_wall_now(), mqs_wall_now())
+ON CONFLICT (name) DO UPDATE SET expression = excluded.expression, seen_at = excluded.seen_at;
+
+-- name: decide_slots
+-- Compare-and-set: schedule ?1's last slot moves from ?2 to ?3 (next ?4); no row changed: another scheduler decided first.
+UPDATE mqs_schedules SET last_slot = ?3, next_slot = ?4 WHERE name = ?1 AND last_slot = ?2;
+
+-- name: previous_run_waiting
+-- Is schedule ?1's newest task still waiting or running (skip_if_running)? On the primary keys.
+SELECT EXISTS (SELECT 1 FROM mqs_tasks
+                WHERE id = (SELECT last_task FROM mqs_schedules WHERE name = ?1) AND status IN (1, 2, 6));
+
+-- name: enqueue_slot
+-- Store the task of schedule ?8's slot ?9 (ready at once) unless that slot is stored already (the unique index on schedule and slot); returns its row id, none if it was.
+INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, max_retries, retry,
+                       created_at, schedule, slot)
+VALUES (?1, ?2, ?3, 1, ?4, 0, ?5, ?6, ?7, ?8, ?9)
+ON CONFLICT (schedule, slot) WHERE schedule IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: note_last_task
+-- Schedule ?1's newest slot is stored as task ?2.
+UPDATE mqs_schedules SET last_task = ?2 WHERE name = ?1;
+
+-- name: list_schedules
+-- Every schedule, with the stored status and outcome of its newest slot's task (by primary key).
+SELECT s.name, s.expression, s.last_slot, s.next_slot, s.last_task, t.status, t.outcome,
+       s.seen_at, s.created_at
+  FROM mqs_schedules AS s LEFT JOIN mqs_tasks AS t ON t.id = s.last_task AND t.status <> 0
+ ORDER BY s.name;
+
+-- name: remove_schedule
+-- Forget schedule ?1 (its stored tasks stay).
+DELETE FROM mqs_schedules WHERE name = ?1;
