@@ -73,7 +73,8 @@ def test_tables_live_in_the_url_schema_and_queues_in_two_schemas_are_separate(pg
             assert first.shards[0].count_waiting() == 3
             assert second.shards[0].count_waiting() == 0
             assert tables(admin, schema_of(pg_url)) == {"mqs_tasks", "mqs_nodes", "mqs_counts",
-                                                        "mqs_count_deltas", "mqs_schema_version"}
+                                                        "mqs_count_deltas", "mqs_schedules",
+                                                        "mqs_schema_version"}
             assert not tables(admin, "public") & {"mqs_tasks", "mqs_nodes"}
             assert first.location.endswith(f"?schema={schema_of(pg_url)}")
         finally:
@@ -653,7 +654,8 @@ def test_notifications_name_their_writer_and_flag_scheduled_retries(pg_url):
 SAMPLE_PARAMS = {"attempt": 1, "callbacked": [1], "channel": "c", "completions": "[]",
                  "crash_limit": 3, "created_at": 1.0, "floor": 1, "host": "h", "lease": 30.0,
                  "limit": 10, "name": "n", "node": "n", "owner": "o", "pid": 1, "retention": 60.0,
-                 "row_id": 1, "sender": "s", "stamp": 1.0, "status": 3, "task_name": "t", "tasks": "[]"}
+                 "row_id": 1, "sender": "s", "stamp": 1.0, "status": 3, "task_name": "t", "tasks": "[]",
+                 "schedules": "[]", "expected": 1.0, "decided": 2.0, "next_slot": 3.0, "names": ["n"]}
 
 
 PRIMARY_KEY_WALKS = {"list_recent", "list_ended_as"}  # newest first, ended by their LIMIT

@@ -353,10 +353,12 @@ SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '*') END
   FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
 
 -- name: list_schedules
--- Every schedule, with the stored status and outcome of its newest slot's task (by primary key).
+-- Every schedule, with the stored status and outcome of its newest slot's task (one primary-key lookup per schedule: OFFSET 0 keeps the planner from turning the few lookups into a merge join that walks the whole primary key).
 SELECT s.name, s.expression, s.last_slot, s.next_slot, s.last_task, t.status, t.outcome,
        s.seen_at, s.created_at
-  FROM {schema}.mqs_schedules AS s LEFT JOIN {schema}.mqs_tasks AS t ON t.id = s.last_task
+  FROM {schema}.mqs_schedules AS s
+  LEFT JOIN LATERAL (SELECT status, outcome FROM {schema}.mqs_tasks WHERE id = s.last_task OFFSET 0) AS t
+       ON true
  ORDER BY s.name;
 
 -- name: remove_schedules
