@@ -5,6 +5,7 @@ The real-process proof (3 CLI workers, a kill, an outage) is in test_periodic_pr
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -168,6 +169,7 @@ def test_two_schedulers_on_one_queue_enqueue_each_slot_once(make_queue):
     lock = threading.Lock()
     a = _periodic_app(make_queue, log, lock)
     b = _periodic_app(make_queue, log, lock)  # a second queue object: its own scheduler
+    declared = a.engine.shards[0].wall_now()
     a.start()
     b.start()
     wait_until(lambda: len(log) >= 12, timeout=20, what="12 slots to run")
@@ -178,6 +180,7 @@ def test_two_schedulers_on_one_queue_enqueue_each_slot_once(make_queue):
     slots = sorted(datetime.fromisoformat(s).timestamp() for s in counts)
     gaps = [round(b - a, 3) for a, b in zip(slots, slots[1:], strict=False)]
     assert set(gaps) == {0.2}, gaps  # none missing
+    assert slots[0] > declared  # a new schedule starts with its next slot, nothing for the past
     stored = [t for t in a.tasks(limit=1000) if t.task_name == "tick"]
     assert len(stored) == len(log)
 
@@ -254,3 +257,32 @@ def test_a_schedule_unseen_while_others_are_seen_is_orphaned(tmp_path):
                                  "--prune"], capture_output=True, text=True, env=subprocess_env(), timeout=60)
         assert pruned.returncode == 0 and "gone" in pruned.stdout, pruned
         assert [s.name for s in mq.schedules()] == ["kept"]
+
+
+def test_all_runs_at_most_its_cap_per_decision_oldest_first(monkeypatch):
+    import message_queue_sqlite.core.schedule as schedule_module
+
+    monkeypatch.setattr(schedule_module, "MAX_SLOTS_PER_PLAN", 5)
+    decision = plan(Schedule(every=1, missed="all"), 100.0, 200.5, 200.2)
+    assert decision.run == (101.0, 102.0, 103.0, 104.0, 105.0) and decision.decided == 200.0
+
+
+def test_skipped_missed_slots_are_logged(make_queue, caplog):
+    mq = make_queue(workers=1)
+
+    @mq.periodic(every=0.05, missed="skip")
+    def quick():
+        return None
+
+    mq.start()
+    wait_until(lambda: mq.schedules() and mq.schedules()[0].last_task_id, timeout=10, what="a first run")
+    mq.stop()
+    shard = mq.engine.shards[0]
+    stored = mq.schedules()[0]
+    # as if every worker had been down for 10 s: the stored last slot is 10 s old
+    shard.enqueue_slots("quick", stored.last_slot, stored.last_slot - 10, stored.last_slot, [], False)
+    with caplog.at_level(logging.WARNING, logger="message_queue_sqlite.engine.scheduler"):
+        mq.start()
+        wait_until(lambda: "missed slot(s) not run (missed='skip')" in caplog.text, timeout=10,
+                   what="the skipped slots to be logged")
+        mq.stop()
