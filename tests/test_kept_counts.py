@@ -185,6 +185,9 @@ def test_migration_fills_the_counts_from_the_rows_there(tmp_path):
         conn.execute("ALTER TABLE mqs_tasks DROP COLUMN slot")
         conn.execute("ALTER TABLE mqs_tasks DROP COLUMN schedule")
         conn.execute("DROP TABLE mqs_schedules")
+        conn.execute("DROP INDEX mqs_tasks_unique")
+        for column in ("unique_key", "unique_states", "unique_until"):
+            conn.execute(f"ALTER TABLE mqs_tasks DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 3")
     with MessageQueue(folder) as mq:
         assert mq.stats()["outcomes"] == {"queued": 3, "scheduled": 1, "running": 0, "finished": 0,

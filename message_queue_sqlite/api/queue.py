@@ -107,11 +107,14 @@ def _iso(stamp: float | None) -> str | None:
 class TaskHandle:
     """A sent task: its id, its live status, and its result when it ends."""
 
-    __slots__ = ("task_id", "task_name", "_engine", "_since")
+    __slots__ = ("task_id", "task_name", "duplicate", "_engine", "_since")
 
-    def __init__(self, task_id: str, task_name: str, engine: Engine, since: int | None = None):
+    def __init__(self, task_id: str, task_name: str, engine: Engine, since: int | None = None,
+                 duplicate: bool = False):
         self.task_id = task_id
         self.task_name = task_name
+        # True: the send found its unique key held, stored nothing, and this is the holder's handle
+        self.duplicate = duplicate
         self._engine = engine
         self._since = since  # the engine's outcome epoch before the send
 
@@ -149,6 +152,8 @@ class TaskHandle:
         return outcome.value
 
     def __repr__(self) -> str:
+        if self.duplicate:
+            return f"TaskHandle({self.task_name!r}, {self.task_id!r}, duplicate=True)"
         return f"TaskHandle({self.task_name!r}, {self.task_id!r})"
 
 
@@ -253,23 +258,39 @@ class MessageQueue:
     def send(self, task: TaskRef, kwargs: dict[str, Any] | None = None, *, args: Sequence[Any] = (),
              priority: int = 0, callback: Callback | None = None, use_cache: bool = False,
              retries: int | None = None, retry: RetryPolicy | None = None,
-             delay: float | timedelta = 0.0, eta: datetime | None = None) -> TaskHandle:
+             delay: float | timedelta = 0.0, eta: datetime | None = None,
+             unique_key: str | None = None, unique_for: float | timedelta | None = None,
+             unique_states: tuple[str, ...] | None = None) -> TaskHandle:
         """Store a task durably (committed before this returns) and return its handle.
 
         ``kwargs`` are the task's keyword arguments, ``args`` its positional ones; both are
         checked against the function's signature here. ``delay`` (seconds or a timedelta) or
-        ``eta`` (a timezone-aware datetime) defer it."""
+        ``eta`` (a timezone-aware datetime) defer it. ``unique_key`` (or the task's
+        ``unique=``): when a stored task holds the key, nothing is stored and the handle is the
+        holder's, with ``duplicate`` True (and ``callback`` is not registered: the task is the
+        first send's); ``unique_for`` seconds and ``unique_states`` override the task's."""
         request = self._request(task, kwargs, args, priority, callback, use_cache, retries, retry,
                                 _delay_of(delay, eta))
+        if unique_key is not None or unique_for is not None or unique_states is not None:
+            request.unique_key, request.unique_for = unique_key, unique_for
+            request.unique_states = unique_states
         since = self._engine.outcome_epoch()
-        return TaskHandle(self._engine.send(request), request.task_name, self._engine, since)
+        task_id = self._engine.send(request)
+        if request.duplicate:
+            return self._duplicate_handle(task_id, request.task_name, since)
+        return TaskHandle(task_id, request.task_name, self._engine, since)
 
     def send_many(self, tasks: Iterable[tuple[Any, ...]], *, priority: int = 0,
                   callback: Callback | None = None, use_cache: bool = False,
                   retries: int | None = None, retry: RetryPolicy | None = None,
-                  delay: float | timedelta = 0.0, eta: datetime | None = None) -> list[TaskHandle]:
+                  delay: float | timedelta = 0.0, eta: datetime | None = None,
+                  unique_key: str | None = None, unique_for: float | timedelta | None = None,
+                  unique_states: tuple[str, ...] | None = None) -> list[TaskHandle]:
         """Store many tasks in one transaction per shard (much faster than one send each).
-        Each item is ``(task, kwargs)`` or ``(task, args, kwargs)``; the options apply to all."""
+        Each item is ``(task, kwargs)`` or ``(task, args, kwargs)``; the options apply to all
+        (one ``unique_key`` for all stores at most one of them; tasks declared ``unique=`` each
+        derive their own). A task whose key is held, by a stored task or by an earlier item of
+        this batch, stores nothing: its handle is the holder's, with ``duplicate`` True."""
         seconds = _delay_of(delay, eta)
         requests = []
         for item in tasks:
@@ -277,12 +298,23 @@ class MessageQueue:
                 raise TypeError("send_many takes (task, kwargs) or (task, args, kwargs) tuples, "
                                 f"got {item!r}")
             task, positional, kwargs = (item[0], (), item[1]) if len(item) == 2 else item
-            requests.append(self._request(task, kwargs, positional, priority, callback, use_cache,
-                                          retries, retry, seconds))
+            request = self._request(task, kwargs, positional, priority, callback, use_cache,
+                                    retries, retry, seconds)
+            request.unique_key, request.unique_for = unique_key, unique_for
+            request.unique_states = unique_states
+            requests.append(request)
         since = self._engine.outcome_epoch()
         sent = self._engine.send_many(requests)
-        return [TaskHandle(task_id, r.task_name, self._engine, since)
+        return [self._duplicate_handle(task_id, r.task_name, since) if r.duplicate
+                else TaskHandle(task_id, r.task_name, self._engine, since)
                 for task_id, r in zip(sent, requests, strict=True)]
+
+    def _duplicate_handle(self, task_id: str, sent_name: str, since: int | None) -> TaskHandle:
+        """The holder's handle for a send whose key was held: named as the holder is (an
+        explicit key may be held by a task of another name), read by its id."""
+        record = self._engine.find(task_id)
+        name = record.task_name if record is not None else sent_name  # purged meanwhile
+        return TaskHandle(task_id, name, self._engine, since, duplicate=True)
 
     def _request(self, task: TaskRef, kwargs: dict[str, Any] | None, args: Sequence[Any], priority: int,
                  callback: Callback | None, use_cache: bool, retries: int | None,

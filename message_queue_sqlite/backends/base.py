@@ -34,6 +34,12 @@ class NewTask:
     retry: str | None  # per-send retry policy (JSON), None: the task's own
     delay: float  # seconds from now (by the backend's clock) until it may run; 0: ready at once
     created_at: float  # the sender's clock: for display (PostgreSQL also finds an unconfirmed batch by it)
+    # A unique task (core/unique.py): its key (None: not unique), the states in which it holds
+    # the key (a bitmask, bit s: state s, an ended task's state being its outcome), and how long
+    # it holds it at most, in seconds from the insert by the backend's clock (None: no limit).
+    unique_key: str | None = None
+    unique_states: int = 0
+    unique_for: float | None = None
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: the worker keeps sets of them
@@ -141,7 +147,18 @@ class Producer(ABC):
 
     @abstractmethod
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
-        """Store tasks durably; returns their row ids (monotonic, never reused) after the commit."""
+        """Store tasks durably; returns their row ids (monotonic, never reused) after the commit.
+        For tasks without a unique key (the engine sends keyed batches to ``enqueue_unique``)."""
+
+    @abstractmethod
+    def enqueue_unique(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
+        """As ``enqueue``, for a batch in which some tasks carry a unique key; one transaction:
+        first free the keys of this batch whose holder's ``unique_for`` ran out (by the backend's
+        clock), then store each task unless its key is held, by a stored task or by an earlier
+        task of this batch (the partial unique index decides, in this transaction, also against
+        a concurrent sender: no lock is taken beforehand). Returns ``(row id, duplicate)`` per
+        task in order; a duplicate stored nothing and its row id is the holder's. Kept counts
+        move only for what was stored."""
 
 
 class Consumer(ABC):

@@ -11,9 +11,11 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import ModuleType
 from typing import Any, TypeVar, overload
 
+from message_queue_sqlite.core import unique as uniq
 from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
 from message_queue_sqlite.core.schedule import SCHEDULE_OPTIONS, Schedule
 
@@ -29,6 +31,11 @@ class TaskOptions:
     retry: RetryPolicy = NO_RETRY
     name: str | None = None
     schedule: Schedule | None = None  # a periodic task's
+    # unique tasks (core/unique.py): False, True (key from the name and every argument), or
+    # the argument names the key is derived from; how long a key holds, and in which states
+    unique: bool | tuple[str, ...] = False
+    unique_for: float | None = None
+    unique_states: int = uniq.DEFAULT_MASK
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ def make_task_options(
     retry_jitter: bool = True,
     retry_on: tuple[type[BaseException] | str, ...] | type[BaseException] = (Exception,),
     name: str | None = None,
+    unique: bool | tuple[str, ...] = False,
+    unique_for: float | timedelta | None = None,
+    unique_states: tuple[str, ...] | None = None,
     **periodic: Any,
 ) -> TaskOptions:
     """The one place decorator keywords become ``TaskOptions``. ``every=`` or ``cron=`` (and
@@ -102,17 +112,26 @@ def make_task_options(
     unknown = sorted(set(periodic) - SCHEDULE_OPTIONS)
     if unknown:
         raise TypeError(f"unknown task option(s) {', '.join(unknown)}; task options are use_cache, "
-                        "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, and "
+                        "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, "
+                        "unique, unique_for, unique_states, and "
                         f"for periodic tasks {', '.join(sorted(SCHEDULE_OPTIONS))}")
     schedule = Schedule(**periodic) if periodic else None
     if schedule is not None and use_cache:
         raise ValueError("a periodic task cannot use_cache=True: its arguments would live in the "
                          "memory of whichever worker enqueued it")
+    unique = uniq.check_unique_option(unique)
+    seconds = uniq.check_unique_for(unique_for)
+    mask = uniq.DEFAULT_MASK if unique_states is None else uniq.states_mask(unique_states)
+    if not unique and (unique_for is not None or unique_states is not None):
+        given = "unique_for" if unique_for is not None else "unique_states"
+        raise TypeError(f"{given}= applies to unique tasks: add unique=True (or unique=('arg', ...)) "
+                        "to the decorator, or pass unique_key= and it at each send")
     if not isinstance(retry_on, tuple):
         retry_on = (retry_on,)
     policy = RetryPolicy(max_retries=retries, backoff=retry_backoff, backoff_max=retry_backoff_max,
                          jitter=retry_jitter, retry_on=retry_on)
-    return TaskOptions(use_cache=use_cache, retry=policy, name=name, schedule=schedule)
+    return TaskOptions(use_cache=use_cache, retry=policy, name=name, schedule=schedule,
+                       unique=unique, unique_for=seconds, unique_states=mask)
 
 
 @overload
@@ -131,6 +150,8 @@ def task_function(func: Any = None, **options: Any) -> Any:
     def mark(f: F) -> F:
         if not callable(f):
             raise TypeError(f"@task_function needs a function, got {f!r}")
+        if isinstance(task_options.unique, tuple):  # a wrong name fails here, not at a send
+            uniq.check_fields(task_options.name or getattr(f, "__name__", "?"), f, task_options.unique)
         setattr(f, MARK, task_options)
         return f
 
@@ -161,6 +182,8 @@ class TaskRegistry:
                 f"two tasks are named {task_name!r}: one in module {existing.module!r}, "
                 f"one in module {getattr(func, '__module__', '?')!r}; rename one or pass name="
             )
+        if isinstance(opts.unique, tuple):
+            uniq.check_fields(task_name, func, opts.unique)
         definition = TaskDefinition(task_name, func, opts, _CallCheck.of(func))
         if opts.schedule is not None:
             _check_periodic_call(definition, opts.schedule)

@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from message_queue_sqlite.backends.base import Backend, NewTask, TaskRecord
+from message_queue_sqlite.core import unique as uniq
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import MessageQueueError
 from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
-from message_queue_sqlite.core.registry import TaskRegistry
+from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
@@ -61,6 +62,16 @@ class SendRequest:
     retry: RetryPolicy | None = None
     delay: float = 0.0
     positional: tuple[Any, ...] = ()  # positional arguments, if any (``args`` holds the keywords)
+    # unique tasks (core/unique.py): an explicit key, or None for the task's own (unique=...)
+    # or none; how long it holds (seconds) and in which states, None: the task's own
+    unique_key: str | None = None
+    unique_for: float | None = None
+    unique_states: tuple[str, ...] | None = None
+    # set by the send: its key was held, so nothing was stored and its id is the holder's
+    duplicate: bool = False
+
+
+NO_DUPLICATES: frozenset[int] = frozenset()
 
 
 class Engine:
@@ -116,13 +127,17 @@ class Engine:
             self.dispatcher.make_room(1, self.config.max_pending_callbacks, BACKPRESSURE_WAIT_S)
         cached: list[str] = []
         try:
-            row_id = self.shards[0].enqueue([self._prepare(request, self.clock(), cached)])[0]
+            task = self._prepare(request, self.clock(), cached)
+            if task.unique_key is None:
+                row_id = self.shards[0].enqueue([task])[0]
+            else:
+                row_id, request.duplicate = self.shards[0].enqueue_unique([task])[0]
         except BaseException:
             for key in cached:
                 self.cache.pop(key, None)
             raise
         task_id = format_task_id(0, row_id)
-        if request.callback is not None:
+        if request.callback is not None and not request.duplicate:
             self.dispatcher.expect(((task_id, request.callback),))
         self.bell.ring()
         if self.config.immediate:
@@ -153,21 +168,30 @@ class Engine:
                 by_shard[0] = tasks
             else:
                 for request in requests:
-                    shard = self.balancer.pick()
+                    task = self._prepare(request, now, cached)
+                    # a key always goes to the shard its hash names: that shard's index enforces it
+                    key = task.unique_key
+                    shard = self.balancer.pick() if key is None else self.balancer.route(key)
                     batch = by_shard.setdefault(shard, [])
                     placed.append((shard, len(batch)))
-                    batch.append(self._prepare(request, now, cached))
-            row_ids = {shard: self.shards[shard].enqueue(tasks) for shard, tasks in by_shard.items()}
+                    batch.append(task)
+            row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
         except BaseException:
             for key in cached:
                 self.cache.pop(key, None)
             raise
         if single:
-            task_ids = [format_task_id(0, row_id) for row_id in row_ids[0]]
+            ids, duplicates = row_ids[0]
+            task_ids = [format_task_id(0, row_id) for row_id in ids]
+            for pos in duplicates:
+                requests[pos].duplicate = True
         else:
-            task_ids = [format_task_id(shard, row_ids[shard][pos]) for shard, pos in placed]
+            task_ids = [format_task_id(shard, row_ids[shard][0][pos]) for shard, pos in placed]
+            for request, (shard, pos) in zip(requests, placed, strict=True):
+                if pos in row_ids[shard][1]:
+                    request.duplicate = True
         callbacks = [(task_id, request.callback) for request, task_id in zip(requests, task_ids, strict=True)
-                     if request.callback is not None]
+                     if request.callback is not None and not request.duplicate]
         if callbacks:
             self.dispatcher.expect(callbacks)
         self.bell.ring()
@@ -177,6 +201,16 @@ class Engine:
         if self.config.immediate:
             self._run_inline(task_ids)
         return task_ids
+
+    def _store(self, shard: int, tasks: list[NewTask]) -> tuple[list[int], frozenset[int] | set[int]]:
+        """One shard's part of a send: its row ids, and the positions in ``tasks`` that were
+        duplicates (their key held: nothing stored, the id is the holder's). The plain insert
+        unless a task carries a unique key."""
+        if all(task.unique_key is None for task in tasks):
+            return self.shards[shard].enqueue(tasks), NO_DUPLICATES
+        answers = self.shards[shard].enqueue_unique(tasks)
+        return ([row_id for row_id, _ in answers],
+                {pos for pos, (_, duplicate) in enumerate(answers) if duplicate})
 
     def _run_inline(self, task_ids: Sequence[str]) -> None:
         """Immediate mode: run what was just sent (and what it sent, and its retries) in this
@@ -243,9 +277,34 @@ class Engine:
             cached_keys.append(payload)
         else:
             payload = dumps_call(name, positional, args) if positional else dumps_args(name, args)
-        return NewTask(name, payload, priority, self.node, request.callback is not None,
+        task = NewTask(name, payload, priority, self.node, request.callback is not None,
                        self.node if cached else None, max_retries, retry_json,
                        float(delay) if delay else 0.0, now)
+        if (request.unique_key is not None or request.unique_for is not None
+                or request.unique_states is not None
+                or (definition is not None and definition.options.unique)):
+            self._make_unique(task, request, definition)
+        return task
+
+    @staticmethod
+    def _make_unique(task: NewTask, request: SendRequest, definition: TaskDefinition | None) -> None:
+        """The key, states and expiry of a unique send: the send's own, else its task's
+        (``unique=``); an option without a key to apply to is an error, not ignored."""
+        options = definition.options if definition is not None else None
+        if request.unique_key is not None:
+            key = uniq.check_key(request.unique_key)
+        elif options is not None and options.unique:
+            key = uniq.derive_key(task.task_name, definition.func if definition else None,
+                                  options.unique, request.positional, request.args)
+        else:
+            given = "unique_for" if request.unique_for is not None else "unique_states"
+            raise TypeError(f"{given}= of task {task.task_name!r} needs a unique key: pass "
+                            "unique_key= too, or declare the task with unique=True or unique=('arg', ...)")
+        task.unique_key = key
+        task.unique_states = (uniq.states_mask(request.unique_states) if request.unique_states is not None
+                              else options.unique_states if options is not None else uniq.DEFAULT_MASK)
+        task.unique_for = (uniq.check_unique_for(request.unique_for) if request.unique_for is not None
+                           else options.unique_for if options is not None else None)
 
     # -- running ---------------------------------------------------------------------
     def idle_wait_timeout(self) -> float:

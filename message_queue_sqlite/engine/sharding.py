@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 
 from message_queue_sqlite.backends.base import Shard
@@ -24,6 +25,12 @@ class ShardBalancer:
         self.single = len(self._shards) == 1
         self._next_refresh = 0.0
         self._rotation = 0
+
+    def route(self, unique_key: str) -> int:
+        """The shard of a unique key: the same in every process that agrees on the shard count
+        (crc32, not Python's per-process salted hash()), so one shard's index sees every send
+        of the key. Load plays no part: a key that moved with the load could be held twice."""
+        return zlib.crc32(unique_key.encode("utf-8")) % len(self._shards)
 
     def pick(self) -> int:
         count = len(self._shards)

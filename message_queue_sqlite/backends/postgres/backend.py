@@ -81,11 +81,42 @@ log = logging.getLogger(__name__)
 
 QUERIES = load_queries(__package__)
 RETRY_DEADLINE_S = 30.0  # a call keeps retrying a lost server or a deadlock this long
+UNIQUE_ROUNDS = 100  # a unique send retries this often when its key's holder ended meanwhile
 _inherited: list[psycopg.Connection] = []  # connections a fork() child must never close or use
 
 T = TypeVar("T")
 # batches travel as one JSON array of positional rows (see queries.sql); NaN/inf never occur
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def match_stored(tasks: Sequence[NewTask],
+                 stored: Sequence[Sequence]) -> tuple[list[tuple[int, bool] | None], set[str]]:
+    """Which tasks of a batch an ``enqueue_unique`` stored: ``stored`` is its ``[id, key]`` rows
+    in id order, which is batch order. A task without a key was stored; of the tasks with one
+    key, the first was stored or none was (a later one conflicts with the first, or with the
+    holder the first conflicted with). Returns ``(row id, duplicate)`` per task, None where the
+    holder is to be looked up, and the keys to look up."""
+    answers: list[tuple[int, bool] | None] = []
+    first: dict[str, int | None] = {}  # key -> the row id this batch stored for it (None: none)
+    taken: set[str] = set()
+    position = 0
+    for task in tasks:
+        key = task.unique_key
+        if key is not None and key in first:
+            row_id = first[key]
+            answers.append(None if row_id is None else (row_id, True))
+            continue
+        if key is None or (position < len(stored) and stored[position][1] == key):
+            row_id = stored[position][0]
+            position += 1
+            answers.append((row_id, False))
+        else:
+            row_id = None
+            taken.add(key)
+            answers.append(None)
+        if key is not None:
+            first[key] = row_id
+    return answers, taken
 
 
 def _record(shard: int, row: tuple) -> TaskRecord:
@@ -271,6 +302,62 @@ class PostgresShard(Shard):
         ids = self._run("enqueue", body)
         self._id_floor = max(self._id_floor, ids[-1])
         return ids
+
+    def enqueue_unique(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
+        """Each round is one transaction (expired holders of the batch's keys let go, then one
+        ``INSERT ... ON CONFLICT DO NOTHING`` of the batch); the holders of the keys that
+        conflicted are read after its commit, in a fresh snapshot (READ COMMITTED: the
+        concurrent sender that won is committed by then). A holder can end between the two
+        (its key then free): those tasks go again in another round, so a send never returns
+        a duplicate of a task that no longer holds its key."""
+        sent: list[tuple[int, bool] | None] = [None] * len(tasks)
+        todo = list(range(len(tasks)))
+        for _ in range(UNIQUE_ROUNDS):
+            batch = [tasks[i] for i in todo]
+            answers = self._run("enqueue", lambda conn, broke, batch=batch: self._enqueue_unique_round(
+                conn, broke, batch))
+            again = []
+            for i, answer in zip(todo, answers, strict=True):
+                if answer is None:
+                    again.append(i)
+                else:
+                    sent[i] = answer
+            todo = again
+            if not todo:
+                return [answer for answer in sent if answer is not None]
+        raise QueueStorageError(f"enqueue on {self.name}: the holders of unique keys kept ending "
+                                f"between insert and lookup for {UNIQUE_ROUNDS} rounds")
+
+    def _enqueue_unique_round(self, conn: psycopg.Connection, broke: bool,
+                              tasks: list[NewTask]) -> list[tuple[int, bool] | None]:
+        """One round of ``enqueue_unique``: ``(row id, duplicate)`` per task, None for a task
+        whose key's holder ended before it could be read (to send again)."""
+        keys = list(dict.fromkeys(t.unique_key for t in tasks if t.unique_key is not None))
+        stored: list[list] | None = None
+        sender, created_at = tasks[0].sender, float(tasks[0].created_at)
+        if broke and all(t.sender == sender and t.created_at == tasks[0].created_at for t in tasks):
+            # the last try may have committed: what it stored is found, never stored twice
+            found = conn.execute(self._q["find_batch"], {"sender": sender, "created_at": created_at,
+                                                         "floor": self._id_floor}).fetchall()
+            stored = [list(row) for row in found] or None
+        if stored is None:
+            rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
+                     t.max_retries, t.retry, float(t.delay), float(t.created_at), t.unique_key,
+                     t.unique_states if t.unique_key is not None else 0,
+                     None if t.unique_for is None else float(t.unique_for)] for t in tasks]
+            with conn.transaction():
+                conn.execute(self._q["release_expired_unique"], {"unique_keys": keys})
+                stored = conn.execute(self._q["enqueue_unique"],
+                                      {"tasks": _json(rows), **self._channel}).fetchone()[0]
+        if stored:
+            self._id_floor = max(self._id_floor, stored[-1][0])
+        answers, taken = match_stored(tasks, stored)
+        if taken:
+            holders = dict(conn.execute(self._q["unique_holders"], {"unique_keys": sorted(taken)}).fetchall())
+            for i, task in enumerate(tasks):
+                if answers[i] is None and task.unique_key in holders:
+                    answers[i] = (holders[task.unique_key], True)
+        return answers
 
     # -- working ---------------------------------------------------------------------
     def _claim_stamp(self) -> float:

@@ -29,9 +29,43 @@ WITH inserted AS (
 SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
   FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
 
+-- name: enqueue_unique
+-- As enqueue, for a batch in which tasks may carry a unique key (JSON rows, fields 10-12: key, states bitmask, unique_for seconds or null): a task whose key a stored task holds, or an earlier row of this batch, is not stored (ON CONFLICT DO NOTHING on the unique index; a concurrent insert of the key waits for the other transaction, then conflicts). Returns the stored rows as one JSON array of [id, unique key] in id order (= batch order), and notifies listeners at commit if any was stored.
+WITH inserted AS (
+    INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
+                                    max_retries, retry, run_after, created_at,
+                                    unique_key, unique_states, unique_until)
+    SELECT e->>0, e->>1, (e->>2)::bigint, CASE WHEN (e->>8)::float8 > 0 THEN 6 ELSE 1 END, e->>3,
+           (e->>4)::boolean, e->>5, (e->>6)::bigint, e->>7,
+           CASE WHEN (e->>8)::float8 > 0 THEN date_part('epoch', clock_timestamp()) + (e->>8)::float8 ELSE 0 END,
+           (e->>9)::float8, e->>10, (e->>11)::integer,
+           CASE WHEN e->>12 IS NOT NULL THEN date_part('epoch', clock_timestamp()) + (e->>12)::float8 END
+      FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
+     ORDER BY b.n
+    ON CONFLICT (unique_key)
+       WHERE unique_key IS NOT NULL AND ((unique_states >> coalesce(outcome, status)) & 1) = 1
+    DO NOTHING
+    RETURNING id, unique_key)
+SELECT coalesce(json_agg(json_build_array(id, unique_key) ORDER BY id), '[]'::json),
+       CASE WHEN count(*) > 0 THEN pg_notify(%(channel)s, '') END
+  FROM inserted;
+
+-- name: release_expired_unique
+-- Before a send of unique keys, in its transaction: a holder whose unique_for ran out by now() holds its key no longer, for good (unique_states 0), on the unique index. A concurrent sender releasing the same holder waits for this row lock, then finds it released.
+UPDATE {schema}.mqs_tasks SET unique_states = 0
+ WHERE unique_key = ANY(%(unique_keys)s::text[])
+   AND ((unique_states >> coalesce(outcome, status)) & 1) = 1
+   AND unique_until <= date_part('epoch', now());
+
+-- name: unique_holders
+-- The tasks (unique key, row id) that hold these unique keys (at most one each: the unique index), read after the insert that conflicted with them, on that index.
+SELECT unique_key, id FROM {schema}.mqs_tasks
+ WHERE unique_key = ANY(%(unique_keys)s::text[])
+   AND ((unique_states >> coalesce(outcome, status)) & 1) = 1;
+
 -- name: find_batch
--- After a connection broke during an enqueue's commit: the batch's rows if it did commit (a batch shares its sender and creation time), above the ids returned to this client before it (on the primary key).
-SELECT id FROM {schema}.mqs_tasks
+-- After a connection broke during an enqueue's commit: the batch's rows (id, unique key) if it did commit (a batch shares its sender and creation time), above the ids returned to this client before it (on the primary key).
+SELECT id, unique_key FROM {schema}.mqs_tasks
  WHERE id > %(floor)s::bigint AND sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
@@ -253,22 +287,24 @@ SELECT created_at, started_at, ended_at FROM {schema}.mqs_tasks
  WHERE status IN (3, 4, 5) ORDER BY ended_at DESC LIMIT %(limit)s;
 
 -- name: requeue_failed_by_id
--- Task %(row_id)s, if it failed (whether or not its callback ran; of a name, if given), runs again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); a cached one cannot. By primary key; listeners are notified if it was.
+-- Task %(row_id)s, if it failed (whether or not its callback ran; of a name, if given), runs again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); a cached one cannot; a unique task keeps its key only if it held it while failed (bit 4 of unique_states), otherwise another task may hold it by now and it runs without one. By primary key; listeners are notified if it was.
 WITH requeued AS (
     UPDATE {schema}.mqs_tasks
        SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
-           ended_at = NULL, started_at = NULL, run_after = 0
+           ended_at = NULL, started_at = NULL, run_after = 0,
+           unique_states = CASE WHEN (unique_states >> 4) & 1 = 1 THEN unique_states ELSE 0 END
      WHERE id = %(row_id)s::bigint AND status IN (4, 5) AND outcome = 4 AND cache_owner IS NULL
        AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
     RETURNING 1)
 SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '') END FROM (SELECT count(*) AS n FROM requeued) AS c;
 
 -- name: requeue_failed_all
--- As requeue_failed_by_id for every failed task (of a name, if given), found on the failed index; listeners are notified once if any.
+-- As requeue_failed_by_id for every failed task (of a name, if given), found on the failed index (a unique one keeps its key only if it held it while failed); listeners are notified once if any.
 WITH requeued AS (
     UPDATE {schema}.mqs_tasks
        SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
-           ended_at = NULL, started_at = NULL, run_after = 0
+           ended_at = NULL, started_at = NULL, run_after = 0,
+           unique_states = CASE WHEN (unique_states >> 4) & 1 = 1 THEN unique_states ELSE 0 END
      WHERE outcome = 4 AND status IN (4, 5) AND cache_owner IS NULL
        AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
     RETURNING 1)

@@ -378,6 +378,34 @@ class SQLiteShard(Shard):
         # one writer inside BEGIN IMMEDIATE, each rowid one past the largest: consecutive
         return list(range(last - len(rows) + 1, last + 1))
 
+    def enqueue_unique(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
+        """One transaction under the write lock (so the holder a conflict names is the one
+        still there when it is read): expired holders of the batch's keys let go, then each
+        task is inserted (``ON CONFLICT DO NOTHING`` on the unique index) or, its key being
+        held, answered with the holder's row id. A skipped insert uses no row id, so the
+        row ids stay consecutive and the ready count (max(id) minus the kept ones) stays true."""
+        if not tasks:
+            return []
+        insert = Q["enqueue_unique"]
+        keys = list(dict.fromkeys(t.unique_key for t in tasks if t.unique_key is not None))
+        sent: list[tuple[int, bool]] = []
+        with self._write("enqueue") as conn:
+            conn.executemany(Q["release_expired_unique"], [(key,) for key in keys])
+            delayed = 0
+            for t in tasks:
+                cursor = conn.execute(insert, (
+                    t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
+                    t.max_retries, t.retry, t.delay, t.created_at, t.unique_key,
+                    t.unique_states if t.unique_key is not None else 0, t.unique_for))
+                if cursor.rowcount == 1:
+                    sent.append((cursor.lastrowid, False))
+                    delayed += t.delay > 0
+                else:
+                    sent.append((conn.execute(Q["unique_holder"], (t.unique_key,)).fetchone()[0], True))
+            _add_to_counts(conn, {SCHEDULED_KEY: delayed})  # stored SCHEDULED only
+        self._sent_here = True
+        return sent
+
     # -- working ---------------------------------------------------------------------
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
                            lease_seconds: float,

@@ -16,6 +16,28 @@ VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, created_at)
 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6);
 
+-- name: enqueue_unique
+-- Store one new task holding unique key ?11 in the states of bitmask ?12 for ?13 seconds from now (NULL: no limit), unless a stored task holds that key: then nothing is stored (changes() = 0) and no row id is used.
+INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
+                       max_retries, retry, run_after, created_at, unique_key, unique_states, unique_until)
+VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
+        CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10, ?11, ?12,
+        CASE WHEN ?13 IS NOT NULL THEN mqs_wall_now() + ?13 END)
+ON CONFLICT (unique_key)
+   WHERE unique_key IS NOT NULL AND ((unique_states >> coalesce(outcome, status)) & 1) = 1
+DO NOTHING;
+
+-- name: release_expired_unique
+-- Before a send of unique key ?1, in its transaction: a holder whose unique_for ran out (by the wall clock) holds it no longer, for good (unique_states 0), on the unique index.
+UPDATE mqs_tasks SET unique_states = 0
+ WHERE unique_key = ?1 AND ((unique_states >> coalesce(outcome, status)) & 1) = 1
+   AND unique_until <= mqs_wall_now();
+
+-- name: unique_holder
+-- The row id of the task that holds unique key ?1 (at most one: the unique index), on that index.
+SELECT id FROM mqs_tasks
+ WHERE unique_key = ?1 AND ((unique_states >> coalesce(outcome, status)) & 1) = 1;
+
 -- name: last_row_id
 -- The row id of the last insert of this connection (a batch's ids are consecutive up to it).
 SELECT last_insert_rowid();
@@ -187,18 +209,20 @@ SELECT created_at, started_at, ended_at FROM mqs_tasks
  WHERE id > (SELECT max(id) FROM mqs_tasks) - ?2 AND ended_at IS NOT NULL ORDER BY id DESC LIMIT ?1;
 
 -- name: requeue_failed_by_id
--- Task ?1, if it is of status ?3 (4: FAILED, or 5: its callback ran) with outcome FAILED (and of name ?2, if not NULL), runs again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); a cached one cannot. By primary key.
+-- Task ?1, if it is of status ?3 (4: FAILED, or 5: its callback ran) with outcome FAILED (and of name ?2, if not NULL), runs again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); a cached one cannot. By primary key. A unique task keeps its key only if it held it while failed (bit 4 of unique_states): otherwise another task may hold the key by now, so it runs without one (unique_states 0).
 UPDATE mqs_tasks
    SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
-       ended_at = NULL, started_at = NULL, run_after = 0
+       ended_at = NULL, started_at = NULL, run_after = 0,
+       unique_states = CASE WHEN (unique_states >> 4) & 1 = 1 THEN unique_states ELSE 0 END
  WHERE id = ?1 AND status = ?3 AND outcome = 4 AND cache_owner IS NULL
    AND (?2 IS NULL OR task_name = ?2);
 
 -- name: requeue_failed_all
--- As requeue_failed_by_id for every failed task of status ?3 (and of name ?2, if not NULL), found on the failed index.
+-- As requeue_failed_by_id for every failed task of status ?3 (and of name ?2, if not NULL), found on the failed index; a unique task runs without its key unless it held it while failed.
 UPDATE mqs_tasks
    SET status = 1, outcome = NULL, result = NULL, traceback = NULL, retries = 0, crashes = 0,
-       ended_at = NULL, started_at = NULL, run_after = 0
+       ended_at = NULL, started_at = NULL, run_after = 0,
+       unique_states = CASE WHEN (unique_states >> 4) & 1 = 1 THEN unique_states ELSE 0 END
  WHERE outcome = 4 AND +status = ?3 AND cache_owner IS NULL AND (?2 IS NULL OR task_name = ?2);
 
 -- name: register_node
