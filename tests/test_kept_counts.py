@@ -216,3 +216,23 @@ def test_purge_removes_waiting_tasks_by_id_name_or_all_and_never_running_ones(ma
     assert [t.status for t in mq.tasks()] == [TaskStatus.RUNNING]
     assert mq.stats()["outcomes"]["running"] == 1 and mq.stats()["outcomes"]["queued"] == 0
     assert_counts_true(mq, "purges")
+
+
+def test_unique_sends_that_store_nothing_keep_the_counts_true(make_queue, backend_time):
+    """A duplicate stores nothing, so no count may move: ready, delayed, in a batch, and after
+    an expired holder let go of its key (that moves no task either)."""
+    mq = backend_time.queue(make_queue)
+    mq.task(t)
+    mq.send("t", {}, unique_key="r")
+    mq.send("t", {}, unique_key="r")
+    mq.send("t", {}, unique_key="d", delay=5 * backend_time.unit)
+    mq.send("t", {}, unique_key="d", delay=5 * backend_time.unit)
+    mq.send_many([("t", {}), ("t", {}), ("t", {})], unique_key="b", delay=5 * backend_time.unit)
+    mq.send_many([("t", {}), ("t", {})])
+    mq.send("t", {}, unique_key="e", unique_for=1 * backend_time.unit)
+    backend_time.advance(2 * backend_time.unit)
+    assert mq.send("t", {}, unique_key="e").duplicate is False  # the first one still waits
+    for shard in mq.engine.shards:
+        shard.maintain()  # PostgreSQL: fold the deltas (SQLite: nothing to fold)
+    assert_counts_true(mq, "unique sends, duplicates among them")
+    assert kept_counts(mq) == {(1, 0): 5, (6, 0): 2}
