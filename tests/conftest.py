@@ -20,7 +20,10 @@ from message_queue_sqlite import MessageQueue
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0,
+               what: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``condition`` until it is true or ``timeout`` passes; ``what`` (or what it returns,
+    computed only on failure: worker logs, say) names it in the error."""
     deadline = time.monotonic() + timeout
     event = threading.Event()
     while True:
@@ -28,7 +31,8 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            named = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {named}")
         event.wait(0.005)
 
 

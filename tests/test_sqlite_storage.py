@@ -220,23 +220,28 @@ def test_cache_mode_tasks_of_a_dead_process_fail_on_recovery(tmp_path):
     sender.close()
 
 
+def _trace(shard, callback) -> None:
+    """Set a trace callback on a live shard's connections while no thread uses them: setting
+    one takes SQLite's connection mutex while holding the GIL, and a thread inside a statement
+    holds that mutex while its trace callback waits for the GIL (a deadlock no timeout ends)."""
+    with shard._lock, shard._read_lock:
+        shard._connection().set_trace_callback(callback)
+        shard._connection(reader=True).set_trace_callback(callback)
+
+
 def test_an_idle_worker_does_not_take_the_write_lock(tmp_path):
     """Woken by changes that bring nothing to claim, idle workers only read."""
     with MessageQueue(str(tmp_path / "q"), workers=2) as mq:
         statements: list[str] = []
-        conn = mq.engine.shards[0]._connection()
-        reader = mq.engine.shards[0]._connection(reader=True)
         mq.start()
         probes = []
-        conn.set_trace_callback(statements.append)
-        reader.set_trace_callback(statements.append)
+        _trace(mq.engine.shards[0], statements.append)
         for _ in range(20):  # as if other processes committed twenty times
             mq.engine.bell.ring()
             wait_until(lambda: len([s for s in statements if "EXISTS" in s]) > len(probes),
                        what="the idle worker's probe")
             probes.append(1)
-        conn.set_trace_callback(None)
-        reader.set_trace_callback(None)
+        _trace(mq.engine.shards[0], None)
         writes = [s for s in statements if s.split()[0] in ("BEGIN", "UPDATE", "INSERT", "DELETE")]
         assert not writes, writes
 
