@@ -3,6 +3,7 @@ against a deadline and fails with a message when it is not met."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import textwrap
@@ -18,6 +19,36 @@ import pytest
 from message_queue_sqlite import MessageQueue
 
 REPO = Path(__file__).resolve().parents[1]
+WATCHDOG_GRACE_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _hard_deadline(request: pytest.FixtureRequest) -> Iterator[None]:
+    """pytest-timeout's signal cannot end a test stuck in C code (a deadlock between SQLite's
+    mutex and the GIL is one): past its timeout and a grace period, print every thread's stack
+    and end the run, so a hang fails in minutes with its cause shown, not at CI's limit."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 0)
+    if not limit:
+        yield
+        return
+
+    def give_up() -> None:
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            capture.suspend_global_capture(in_=True)  # the stacks must reach the real stderr
+        sys.stderr.write(f"\n{request.node.nodeid} still runs {limit + WATCHDOG_GRACE_S:.0f} s after "
+                         "it started, past its timeout: every thread's stack follows; ending the run\n")
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(3)
+
+    timer = threading.Timer(limit + WATCHDOG_GRACE_S, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0,
