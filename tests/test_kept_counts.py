@@ -169,30 +169,29 @@ def test_counts_survive_reopening(make_queue, queue_dir):
 
 
 def test_migration_fills_the_counts_from_the_rows_there(tmp_path):
-    """A folder written before the kept counts existed (schema 3) gets them from its rows."""
-    folder = str(tmp_path / "q")
-    with MessageQueue(folder) as mq:
-        mq.task(t)
-        mq.send_many([("t", {})] * 4)
-        mq.send("t", {}, delay=60)
-        path = mq.engine.shards[0].path
-    with sqlite3.connect(path) as conn:
+    """A folder written before the kept counts existed (schema 3) gets them from its rows,
+    and every later migration applies on top (the file is built by migrations 1-3 alone)."""
+    from message_queue_sqlite.backends.sqlite.connection import APPLICATION_ID, MIGRATIONS, _statements
+
+    folder = tmp_path / "q"
+    folder.mkdir()
+    with sqlite3.connect(folder / "mq-shard-0.db", isolation_level=None) as conn:
+        for number, _name, sql in MIGRATIONS:
+            if number <= 3:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+        rows = [("t", "{}", 1, 0.0)] * 4 + [("t", "{}", 6, 2e9)]
+        conn.executemany("INSERT INTO mqs_tasks (task_name, args, status, run_after, sender, created_at) "
+                         "VALUES (?, ?, ?, ?, 'old', 1.0)", rows)
         conn.execute("UPDATE mqs_tasks SET status = 4, outcome = 4 WHERE id = 1")
-        conn.execute("DROP TABLE mqs_counts")
-        conn.execute("DROP INDEX mqs_tasks_failed")
-        # and what the migrations after 0004 added, so that they apply again
-        conn.execute("DROP INDEX mqs_tasks_slot")
-        conn.execute("ALTER TABLE mqs_tasks DROP COLUMN slot")
-        conn.execute("ALTER TABLE mqs_tasks DROP COLUMN schedule")
-        conn.execute("DROP TABLE mqs_schedules")
-        conn.execute("DROP INDEX mqs_tasks_unique")
-        for column in ("unique_key", "unique_states", "unique_until"):
-            conn.execute(f"ALTER TABLE mqs_tasks DROP COLUMN {column}")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute("PRAGMA user_version = 3")
-    with MessageQueue(folder) as mq:
+    conn.close()
+    with MessageQueue(str(folder)) as mq:
         assert mq.stats()["outcomes"] == {"queued": 3, "scheduled": 1, "running": 0, "finished": 0,
                                           "failed": 1, "callback_ran": 0}
         assert_counts_true(mq, "the migration")
+        assert mq.queue_depths() == {"default": {"queued": 3, "scheduled": 1, "running": 0}}
 
 
 @pytest.mark.parametrize("waiting", ["ready", "scheduled"])

@@ -59,11 +59,12 @@ class Client:
         self.queue = queue
 
     def send_message(self, task_name: str, task_args: dict[str, Any], callback: Callback | None = None,
-                     priority: int = 0, use_cache: bool = False) -> str:
+                     priority: int = 0, use_cache: bool = False, queue: str | None = None) -> str:
         """Store the task durably and return its id; ``callback(result_dict)`` runs here when
-        it ends. Higher ``priority`` runs first."""
+        it ends. Higher ``priority`` runs first (within its queue); ``queue`` names another
+        queue than the task's own (``@task_function(queue=)``, else ``"default"``)."""
         return self.queue.send(task_name, task_args, callback=callback, priority=priority,
-                               use_cache=use_cache).task_id
+                               use_cache=use_cache, queue=queue).task_id
 
 
 def discover_and_mount_ts(package: str) -> TaskRegistry:

@@ -15,6 +15,7 @@ from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import TaskFailedError
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE
 from message_queue_sqlite.core.registry import (
     MARK,
     TaskRegistry,
@@ -58,6 +59,7 @@ class TaskInfo:
     started_at: float | None
     ended_at: float | None
     run_after: float
+    queue: str = DEFAULT_QUEUE
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskInfo:
@@ -67,7 +69,7 @@ class TaskInfo:
                    loads_result(record.result) if finished else None,
                    None if finished else record.result, record.traceback, record.priority,
                    record.attempts, record.created_at, record.started_at, record.ended_at,
-                   record.run_after)
+                   record.run_after, record.queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,17 +262,19 @@ class MessageQueue:
              retries: int | None = None, retry: RetryPolicy | None = None,
              delay: float | timedelta = 0.0, eta: datetime | None = None,
              unique_key: str | None = None, unique_for: float | timedelta | None = None,
-             unique_states: tuple[str, ...] | None = None) -> TaskHandle:
+             unique_states: tuple[str, ...] | None = None, queue: str | None = None) -> TaskHandle:
         """Store a task durably (committed before this returns) and return its handle.
 
         ``kwargs`` are the task's keyword arguments, ``args`` its positional ones; both are
         checked against the function's signature here. ``delay`` (seconds or a timedelta) or
-        ``eta`` (a timezone-aware datetime) defer it. ``unique_key`` (or the task's
+        ``eta`` (a timezone-aware datetime) defer it. ``queue`` sends it to that named queue
+        instead of its task's (``@mq.task(queue=)``, else ``"default"``). ``unique_key`` (or the task's
         ``unique=``): when a stored task holds the key, nothing is stored and the handle is the
         holder's, with ``duplicate`` True (and ``callback`` is not registered: the task is the
         first send's); ``unique_for`` seconds and ``unique_states`` override the task's."""
         request = self._request(task, kwargs, args, priority, callback, use_cache, retries, retry,
                                 _delay_of(delay, eta))
+        request.queue = queue
         if unique_key is not None or unique_for is not None or unique_states is not None:
             request.unique_key, request.unique_for = unique_key, unique_for
             request.unique_states = unique_states
@@ -285,7 +289,8 @@ class MessageQueue:
                   retries: int | None = None, retry: RetryPolicy | None = None,
                   delay: float | timedelta = 0.0, eta: datetime | None = None,
                   unique_key: str | None = None, unique_for: float | timedelta | None = None,
-                  unique_states: tuple[str, ...] | None = None) -> list[TaskHandle]:
+                  unique_states: tuple[str, ...] | None = None,
+                  queue: str | None = None) -> list[TaskHandle]:
         """Store many tasks in one transaction per shard (much faster than one send each).
         Each item is ``(task, kwargs)`` or ``(task, args, kwargs)``; the options apply to all
         (one ``unique_key`` for all stores at most one of them; tasks declared ``unique=`` each
@@ -301,7 +306,7 @@ class MessageQueue:
             request = self._request(task, kwargs, positional, priority, callback, use_cache,
                                     retries, retry, seconds)
             request.unique_key, request.unique_for = unique_key, unique_for
-            request.unique_states = unique_states
+            request.unique_states, request.queue = unique_states, queue
             requests.append(request)
         since = self._engine.outcome_epoch()
         sent = self._engine.send_many(requests)
@@ -341,9 +346,12 @@ class MessageQueue:
         return TaskHandle(record.task_id, record.task_name, self._engine)
 
     # -- workers ---------------------------------------------------------------------
-    def start(self, workers: int | None = None) -> None:
-        """Start worker threads in the background."""
-        self._engine.start_workers(workers)
+    def start(self, workers: int | None = None, queues: Any = None) -> None:
+        """Start worker threads in the background. ``queues``: which named queues they serve
+        (default: ``"default"`` and those the registered tasks name): a list of names sharing
+        the threads, a dict of names to thread counts (a lane each), or ``"*"`` (every queue
+        stored); see ``message_queue_sqlite.core.queues``."""
+        self._engine.start_workers(workers, queues)
 
     def stop(self, drain_timeout: float | None = None) -> None:
         """Stop claiming, let running tasks finish (up to the drain timeout), give back the
@@ -351,8 +359,8 @@ class MessageQueue:
         self._engine.stop_workers(drain_timeout)
 
     @contextmanager
-    def running(self, workers: int | None = None) -> Iterator[MessageQueue]:
-        self.start(workers)
+    def running(self, workers: int | None = None, queues: Any = None) -> Iterator[MessageQueue]:
+        self.start(workers, queues)
         try:
             yield self
         finally:
@@ -377,7 +385,18 @@ class MessageQueue:
             shards.append({"shard": shard.name, **{s.name: counts.get(s.name, 0) for s in TaskStatus},
                            "outcomes": split})
         return {"location": self._engine.backend.location, "totals": totals, "outcomes": outcomes,
-                "shards": shards}
+                "queues": self.queue_depths(), "shards": shards}
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Per named queue, every shard together: ``{"emails": {"queued": 3, "scheduled": 0,
+        "running": 1}, ...}`` for every queue a task was ever sent to."""
+        depths: dict[str, dict[str, int]] = {}
+        for shard in self._engine.shards:
+            for queue, counts in shard.count_by_queue().items():
+                into = depths.setdefault(queue, dict.fromkeys(counts, 0))
+                for state, n in counts.items():
+                    into[state] += n
+        return dict(sorted(depths.items()))
 
     def timings(self, limit: int = 100_000) -> list[tuple[float, float | None, float]]:
         """(created, started, ended) times of the newest ended tasks, every shard."""
@@ -387,7 +406,7 @@ class MessageQueue:
         return found
 
     def tasks(self, status: TaskStatus | int | None = None, task_name: str | None = None,
-              limit: int = 100) -> list[TaskInfo]:
+              limit: int = 100, queue: str | None = None) -> list[TaskInfo]:
         """Tasks, filtered, each shard's found on an index: waiting ones in the order they will
         run (NOT_STARTED: best priority, then oldest; SCHEDULED: soonest due), the others newest
         first. ``status=TaskStatus.FAILED`` is the dead-letter view (FINISHED and FAILED include
@@ -395,7 +414,7 @@ class MessageQueue:
         code = None if status is None else int(status)
         found: list[TaskRecord] = []
         for shard in self._engine.shards:
-            found.extend(shard.list_tasks(code, task_name, limit))
+            found.extend(shard.list_tasks(code, task_name, limit, queue))
         if code == TaskStatus.NOT_STARTED:
             found.sort(key=lambda r: (-r.priority, r.created_at))
         elif code == TaskStatus.SCHEDULED:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from message_queue_sqlite.core.ids import format_task_id
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE
 from message_queue_sqlite.core.status import TaskStatus
 
 
@@ -40,6 +41,7 @@ class NewTask:
     unique_key: str | None = None
     unique_states: int = 0
     unique_for: float | None = None
+    queue: str = DEFAULT_QUEUE  # the named queue it waits in (core/queues.py)
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: the worker keeps sets of them
@@ -62,6 +64,7 @@ class ClaimedTask:
     # Set by the engine at claim time: the sender's callback waits in this very process, so
     # the outcome is handed over in memory and need not be looked up in storage.
     callback_here: bool = False
+    queue: str = DEFAULT_QUEUE  # the queue it was claimed from
 
     def __post_init__(self) -> None:
         self.task_id = format_task_id(self.shard, self.row_id)
@@ -103,6 +106,7 @@ class TaskRecord:
     created_at: float
     started_at: float | None
     ended_at: float | None
+    queue: str = DEFAULT_QUEUE
 
     @property
     def task_id(self) -> str:
@@ -160,6 +164,12 @@ class Producer(ABC):
         task in order; a duplicate stored nothing and its row id is the holder's. Kept counts
         move only for what was stored."""
 
+    @abstractmethod
+    def declare_queues(self, names: Sequence[str]) -> None:
+        """Store these queue names (those already stored stay as they are), so that what serves
+        or lists every queue finds them; called once per queue and process, before the first
+        task sent to it."""
+
 
 class Consumer(ABC):
     """Leasing tasks to workers and recording how they ended; every statement that ends a
@@ -167,11 +177,11 @@ class Consumer(ABC):
 
     @abstractmethod
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float,
-                           callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
+                           lease_seconds: float, callbacked: Sequence[int] = (),
+                           queue: str = DEFAULT_QUEUE) -> tuple[list[int], list[ClaimedTask]]:
         """Record completions of ``owner``'s leases (fenced by owner and attempt), mark the
-        ``callbacked`` rows as in ``mark_callbacked``, and lease up to ``limit`` ready tasks for
-        ``lease_seconds`` (from when the backend takes them), in one transaction. With nothing
+        ``callbacked`` rows as in ``mark_callbacked``, and lease up to ``limit`` ready tasks of
+        ``queue`` for ``lease_seconds`` (from when the backend takes them), in one transaction. With nothing
         to write, an empty queue must be detected without taking a write lock. Returns the row
         ids whose completion was rejected as stale, and the claims. A completion that this
         very call already applied (its first try committed, the reply was lost) is applied,
@@ -216,8 +226,20 @@ class Admin(ABC):
     millions of rows, and requeues by primary key."""
 
     @abstractmethod
-    def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
-        ...
+    def list_tasks(self, status: int | None, task_name: str | None, limit: int,
+                   queue: str | None = None) -> list[TaskRecord]:
+        """Tasks of ``status`` (None: any), of a name and of a queue if given: ready ones in
+        the order they will be claimed (per queue), scheduled ones soonest first, others
+        newest first."""
+
+    @abstractmethod
+    def list_queues(self) -> list[str]:
+        """Every queue a task was ever sent to (``declare_queues``), sorted."""
+
+    @abstractmethod
+    def count_by_queue(self) -> dict[str, dict[str, int]]:
+        """Waiting and running tasks per queue: ``{queue: {"queued": n, "scheduled": n,
+        "running": n}}`` for every stored queue, counted on the indexes of those states."""
 
     @abstractmethod
     def count_tasks(self) -> dict[tuple[int, int], int]:

@@ -26,6 +26,7 @@ from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import MessageQueueError
 from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane, check_queue_name, plan_lanes
 from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.engine.bell import Bell
@@ -69,6 +70,7 @@ class SendRequest:
     unique_states: tuple[str, ...] | None = None
     # set by the send: its key was held, so nothing was stored and its id is the holder's
     duplicate: bool = False
+    queue: str | None = None  # the named queue; None: the task's own (@task(queue=)), else default
 
 
 NO_DUPLICATES: frozenset[int] = frozenset()
@@ -84,6 +86,7 @@ class Engine:
         self.shards = backend.shards
         self.hooks = HookChain([*default_hooks(config.immediate), *hooks])
         self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}  # cache mode: key -> call
+        self._declared_queues: set[tuple[int, str]] = set()  # (shard, queue) stored by this object
         self._closed = False
         self._fresh_process_state()
         _open_engines.add(self)
@@ -95,14 +98,14 @@ class Engine:
         self.node = uuid.uuid4().hex[:16]
         self.bell = Bell()
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
-                                            lambda: self._worker is not None, self.hooks)
+                                            lambda: bool(self._workers), self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
         self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock)
         self._cache_keys = itertools.count()
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
-        self._worker: Worker | None = None
-        self._stopping_worker: Worker | None = None
+        self._workers: list[Worker] = []  # one per lane (core/queues.py), while they run
+        self._stopping_workers: list[Worker] = []
         self._inline: Worker | None = None  # immediate mode's
         self.scheduler: Scheduler | None = None  # runs while workers do, if tasks are periodic
         self.housekeeper = Housekeeper(self)
@@ -128,6 +131,8 @@ class Engine:
         cached: list[str] = []
         try:
             task = self._prepare(request, self.clock(), cached)
+            if task.queue != DEFAULT_QUEUE:
+                self._declare_queues(0, [task])
             if task.unique_key is None:
                 row_id = self.shards[0].enqueue([task])[0]
             else:
@@ -206,11 +211,21 @@ class Engine:
         """One shard's part of a send: its row ids, and the positions in ``tasks`` that were
         duplicates (their key held: nothing stored, the id is the holder's). The plain insert
         unless a task carries a unique key."""
+        self._declare_queues(shard, tasks)
         if all(task.unique_key is None for task in tasks):
             return self.shards[shard].enqueue(tasks), NO_DUPLICATES
         answers = self.shards[shard].enqueue_unique(tasks)
         return ([row_id for row_id, _ in answers],
                 {pos for pos, (_, duplicate) in enumerate(answers) if duplicate})
+
+    def _declare_queues(self, shard: int, tasks: Sequence[NewTask]) -> None:
+        """Store the queues of ``tasks`` not stored yet by this object (the default one is
+        stored by the migration): what serves or lists every queue finds them there."""
+        new = {t.queue for t in tasks if t.queue != DEFAULT_QUEUE} - {q for s, q in self._declared_queues
+                                                                       if s == shard}
+        if new:
+            self.shards[shard].declare_queues(sorted(new))
+            self._declared_queues.update((shard, queue) for queue in new)
 
     def _run_inline(self, task_ids: Sequence[str]) -> None:
         """Immediate mode: run what was just sent (and what it sent, and its retries) in this
@@ -220,7 +235,7 @@ class Engine:
         with self._lock:
             self._ensure_node_locked()
             if self._inline is None:
-                self._inline = Worker(self, InlineExecutor(), self.runner)
+                self._inline = Worker(self, InlineExecutor(), self.runner, None)
                 self._inline.start()
         self._inline.run_ready_now()
         for task_id in task_ids:
@@ -277,9 +292,13 @@ class Engine:
             cached_keys.append(payload)
         else:
             payload = dumps_call(name, positional, args) if positional else dumps_args(name, args)
+        if request.queue is not None:
+            queue = check_queue_name(request.queue)
+        else:
+            queue = definition.options.queue if definition is not None else DEFAULT_QUEUE
         task = NewTask(name, payload, priority, self.node, request.callback is not None,
                        self.node if cached else None, max_retries, retry_json,
-                       float(delay) if delay else 0.0, now)
+                       float(delay) if delay else 0.0, now, queue=queue)
         if (request.unique_key is not None or request.unique_for is not None
                 or request.unique_states is not None
                 or (definition is not None and definition.options.unique)):
@@ -320,20 +339,26 @@ class Engine:
             return IDLE_RECHECK_S
         return max(0.001, min(IDLE_RECHECK_S, min(due)))
 
-    def start_workers(self, threads: int | None = None) -> None:
+    def start_workers(self, threads: int | None = None, queues: Any = None) -> list[Lane]:
+        """Start a worker per lane of ``queues`` (core/queues.py: None serves the default queue
+        and those the registered tasks name); returns the lanes."""
         self._check_open()
+        lanes = plan_lanes(queues, threads or self.config.max_workers,
+                           (d.options.queue for d in self.registry))
         if self.config.immediate:
             log.info("immediate mode: tasks run in the sending thread; no workers to start")
-            return
+            return lanes
         with self._lock:
-            if self._worker is not None:
+            if self._workers:
                 raise MessageQueueError("workers are already running on this queue object")
             self._ensure_node_locked()
             self._watch_storage()
-            executor = ThreadExecutor(threads or self.config.max_workers)
-            self._worker = Worker(self, executor, self.runner)
-            self._worker.start()
+            workers = [Worker(self, ThreadExecutor(lane.threads), self.runner, lane.queues) for lane in lanes]
+            self._workers = workers
+            for worker in workers:
+                worker.start()
             self._start_scheduler()
+        return lanes
 
     def _start_scheduler(self) -> None:
         """Every process that runs workers enqueues the periodic tasks its registry declares
@@ -349,41 +374,51 @@ class Engine:
 
     def hurry(self) -> None:
         """Make a stop in progress give its leases back now instead of draining."""
-        worker = self._worker or self._stopping_worker
-        if worker is not None:
+        for worker in self._workers or self._stopping_workers:
             worker.hurry()
 
     def stop_workers(self, drain_timeout: float | None = None) -> None:
+        """Stop every lane's worker: all stop claiming at once, then each drains (within one
+        ``drain_timeout`` in all) and gives back what is left."""
         with self._lock:
-            worker, self._worker = self._worker, None
-            self._stopping_worker = worker
+            workers, self._workers = self._workers, []
+            self._stopping_workers = workers
             scheduler, self.scheduler = self.scheduler, None
         if scheduler is not None:
             scheduler.stop()
+        drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        deadline = time.monotonic() + drain
         try:
-            if worker is not None:
-                worker.stop(self.config.drain_timeout if drain_timeout is None else drain_timeout)
+            for worker in workers:
+                worker.stop_claiming()
+            for worker in workers:
+                worker.drain(deadline, drain)
         finally:
             with self._lock:
-                if self._stopping_worker is worker:
-                    self._stopping_worker = None
+                if self._stopping_workers is workers:
+                    self._stopping_workers = []
         self.dispatcher.flush(timeout=30)
 
     @property
     def workers_running(self) -> bool:
-        return self._worker is not None
+        return bool(self._workers)
 
     @property
     def worker(self) -> Worker | None:
-        """The running worker (its ledger and executor), or None."""
-        return self._worker
+        """The first lane's running worker (its ledger and executor), or None."""
+        return self._workers[0] if self._workers else None
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The running workers, one per lane."""
+        return list(self._workers)
 
     def _arm_cache_check(self, task_name: str) -> None:
         """A cache-mode task runs only on this object's own workers (its arguments are in this
         process's memory; a CLI worker never can): warn, once, when none was started within a
         grace period of the first such send (senders often start their workers just after)."""
         def check() -> None:
-            if not self._closed and not self.config.immediate and self._worker is None:
+            if not self._closed and not self.config.immediate and not self._workers:
                 log.warning("task %r was sent in cache mode (use_cache=True), but this queue "
                             "object runs no workers: only its own workers can run cache-mode "
                             "tasks (their arguments live in this process's memory; a CLI worker "
@@ -396,8 +431,8 @@ class Engine:
         timer.start()
 
     def active_workers(self) -> list[Worker]:
-        """The running worker and one still stopping: whose ledgers the housekeeper renews."""
-        return [w for w in (self._worker, self._stopping_worker, self._inline) if w is not None]
+        """The running workers and those still stopping: whose ledgers the housekeeper renews."""
+        return [*self._workers, *self._stopping_workers, *([self._inline] if self._inline else [])]
 
     # -- outcomes --------------------------------------------------------------------
     def shard_of(self, task_id: str) -> tuple[int, int]:

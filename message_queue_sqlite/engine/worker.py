@@ -9,6 +9,10 @@ milliseconds, whichever comes first, so callbacks and results are prompt under a
 
 Every lease goes into the claim ledger (``ledger.py``) as soon as the claim statement
 returns, and leaves it only when committed or given back.
+
+A worker serves a lane of named queues (``core/queues.py``): each claim statement takes from
+one queue of one shard, and the worker goes round its (shard, queue) pairs, starting after the
+pair that last gave it work, so a backlog in one queue never starves another.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import ClaimedTask
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine.executors import Executor
 from message_queue_sqlite.engine.ledger import ClaimLedger, Finished
@@ -37,14 +42,16 @@ TARGET_BATCH_S = 0.02  # a claim should hold about this much work per slot
 
 
 class Worker:
-    def __init__(self, engine: Engine, executor: Executor, runner: TaskRunner):
+    def __init__(self, engine: Engine, executor: Executor, runner: TaskRunner,
+                 queues: tuple[str, ...] | None):
         self._engine = engine
         self.executor = executor
         self.runner = runner
+        self.queues = queues  # None: every stored queue (re-read when idle)
         self.ledger = ClaimLedger()
         self.stopping = False
         self._looked_empty_at = -1  # bell generation when a look last found storage drained
-        self._next_shard = 0
+        self._next_source = 0  # where the next look starts in the rotation of (shard, queue)
         self._flush_lock = threading.Lock()
         self._hurry = threading.Event()
         self._failures = 0
@@ -56,10 +63,19 @@ class Worker:
     def stop(self, drain_timeout: float) -> None:
         """Stop claiming; give back what never started; wait for running tasks up to
         ``drain_timeout``; then give their leases back too (they run again elsewhere)."""
+        self.stop_claiming()
+        self.drain(time.monotonic() + drain_timeout, drain_timeout)
+
+    def stop_claiming(self) -> None:
+        """The first half of ``stop``: no more claims; what never started is given back."""
         self.stopping = True
         self._engine.bell.ring()
         self.give_back(self.executor.stop_claiming())
-        finished = self.executor.wait(time.monotonic() + drain_timeout, self._hurry)
+
+    def drain(self, deadline: float, drain_timeout: float) -> None:
+        """The second half: wait for running tasks until the monotonic ``deadline`` (the stop's
+        ``drain_timeout`` from its start), record their completions, give back what still runs."""
+        finished = self.executor.wait(deadline, self._hurry)
         if not self._try_flush():
             log.error("%d completion(s) could not be recorded before stopping; those tasks "
                       "will run again once their leases expire", self.ledger.pending_count)
@@ -139,8 +155,8 @@ class Worker:
         limit = self._engine.config.prefetch
         while True:
             claims: list[ClaimedTask] = []
-            for index in range(len(self._engine.shards)):
-                claims += self._exchange(index, limit)
+            for index, queue in self._sources():
+                claims += self._exchange(index, limit, queue)
             if not claims:
                 self._flush()
                 return ran
@@ -156,7 +172,7 @@ class Worker:
         engine = self._engine
         while not self.stopping:
             seen = engine.bell.generation
-            shards = engine.shards
+            sources = self._sources()
             claims: list[ClaimedTask] = []
             if seen == self._looked_empty_at and not self.ledger.pending_count:
                 # The last look left nothing claimable and nothing rang since (every way work
@@ -165,13 +181,14 @@ class Worker:
                 if not engine.bell.wait(seen, engine.idle_wait_timeout()):
                     self._looked_empty_at = -1
                 continue
-            for step in range(len(shards)):
-                index = (self._next_shard + step) % len(shards)
-                claims = self._exchange(index, limit)
+            for step in range(len(sources)):
+                position = (self._next_source + step) % len(sources)
+                shard, queue = sources[position]
+                claims = self._exchange(shard, limit, queue)
                 if claims:
-                    self._next_shard = (index + 1) % len(shards)
+                    self._next_source = position + 1  # the next look starts at the next source
                     break
-            if not claims or (len(claims) < limit and len(shards) == 1):
+            if not claims or (len(claims) < limit and len(sources) == 1):
                 self._looked_empty_at = seen  # this look took everything there was
             if claims:
                 self._after_claim(claims)
@@ -202,9 +219,17 @@ class Worker:
         if hooks.claimed:
             hooks.fire(hooks.claimed, claims)
 
-    def _exchange(self, shard: int, limit: int) -> list[ClaimedTask]:
+    def _sources(self) -> list[tuple[int, str]]:
+        """The (shard, queue) pairs this worker claims from, in rotation order."""
+        shards = range(len(self._engine.shards))
+        if self.queues is not None:
+            return [(shard, queue) for queue in self.queues for shard in shards]
+        return [(shard, queue) for shard in shards for queue in self._engine.shards[shard].list_queues()]
+
+    def _exchange(self, shard: int, limit: int, queue: str = DEFAULT_QUEUE) -> list[ClaimedTask]:
         """Record this shard's completions (and the callbacks that ran since) and claim up to
-        ``limit``, in one transaction. On a storage error all goes back, to be retried."""
+        ``limit`` from ``queue``, in one transaction. On a storage error all goes back, to be
+        retried."""
         engine = self._engine
         dispatcher = engine.dispatcher
         with self._flush_lock:
@@ -213,7 +238,7 @@ class Worker:
             try:
                 rejected, claims = engine.shards[shard].complete_and_claim(
                     [item.completion for item in batch], engine.node, limit,
-                    engine.config.visibility_timeout, marks)
+                    engine.config.visibility_timeout, marks, queue)
             except BaseException:
                 self.ledger.put_back(shard, batch)
                 dispatcher.return_marks(shard, marks)

@@ -76,6 +76,8 @@ from message_queue_sqlite.backends.postgres.notify import ChangeListener
 from message_queue_sqlite.backends.sql_files import listing_query, load_queries
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import QueueStorageError
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE
+from message_queue_sqlite.core.status import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +285,7 @@ class PostgresShard(Shard):
             return []
         now = tasks[0].created_at
         rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
-                 t.max_retries, t.retry, float(t.delay), float(t.created_at)] for t in tasks]
+                 t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue] for t in tasks]
         params = {"tasks": _json(rows), **self._channel}
         # every id returned before this call is below this batch's (the sequence only grows): a
         # committed batch is found above it, on the primary key
@@ -344,7 +346,7 @@ class PostgresShard(Shard):
             rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
                      t.max_retries, t.retry, float(t.delay), float(t.created_at), t.unique_key,
                      t.unique_states if t.unique_key is not None else 0,
-                     None if t.unique_for is None else float(t.unique_for)] for t in tasks]
+                     None if t.unique_for is None else float(t.unique_for), t.queue] for t in tasks]
             with conn.transaction():
                 conn.execute(self._q["release_expired_unique"], {"unique_keys": keys})
                 stored = conn.execute(self._q["enqueue_unique"],
@@ -370,8 +372,8 @@ class PostgresShard(Shard):
         return stamp
 
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float,
-                           callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
+                           lease_seconds: float, callbacked: Sequence[int] = (),
+                           queue: str = DEFAULT_QUEUE) -> tuple[list[int], list[ClaimedTask]]:
         if not completions and not callbacked and limit <= 0:
             return [], []
         stamp = self._claim_stamp() if limit > 0 else 0.0
@@ -380,7 +382,7 @@ class PostgresShard(Shard):
                                    float(c.ended_at), float(c.retry_in), float(c.started_at), c.handed_over]
                                   for c in completions]),
             "owner": owner, "lease": float(lease_seconds), "stamp": stamp, "limit": max(limit, 0),
-            "callbacked": _int_array(callbacked), **self._channel,
+            "callbacked": _int_array(callbacked), "queue": queue, **self._channel,
         }
         query = self._q["complete_and_claim"]
 
@@ -408,7 +410,7 @@ class PostgresShard(Shard):
         applied, rows = self._run("complete/claim", body, unsettled)
         rejected = [c.row_id for c in completions if c.row_id not in applied]
         index = self.index
-        claimed = [ClaimedTask(index, *r) for r in rows]
+        claimed = [ClaimedTask(index, *r, queue=queue) for r in rows]
         claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return rejected, claimed
 
@@ -469,10 +471,29 @@ class PostgresShard(Shard):
         by_id = {r[0]: r for r in rows}
         return [_record(self.index, by_id[i]) for i in dict.fromkeys(row_ids) if i in by_id]
 
-    def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
-        rows = self._fetch("list tasks", listing_query(status),
-                           {"status": status, "task_name": task_name, "limit": limit})
+    def list_tasks(self, status: int | None, task_name: str | None, limit: int,
+                   queue: str | None = None) -> list[TaskRecord]:
+        query = listing_query(status)
+        params = {"status": status, "task_name": task_name, "limit": limit, "queue": queue}
+        if status == TaskStatus.NOT_STARTED and queue is None:  # the ready index is per queue
+            rows = [r for q in self.list_queues()
+                    for r in self._fetch("list tasks", query, {**params, "queue": q})]
+            rows.sort(key=lambda r: (-r[6], r[0]))
+            rows = rows[:limit]
+        else:
+            rows = self._fetch("list tasks", query, params)
         return [_record(self.index, r) for r in rows]
+
+    def list_queues(self) -> list[str]:
+        return [row[0] for row in self._fetch("list queues", "list_queues")]
+
+    def declare_queues(self, names: Sequence[str]) -> None:
+        params = {"names": list(names)}
+        self._run("declare queues", lambda conn, _broke: conn.execute(self._q["declare_queues"], params))
+
+    def count_by_queue(self) -> dict[str, dict[str, int]]:
+        return {name: {"queued": ready, "scheduled": scheduled, "running": running}
+                for name, ready, scheduled, running in self._fetch("count by queue", "count_by_queue")}
 
     def count_tasks(self) -> dict[tuple[int, int], int]:
         return {(s, o): n for s, o, n in self._fetch("count tasks", "count_tasks")}
@@ -513,7 +534,7 @@ class PostgresShard(Shard):
         decide = {"name": name, "expected": float(expected_last), "decided": float(decided),
                   "next_slot": float(next_slot)}
         tasks = _json([[_text(t.task_name), t.args, t.priority, t.sender, t.max_retries, t.retry,
-                        float(t.created_at), float(slot)] for slot, t in runs])
+                        float(t.created_at), float(slot), t.queue] for slot, t in runs])
 
         def body(conn: psycopg.Connection, broke: bool) -> list[int] | None:
             # A replay after a lost reply finds last_slot moved and stores nothing: the slots

@@ -15,14 +15,14 @@
 -- statement waited for first does not shorten the period.
 
 -- name: enqueue
--- Store a batch of new tasks (JSON rows; a delay > 0, in seconds, schedules a task that long from now) in batch order, so their ids (from the sequence, increasing) follow it; returns the ids in that order and notifies listeners at commit.
+-- Store a batch of new tasks (JSON rows, field 10 the queue; a delay > 0, in seconds, schedules a task that long from now) in batch order, so their ids (from the sequence, increasing) follow it; returns the ids in that order and notifies listeners at commit.
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
-                                    max_retries, retry, run_after, created_at)
+                                    max_retries, retry, run_after, created_at, queue)
     SELECT e->>0, e->>1, (e->>2)::bigint, CASE WHEN (e->>8)::float8 > 0 THEN 6 ELSE 1 END, e->>3,
            (e->>4)::boolean, e->>5, (e->>6)::bigint, e->>7,
            CASE WHEN (e->>8)::float8 > 0 THEN date_part('epoch', clock_timestamp()) + (e->>8)::float8 ELSE 0 END,
-           (e->>9)::float8
+           (e->>9)::float8, e->>10
       FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
      ORDER BY b.n
     RETURNING id)
@@ -30,16 +30,17 @@ SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
   FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
 
 -- name: enqueue_unique
--- As enqueue, for a batch in which tasks may carry a unique key (JSON rows, fields 10-12: key, states bitmask, unique_for seconds or null): a task whose key a stored task holds, or an earlier row of this batch, is not stored (ON CONFLICT DO NOTHING on the unique index; a concurrent insert of the key waits for the other transaction, then conflicts). Returns the stored rows as one JSON array of [id, unique key] in id order (= batch order), and notifies listeners at commit if any was stored.
+-- As enqueue, for a batch in which tasks may carry a unique key (JSON rows, fields 10-12: key, states bitmask, unique_for seconds or null; 13: the queue): a task whose key a stored task holds, or an earlier row of this batch, is not stored (ON CONFLICT DO NOTHING on the unique index; a concurrent insert of the key waits for the other transaction, then conflicts). Returns the stored rows as one JSON array of [id, unique key] in id order (= batch order), and notifies listeners at commit if any was stored.
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
                                     max_retries, retry, run_after, created_at,
-                                    unique_key, unique_states, unique_until)
+                                    unique_key, unique_states, unique_until, queue)
     SELECT e->>0, e->>1, (e->>2)::bigint, CASE WHEN (e->>8)::float8 > 0 THEN 6 ELSE 1 END, e->>3,
            (e->>4)::boolean, e->>5, (e->>6)::bigint, e->>7,
            CASE WHEN (e->>8)::float8 > 0 THEN date_part('epoch', clock_timestamp()) + (e->>8)::float8 ELSE 0 END,
            (e->>9)::float8, e->>10, (e->>11)::integer,
-           CASE WHEN e->>12 IS NOT NULL THEN date_part('epoch', clock_timestamp()) + (e->>12)::float8 END
+           CASE WHEN e->>12 IS NOT NULL THEN date_part('epoch', clock_timestamp()) + (e->>12)::float8 END,
+           e->>13
       FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
      ORDER BY b.n
     ON CONFLICT (unique_key)
@@ -69,7 +70,7 @@ SELECT id, unique_key FROM {schema}.mqs_tasks
  WHERE id > %(floor)s::bigint AND sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
+-- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks of queue %(queue)s for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
 WITH batch AS MATERIALIZED (
     SELECT array_agg((e->>0)::bigint) AS ids, array_agg((e->>1)::integer) AS attempts,
            array_agg((e->>2)::integer) AS statuses, array_agg(e->>3) AS results,
@@ -112,7 +113,7 @@ claimed AS (
        SET status = 2, lease_owner = %(owner)s, lease_expires = date_part('epoch', clock_timestamp()) + %(lease)s,
            attempts = attempts + 1, started_at = %(stamp)s
      WHERE id IN (SELECT id FROM {schema}.mqs_tasks
-                   WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = %(owner)s)
+                   WHERE status = 1 AND queue = %(queue)s AND (cache_owner IS NULL OR cache_owner = %(owner)s)
                    ORDER BY priority DESC, id LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED)
     RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
@@ -213,57 +214,69 @@ UPDATE {schema}.mqs_tasks SET status = 5 WHERE id = ANY(%(row_id)s::bigint[]) AN
 -- name: get_tasks
 -- Tasks by their row ids.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM {schema}.mqs_tasks WHERE id = ANY(%(row_id)s::bigint[]);
 
 -- name: list_recent
 -- The newest tasks (of a name, if given), walking the primary key back from the newest row.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM {schema}.mqs_tasks
  WHERE (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
  ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_ready
--- Ready tasks (of a name) in the order they will be claimed, on the ready index.
+-- Ready tasks of a queue (and of a name) in the order they will be claimed, on the ready index.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM {schema}.mqs_tasks
- WHERE status = 1 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+ WHERE status = 1 AND queue = %(queue)s AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
  ORDER BY priority DESC, id LIMIT %(limit)s;
 
 -- name: list_scheduled
 -- Scheduled tasks (of a name) in the order they become ready, on the scheduled index.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM {schema}.mqs_tasks
  WHERE status = 6 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
  ORDER BY run_after, id LIMIT %(limit)s;
 
 -- name: list_running
 -- Running tasks (of a name), newest first, read on the running index (at most the leases held) and sorted after: a walk of the primary key looking for them, which the planner may prefer for the ORDER BY, would cross the whole table.
 WITH running AS MATERIALIZED (
     SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-           sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+           sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
       FROM {schema}.mqs_tasks
-     WHERE status = 2 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text))
+     WHERE status = 2 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+       AND (%(queue)s::text IS NULL OR queue = %(queue)s::text))
 SELECT * FROM running ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_failed
 -- Failed tasks (of a name), whether or not their callback ran, newest first, on the failed index.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM {schema}.mqs_tasks
  WHERE outcome = 4 AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
  ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: list_ended_as
 -- Tasks of a status (3: FINISHED, with those whose callback ran; 5: CALLBACKED) and a name, newest first, walking the primary key back from the newest row (most ended tasks finished: no index is kept on every completion for this).
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM {schema}.mqs_tasks
  WHERE (status = %(status)s::integer OR (%(status)s::integer = 3 AND status = 5 AND outcome = 3))
    AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
  ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: count_tasks
@@ -372,12 +385,12 @@ SELECT EXISTS (SELECT 1 FROM {schema}.mqs_tasks
                   AND status IN (1, 2, 6));
 
 -- name: enqueue_slots
--- Store the tasks of the schedule's slots (JSON rows [name, args, priority, sender, max_retries, retry, created_at, slot]; ready at once) but the slots stored already (the unique index on schedule and slot); note the newest as the schedule's last task; returns the ids and notifies listeners at commit.
+-- Store the tasks of the schedule's slots (JSON rows [name, args, priority, sender, max_retries, retry, created_at, slot, queue]; ready at once) but the slots stored already (the unique index on schedule and slot); note the newest as the schedule's last task; returns the ids and notifies listeners at commit.
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, max_retries,
-                                    retry, created_at, schedule, slot)
+                                    retry, created_at, schedule, slot, queue)
     SELECT e->>0, e->>1, (e->>2)::bigint, 1, e->>3, false, (e->>4)::bigint, e->>5, (e->>6)::float8,
-           %(name)s, (e->>7)::float8
+           %(name)s, (e->>7)::float8, e->>8
       FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
      ORDER BY b.n
     ON CONFLICT (schedule, slot) WHERE schedule IS NOT NULL DO NOTHING
@@ -400,3 +413,23 @@ SELECT s.name, s.expression, s.last_slot, s.next_slot, s.last_task, t.status, t.
 -- name: remove_schedules
 -- Forget these schedules (an array of names); their stored tasks stay.
 DELETE FROM {schema}.mqs_schedules WHERE name = ANY(%(names)s::text[]);
+
+-- name: declare_queues
+-- These queues exist (a task is about to be sent to each): stored once, on the primary key.
+INSERT INTO {schema}.mqs_queues (name) SELECT unnest(%(names)s::text[]) ON CONFLICT (name) DO NOTHING;
+
+-- name: list_queues
+-- Every queue a task was ever sent to.
+SELECT name FROM {schema}.mqs_queues ORDER BY name;
+
+-- name: count_by_queue
+-- Waiting and running tasks per stored queue, in one snapshot: ready ones counted on a range of the ready index each, running and scheduled ones on their indexes.
+SELECT q.name,
+       (SELECT count(*) FROM {schema}.mqs_tasks WHERE status = 1 AND queue = q.name),
+       coalesce(s.n, 0), coalesce(r.n, 0)
+  FROM {schema}.mqs_queues AS q
+  LEFT JOIN (SELECT queue, count(*) AS n FROM {schema}.mqs_tasks WHERE status = 6 GROUP BY queue) AS s
+         ON s.queue = q.name
+  LEFT JOIN (SELECT queue, count(*) AS n FROM {schema}.mqs_tasks WHERE status = 2 GROUP BY queue) AS r
+         ON r.queue = q.name
+ ORDER BY q.name;

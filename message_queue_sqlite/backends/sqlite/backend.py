@@ -43,6 +43,7 @@ from message_queue_sqlite.backends.sqlite.connection import (
 )
 from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
 from message_queue_sqlite.core.errors import QueueStorageError
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE
 from message_queue_sqlite.core.status import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def folder_mistake(folder: str) -> tuple[str, str] | None:
 def _record(shard: int, row: tuple) -> TaskRecord:
     return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
                       row[8], row[9], bool(row[10]), row[11], row[12], row[13], row[14], row[15],
-                      row[16], row[17])
+                      row[16], row[17], row[18])
 
 
 class SQLiteShard(Shard):
@@ -361,12 +362,12 @@ class SQLiteShard(Shard):
         if all(t.cache_owner is None and not t.max_retries and t.retry is None and not t.delay
                for t in tasks):
             sql = Q["enqueue_plain"]
-            rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at)
+            rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at, t.queue)
                     for t in tasks]
         else:
             sql = Q["enqueue"]
             rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
-                     t.max_retries, t.retry, t.delay, t.created_at) for t in tasks]
+                     t.max_retries, t.retry, t.delay, t.created_at, t.queue) for t in tasks]
         self._sent_here = True
         delayed = sum(1 for t in tasks if t.delay > 0)  # stored SCHEDULED: counted; ready is not
         if len(rows) == 1 and not delayed:  # its own write transaction: no BEGIN/COMMIT round
@@ -396,7 +397,7 @@ class SQLiteShard(Shard):
                 cursor = conn.execute(insert, (
                     t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
                     t.max_retries, t.retry, t.delay, t.created_at, t.unique_key,
-                    t.unique_states if t.unique_key is not None else 0, t.unique_for))
+                    t.unique_states if t.unique_key is not None else 0, t.unique_for, t.queue))
                 if cursor.rowcount == 1:
                     sent.append((cursor.lastrowid, False))
                     delayed += t.delay > 0
@@ -408,21 +409,22 @@ class SQLiteShard(Shard):
 
     # -- working ---------------------------------------------------------------------
     def complete_and_claim(self, completions: Sequence[Completion], owner: str, limit: int,
-                           lease_seconds: float,
-                           callbacked: Sequence[int] = ()) -> tuple[list[int], list[ClaimedTask]]:
+                           lease_seconds: float, callbacked: Sequence[int] = (),
+                           queue: str = DEFAULT_QUEUE) -> tuple[list[int], list[ClaimedTask]]:
         rejected: list[int] = []
-        claim = (owner, lease_seconds, limit)
+        claim = (owner, lease_seconds, limit, queue)
         if not completions and not callbacked:
             hinted, self._sent_here = self._sent_here, False
             if hinted:  # this object just stored ready work: no need to look first
                 ready, due = True, False
             else:
                 with self._read() as conn:
-                    ready, due = conn.execute(Q["probe_claimable"], (owner,)).fetchone()
+                    ready, due = conn.execute(Q["probe_claimable"], (owner, queue)).fetchone()
             if not ready and not due:
                 return rejected, []
             if not due:  # the claim alone: one statement, its own write transaction
-                return rejected, self._claimed(self._write_one(Q["claim_batch"], claim, "claim", fetch=True))
+                return rejected, self._claimed(self._write_one(Q["claim_batch"], claim, "claim", fetch=True),
+                                               queue)
         with self._write("complete/claim") as conn:
             if callbacked:
                 self._mark_callbacked(conn, callbacked)
@@ -432,12 +434,12 @@ class SQLiteShard(Shard):
             if limit > 0:
                 _add_to_counts(conn, {SCHEDULED_KEY: -conn.execute(Q["promote_due"]).rowcount})
                 rows = conn.execute(Q["claim_batch"], claim).fetchall()
-        return rejected, self._claimed(rows)
+        return rejected, self._claimed(rows, queue)
 
-    def _claimed(self, rows: list[tuple]) -> list[ClaimedTask]:
+    def _claimed(self, rows: list[tuple], queue: str) -> list[ClaimedTask]:
         index = self.index
         claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
-                               r[9], r[10], r[11], r[12]) for r in rows]
+                               r[9], r[10], r[11], r[12], queue=queue) for r in rows]
         if len(claimed) > 1:
             claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return claimed
@@ -552,11 +554,40 @@ class SQLiteShard(Shard):
                     found.append(_record(self.index, row))
             return found
 
-    def list_tasks(self, status: int | None, task_name: str | None, limit: int) -> list[TaskRecord]:
-        query = listing_query(status)
+    def list_tasks(self, status: int | None, task_name: str | None, limit: int,
+                   queue: str | None = None) -> list[TaskRecord]:
+        query = Q[listing_query(status)]
         with self._read() as conn:
-            rows = conn.execute(Q[query], (status, task_name, limit)).fetchall()
+            if status == TaskStatus.NOT_STARTED:  # the ready index is per queue: each in claim order
+                queues = [queue] if queue is not None else self._queues(conn)
+                rows = [r for q in queues for r in conn.execute(query, (status, task_name, limit, q))]
+                rows.sort(key=lambda r: (-r[6], r[0]))
+                rows = rows[:limit]
+            else:
+                rows = conn.execute(query, (status, task_name, limit, queue)).fetchall()
         return [_record(self.index, r) for r in rows]
+
+    @staticmethod
+    def _queues(conn: sqlite3.Connection) -> list[str]:
+        return [row[0] for row in conn.execute(Q["list_queues"])]
+
+    def list_queues(self) -> list[str]:
+        with self._read() as conn:
+            return self._queues(conn)
+
+    def declare_queues(self, names: Sequence[str]) -> None:
+        with self._write("declare queues") as conn:
+            conn.executemany(Q["declare_queue"], [(name,) for name in names])
+
+    def count_by_queue(self) -> dict[str, dict[str, int]]:
+        with self._read() as conn:  # one read transaction: one snapshot
+            counts = {q: {"queued": conn.execute(Q["count_ready_in_queue"], (q,)).fetchone()[0],
+                          "scheduled": 0, "running": 0} for q in self._queues(conn)}
+            for state, query in (("running", "count_running_by_queue"),
+                                 ("scheduled", "count_scheduled_by_queue")):
+                for q, n in conn.execute(Q[query]):
+                    counts.setdefault(q, {"queued": 0, "scheduled": 0, "running": 0})[state] = n
+        return counts
 
     def count_tasks(self) -> dict[tuple[int, int], int]:
         with self._read() as conn:
@@ -629,7 +660,7 @@ class SQLiteShard(Shard):
             for slot, t in runs:
                 row = conn.execute(Q["enqueue_slot"], (t.task_name, t.args, t.priority, t.sender,
                                                        t.max_retries, t.retry, t.created_at, name,
-                                                       slot)).fetchone()
+                                                       slot, t.queue)).fetchone()
                 if row is not None:
                     stored.append(row[0])
             if stored:

@@ -5,24 +5,25 @@
 -- end stamps), each read once per statement after it took the write lock (clock.py).
 
 -- name: enqueue
--- Store one new task (executemany for a batch); a delay ?9 > 0 (seconds) schedules it that long from now.
+-- Store one new task in queue ?11 (executemany for a batch); a delay ?9 > 0 (seconds) schedules it that long from now.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
-                       max_retries, retry, run_after, created_at)
+                       max_retries, retry, run_after, created_at, queue)
 VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
-        CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10);
+        CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10, ?11);
 
 -- name: enqueue_plain
--- Store one new ready task with no cached arguments, retries or delay (most sends): the other columns keep their defaults, and five fewer values to bind cost 2 µs less per row.
-INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, created_at)
-VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6);
+-- Store one new ready task in queue ?7 with no cached arguments, retries or delay (most sends): the other columns keep their defaults, and five fewer values to bind cost 2 µs less per row.
+INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, created_at, queue)
+VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7);
 
 -- name: enqueue_unique
--- Store one new task holding unique key ?11 in the states of bitmask ?12 for ?13 seconds from now (NULL: no limit), unless a stored task holds that key: then nothing is stored (changes() = 0) and no row id is used.
+-- Store one new task (in queue ?14) holding unique key ?11 in the states of bitmask ?12 for ?13 seconds from now (NULL: no limit), unless a stored task holds that key: then nothing is stored (changes() = 0) and no row id is used.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
-                       max_retries, retry, run_after, created_at, unique_key, unique_states, unique_until)
+                       max_retries, retry, run_after, created_at, unique_key, unique_states, unique_until,
+                       queue)
 VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
         CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10, ?11, ?12,
-        CASE WHEN ?13 IS NOT NULL THEN mqs_wall_now() + ?13 END)
+        CASE WHEN ?13 IS NOT NULL THEN mqs_wall_now() + ?13 END, ?14)
 ON CONFLICT (unique_key)
    WHERE unique_key IS NOT NULL AND ((unique_states >> coalesce(outcome, status)) & 1) = 1
 DO NOTHING;
@@ -47,17 +48,18 @@ SELECT last_insert_rowid();
 UPDATE mqs_tasks SET status = 1 WHERE status = 6 AND run_after <= mqs_wall_now();
 
 -- name: probe_claimable
--- Read-only: is anything ready for owner ?1, is any scheduled task due? Idle workers never take the write lock for nothing.
-SELECT EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1)),
+-- Read-only: is anything ready in queue ?2 for owner ?1, is any scheduled task due? Idle workers never take the write lock for nothing.
+SELECT EXISTS (SELECT 1 FROM mqs_tasks
+                WHERE status = 1 AND queue = ?2 AND (cache_owner IS NULL OR cache_owner = ?1)),
        EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 6 AND run_after <= mqs_wall_now());
 
 -- name: claim_batch
--- Lease up to ?3 ready tasks (best priority, then oldest) to owner ?1 for ?2 seconds; cached tasks only to their owner; each claim is a new attempt (the fencing token only grows).
+-- Lease up to ?3 ready tasks of queue ?4 (best priority, then oldest, on the ready index) to owner ?1 for ?2 seconds; cached tasks only to their owner; each claim is a new attempt (the fencing token only grows).
 UPDATE mqs_tasks
    SET status = 2, lease_owner = ?1, lease_expires = mqs_lease_now() + ?2, attempts = attempts + 1,
        started_at = mqs_wall_now()
  WHERE id IN (SELECT id FROM mqs_tasks
-               WHERE status = 1 AND (cache_owner IS NULL OR cache_owner = ?1)
+               WHERE status = 1 AND queue = ?4 AND (cache_owner IS NULL OR cache_owner = ?1)
                ORDER BY priority DESC, id LIMIT ?3)
 RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
           cache_owner, created_at, started_at, retries;
@@ -142,55 +144,67 @@ RETURNING outcome;
 -- name: get_task
 -- One task by its row id (a removed one's tombstone, status 0, is not a task).
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM mqs_tasks WHERE id = ?1 AND status <> 0;
 
 -- name: list_recent
--- The newest tasks (of name ?2 if not NULL), walking the primary key back from the newest row.
+-- The newest tasks (of name ?2 and queue ?4 if not NULL), walking the primary key back from the newest row.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM mqs_tasks
  WHERE status <> 0 AND (?2 IS NULL OR task_name = ?2)
+   AND (?4 IS NULL OR queue = ?4)
  ORDER BY id DESC LIMIT ?3;
 
 -- name: list_ready
--- Ready tasks (of name ?2) in the order they will be claimed, on the ready index.
+-- Ready tasks of queue ?4 (and of name ?2) in the order they will be claimed, on the ready index.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM mqs_tasks
- WHERE status = 1 AND (?2 IS NULL OR task_name = ?2)
+ WHERE status = 1 AND queue = ?4 AND (?2 IS NULL OR task_name = ?2)
  ORDER BY priority DESC, id LIMIT ?3;
 
 -- name: list_scheduled
--- Scheduled tasks (of name ?2) in the order they become ready, on the scheduled index.
+-- Scheduled tasks (of name ?2, of queue ?4) in the order they become ready, on the scheduled index.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM mqs_tasks
  WHERE status = 6 AND (?2 IS NULL OR task_name = ?2)
+   AND (?4 IS NULL OR queue = ?4)
  ORDER BY run_after, id LIMIT ?3;
 
 -- name: list_running
--- Running tasks (of name ?2), newest first, on the running index (at most the leases held).
+-- Running tasks (of name ?2, of queue ?4), newest first, on the running index (at most the leases held).
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM mqs_tasks INDEXED BY mqs_tasks_running
  WHERE status = 2 AND (?2 IS NULL OR task_name = ?2)
+   AND (?4 IS NULL OR queue = ?4)
  ORDER BY id DESC LIMIT ?3;
 
 -- name: list_failed
--- Failed tasks (of name ?2), whether or not their callback ran, newest first, on the failed index.
+-- Failed tasks (of name ?2, of queue ?4), whether or not their callback ran, newest first, on the failed index.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM mqs_tasks
  WHERE outcome = 4 AND (?2 IS NULL OR task_name = ?2)
+   AND (?4 IS NULL OR queue = ?4)
  ORDER BY id DESC LIMIT ?3;
 
 -- name: list_ended_as
--- Tasks of status ?1 (3: FINISHED, with those whose callback ran; 5: CALLBACKED) and name ?2, newest first, walking the primary key back from the newest row (most ended tasks finished: no index is kept on every completion for this).
+-- Tasks of status ?1 (3: FINISHED, with those whose callback ran; 5: CALLBACKED) name ?2 and queue ?4, newest first, walking the primary key back from the newest row (most ended tasks finished: no index is kept on every completion for this).
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
   FROM mqs_tasks
  WHERE (status = ?1 OR (?1 = 3 AND status = 5 AND outcome = 3)) AND (?2 IS NULL OR task_name = ?2)
+   AND (?4 IS NULL OR queue = ?4)
  ORDER BY id DESC LIMIT ?3;
 
 -- name: count_tasks
@@ -314,10 +328,10 @@ SELECT EXISTS (SELECT 1 FROM mqs_tasks
                 WHERE id = (SELECT last_task FROM mqs_schedules WHERE name = ?1) AND status IN (1, 2, 6));
 
 -- name: enqueue_slot
--- Store the task of schedule ?8's slot ?9 (ready at once) unless that slot is stored already (the unique index on schedule and slot); returns its row id, none if it was.
+-- Store the task of schedule ?8's slot ?9 (ready at once, in queue ?10) unless that slot is stored already (the unique index on schedule and slot); returns its row id, none if it was.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, max_retries, retry,
-                       created_at, schedule, slot)
-VALUES (?1, ?2, ?3, 1, ?4, 0, ?5, ?6, ?7, ?8, ?9)
+                       created_at, schedule, slot, queue)
+VALUES (?1, ?2, ?3, 1, ?4, 0, ?5, ?6, ?7, ?8, ?9, ?10)
 ON CONFLICT (schedule, slot) WHERE schedule IS NOT NULL DO NOTHING
 RETURNING id;
 
@@ -335,3 +349,23 @@ SELECT s.name, s.expression, s.last_slot, s.next_slot, s.last_task, t.status, t.
 -- name: remove_schedule
 -- Forget schedule ?1 (its stored tasks stay).
 DELETE FROM mqs_schedules WHERE name = ?1;
+
+-- name: declare_queue
+-- Queue ?1 exists (a task is about to be sent to it): stored once, on the primary key.
+INSERT OR IGNORE INTO mqs_queues (name) VALUES (?1);
+
+-- name: list_queues
+-- Every queue a task was ever sent to.
+SELECT name FROM mqs_queues ORDER BY name;
+
+-- name: count_ready_in_queue
+-- Ready tasks of queue ?1, counted on the ready index (a range of it: no table row is read).
+SELECT count(*) FROM mqs_tasks WHERE status = 1 AND queue = ?1;
+
+-- name: count_running_by_queue
+-- Running tasks per queue, on the running index (at most the leases held).
+SELECT queue, count(*) FROM mqs_tasks INDEXED BY mqs_tasks_running WHERE status = 2 GROUP BY queue;
+
+-- name: count_scheduled_by_queue
+-- Scheduled tasks per queue, on the scheduled index.
+SELECT queue, count(*) FROM mqs_tasks INDEXED BY mqs_tasks_scheduled WHERE status = 6 GROUP BY queue;
