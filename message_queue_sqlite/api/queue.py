@@ -15,7 +15,7 @@ from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import TaskFailedError
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
-from message_queue_sqlite.core.queues import DEFAULT_QUEUE
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane
 from message_queue_sqlite.core.registry import (
     MARK,
     TaskRegistry,
@@ -346,12 +346,12 @@ class MessageQueue:
         return TaskHandle(record.task_id, record.task_name, self._engine)
 
     # -- workers ---------------------------------------------------------------------
-    def start(self, workers: int | None = None, queues: Any = None) -> None:
+    def start(self, workers: int | None = None, queues: Any = None) -> list[Lane]:
         """Start worker threads in the background. ``queues``: which named queues they serve
         (default: ``"default"`` and those the registered tasks name): a list of names sharing
         the threads, a dict of names to thread counts (a lane each), or ``"*"`` (every queue
-        stored); see ``message_queue_sqlite.core.queues``."""
-        self._engine.start_workers(workers, queues)
+        stored); see ``message_queue_sqlite.core.queues``. Returns the lanes started."""
+        return self._engine.start_workers(workers, queues)
 
     def stop(self, drain_timeout: float | None = None) -> None:
         """Stop claiming, let running tasks finish (up to the drain timeout), give back the

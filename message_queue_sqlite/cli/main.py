@@ -27,6 +27,7 @@ from message_queue_sqlite.backends.sqlite import existing_shard_count, folder_mi
 from message_queue_sqlite.cli.target import Target, load_target
 from message_queue_sqlite.core.config import BROKER_URL_ENV, Config
 from message_queue_sqlite.core.errors import MessageQueueError
+from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane, parse_queues
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine.task_log import TaskLog
 
@@ -180,6 +181,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         _examples(prog, [
             ("worker app:mq", "mq = MessageQueue(...) in app.py or app/__init__.py"),
             ("worker app.tasks.mq --workers 8", "the object mq of module app.tasks, 8 threads"),
+            ("worker app:mq --queues emails,reports", "only these two queues, sharing the threads"),
+            ("worker app:mq --queues emails=2,reports=8", "a lane each: 2 and 8 threads of their own"),
             ("worker app.engine --path q", "the @task_function tasks of package app.engine, on q"),
             ("worker app.engine --broker-url postgresql://user@db/mydb", "the same, on PostgreSQL"),
             ("worker app:mq -v", "also log each task's start and end"),
@@ -189,6 +192,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_location(worker, worker=True)
     worker.add_argument("--workers", type=_integer(1), default=None, metavar="N",
                         help="worker threads (default: the object's workers, or 5 for a package)")
+    worker.add_argument("--queues", type=_queues, default=None, metavar="SPEC",
+                        help="the named queues to serve: 'a,b' (sharing the threads), 'a=2,b=8' (a "
+                             "lane of threads each) or '*' (every queue stored); default: 'default' "
+                             "and the queues the tasks name")
     worker.add_argument("--visibility-timeout", type=_seconds(False), default=None, metavar="S",
                         help="lease length in seconds (default: the object's setting, or 30)")
     worker.add_argument("--drain-timeout", type=_seconds(True), default=None, metavar="S",
@@ -421,7 +428,7 @@ class _StopSignals:
     def __init__(self, drain: float):
         self.drain = drain
         self.stop = threading.Event()
-        self.worker: Worker | None = None
+        self.workers: list[Worker] = []
         self._count = 0
         self._hurry = False
 
@@ -429,10 +436,11 @@ class _StopSignals:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
 
-    def started(self, worker: Worker | None) -> None:
-        self.worker = worker
-        if self._hurry and worker is not None:
-            worker.hurry()
+    def started(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        if self._hurry:
+            for worker in workers:
+                worker.hurry()
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self._count += 1
@@ -444,8 +452,8 @@ class _StopSignals:
             return
         log.warning("%s again: giving the running tasks back now; they will run again", name)
         self._hurry = True
-        if self.worker is not None:
-            self.worker.hurry()
+        for worker in self.workers:
+            worker.hurry()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -464,18 +472,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     drain = queue.config.drain_timeout if args.drain_timeout is None else args.drain_timeout
     signals = _StopSignals(drain)
     signals.install()
-    queue.start(workers=threads)
-    signals.started(queue.engine.worker)
-    print(f"worker: {what}, queue {_where(queue)}, {threads} thread{'s' if threads != 1 else ''}, "
+    try:
+        lanes = queue.start(workers=threads, queues=args.queues)
+    except ValueError as exc:
+        raise SystemExit(f"{prog} worker: error: --queues {args.queues!r}: {exc}") from None
+    signals.started(queue.engine.workers)
+    print(f"worker: {what}, queue {_where(queue)}, {_lanes_in_words(lanes)}, "
           f"tasks {queue.registry.get_all_task_names()} (pid {os.getpid()})", flush=True)
     signals.stop.wait()
-    worker = signals.worker
+    workers = signals.workers
     try:
         queue.stop(drain)
     finally:
         # what still runs now was given back by the stop (the engine logged it too)
-        unfinished = len(worker.executor.unfinished()) if worker is not None else 0
-        hurried = worker is not None and worker.hurried
+        unfinished = sum(len(worker.executor.unfinished()) for worker in workers)
+        hurried = any(worker.hurried for worker in workers)
         queue.close()
     if unfinished:
         why = ("a second signal cut the stop short" if hurried
@@ -505,7 +516,32 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(row["shard"].ljust(width) + "".join(str(counts[n]).rjust(11) for n in names)
               + str(counts["callback_ran"]).rjust(14))
     print(_stats_in_words(stats["outcomes"]))
+    if set(stats["queues"]) != {DEFAULT_QUEUE}:  # named queues in use: how each stands
+        width = max(16, *(len(name) + 2 for name in stats["queues"]))
+        states = ("queued", "scheduled", "running")
+        print("\n" + "queue".ljust(width) + "".join(n.rjust(11) for n in states))
+        for name, counts in stats["queues"].items():
+            print(name.ljust(width) + "".join(str(counts[n]).rjust(11) for n in states))
     return 0
+
+
+def _lanes_in_words(lanes: list[Lane]) -> str:
+    """``queues default, emails: 4 threads`` or ``queue emails: 2 threads; queue reports: 8 threads``."""
+    def one(lane: Lane) -> str:
+        threads = f"{lane.threads} thread{'s' if lane.threads != 1 else ''}"
+        if lane.queues is None:
+            return f"every queue: {threads}"
+        return f"queue{'s' if len(lane.queues) != 1 else ''} {', '.join(lane.queues)}: {threads}"
+    return "; ".join(one(lane) for lane in lanes)
+
+
+def _queues(text: str) -> str:
+    """Checked when parsed (``--queues a=x`` is an error before anything starts), kept as text."""
+    try:
+        parse_queues(text, 1)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _stats_in_words(counts: dict[str, int]) -> str:
