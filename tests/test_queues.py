@@ -40,7 +40,7 @@ def test_tasks_go_to_their_queue_and_a_send_may_name_another(make_queue):
     assert mq.stats()["queues"]["reports"]["queued"] == 2
 
 
-def test_a_default_worker_serves_default_and_the_declared_queues_only(make_queue):
+def test_a_worker_given_no_queues_serves_every_queue(make_queue):
     mq = make_queue()
 
     @mq.task(queue="emails")
@@ -51,13 +51,11 @@ def test_a_default_worker_serves_default_and_the_declared_queues_only(make_queue
     def plain():
         return "plain"
 
-    handles = [mq.send(email), mq.send(plain)]
-    elsewhere = mq.send(plain, queue="nobody-serves-this")
+    handles = [mq.send(email), mq.send(plain), mq.send(plain, queue="named-at-send-only")]
     with mq.running():
-        assert [h.result(timeout=10) for h in handles] == ["email", "plain"]
-        assert elsewhere.status == TaskStatus.NOT_STARTED
-    with mq.running(queues=["nobody-serves-this"]):
-        assert elsewhere.result(timeout=10) == "plain"
+        assert [h.result(timeout=10) for h in handles] == ["email", "plain", "plain"]
+        late = mq.send(plain, queue="sent-while-running")  # a queue new to the running worker
+        assert late.result(timeout=10) == "plain"
 
 
 def test_a_worker_on_some_queues_leaves_the_others_waiting(make_queue, backend):
@@ -224,9 +222,11 @@ def test_the_seed_api_takes_a_queue_on_its_decorator_and_send_message(tmp_path, 
         second = send_message("email", {"to": "b"}, queue="bulk")
         queues = {t.task_id: t.queue for t in client.queue.tasks()}
         assert (queues[first], queues[second]) == ("emails", "bulk")
-        with client.queue.running():  # the registry's queues, as any default worker
+        with client.queue.running(queues=["emails"]):
             assert client.queue.get(first).result(timeout=10) == "a"
             assert client.queue.get(second).status == TaskStatus.NOT_STARTED
+        with client.queue.running():  # every queue
+            assert client.queue.get(second).result(timeout=10) == "b"
     finally:
         client.queue.close()
 
@@ -266,8 +266,8 @@ def test_bad_queues_for_workers_are_refused_before_anything_starts(make_queue, q
 
 
 def test_lanes_are_planned_from_every_spelling():
-    assert plan_lanes(None, 4, ["emails", "default", "emails"]) == [Lane(("default", "emails"), 4)]
-    assert plan_lanes(["b", "a", "b"], 3, []) == [Lane(("b", "a"), 3)]
+    assert plan_lanes(None, 4) == [Lane(None, 4)]
+    assert plan_lanes(["b", "a", "b"], 3) == [Lane(("b", "a"), 3)]
     assert parse_queues("emails=2, reports=8", 5) == [Lane(("emails",), 2), Lane(("reports",), 8)]
     assert parse_queues("emails, reports", 5) == [Lane(("emails", "reports"), 5)]
     assert parse_queues("*", 5) == [Lane(None, 5)]
@@ -321,7 +321,7 @@ def test_two_cli_workers_on_different_queues_each_run_only_their_own(tmp_path, b
         wait_until(lambda: all("thread" in p.read_text() for p in app_dir.glob("worker-*.log")),
                    what="both workers' banners")
         banners = _logs(app_dir)
-        assert "queue emails: 2 threads" in banners and "queue reports: 3 threads" in banners
+        assert "serving emails (2 threads)" in banners and "serving reports (3 threads)" in banners
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)

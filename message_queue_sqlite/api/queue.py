@@ -348,9 +348,9 @@ class MessageQueue:
     # -- workers ---------------------------------------------------------------------
     def start(self, workers: int | None = None, queues: Any = None) -> list[Lane]:
         """Start worker threads in the background. ``queues``: which named queues they serve
-        (default: ``"default"`` and those the registered tasks name): a list of names sharing
-        the threads, a dict of names to thread counts (a lane each), or ``"*"`` (every queue
-        stored); see ``message_queue_sqlite.core.queues``. Returns the lanes started."""
+        (default: every queue, as ``"*"``): a list of names sharing the threads, or a dict of
+        names to thread counts (a lane each); see ``message_queue_sqlite.core.queues``.
+        Returns the lanes started."""
         return self._engine.start_workers(workers, queues)
 
     def stop(self, drain_timeout: float | None = None) -> None:

@@ -193,9 +193,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     worker.add_argument("--workers", type=_integer(1), default=None, metavar="N",
                         help="worker threads (default: the object's workers, or 5 for a package)")
     worker.add_argument("--queues", type=_queues, default=None, metavar="SPEC",
-                        help="the named queues to serve: 'a,b' (sharing the threads), 'a=2,b=8' (a "
-                             "lane of threads each) or '*' (every queue stored); default: 'default' "
-                             "and the queues the tasks name")
+                        help="the named queues to serve: 'a,b' (sharing the threads) or 'a=2,b=8' "
+                             "(a lane of threads each); default '*': every queue")
     worker.add_argument("--visibility-timeout", type=_seconds(False), default=None, metavar="S",
                         help="lease length in seconds (default: the object's setting, or 30)")
     worker.add_argument("--drain-timeout", type=_seconds(True), default=None, metavar="S",
@@ -526,13 +525,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _lanes_in_words(lanes: list[Lane]) -> str:
-    """``queues default, emails: 4 threads`` or ``queue emails: 2 threads; queue reports: 8 threads``."""
+    """``serving default, emails (4 threads)``; a lane each: ``serving emails (2 threads),
+    reports (8 threads)``; ``serving every queue (4 threads)``."""
     def one(lane: Lane) -> str:
-        threads = f"{lane.threads} thread{'s' if lane.threads != 1 else ''}"
-        if lane.queues is None:
-            return f"every queue: {threads}"
-        return f"queue{'s' if len(lane.queues) != 1 else ''} {', '.join(lane.queues)}: {threads}"
-    return "; ".join(one(lane) for lane in lanes)
+        names = "every queue" if lane.queues is None else ", ".join(lane.queues)
+        return f"{names} ({lane.threads} thread{'s' if lane.threads != 1 else ''})"
+    return "serving " + ", ".join(one(lane) for lane in lanes)
 
 
 def _queues(text: str) -> str:

@@ -5,18 +5,17 @@ otherwise). A worker serves a set of queues, claiming from them in rotation (so 
 one never starves another); priority orders tasks within a queue. What a worker serves is
 given as ``queues=`` to ``start()`` or ``--queues`` to ``mqs worker``:
 
-- nothing: ``"default"`` plus every queue its registered tasks name (as dramatiq's workers
-  serve the queues their actors declare);
+- nothing, or ``"*"``: every queue a task was ever sent to, as stored (re-read at least every
+  second, and whenever a look found nothing to claim);
 - names (``["emails", "reports"]``, ``"emails,reports"``): those, sharing the worker's threads;
 - names with thread counts (``{"emails": 2, "reports": 8}``, ``"emails=2,reports=8"``): a lane
-  per queue with threads of its own, so one queue's slow tasks never hold another's threads;
-- ``"*"``: every queue a task was ever sent to, as stored (re-read while idle).
+  per queue with threads of its own, so one queue's slow tasks never hold another's threads.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +43,10 @@ class Lane:
     threads: int
 
 
-def plan_lanes(queues: Any, threads: int, declared: Iterable[str]) -> list[Lane]:
-    """The lanes of ``start(workers=threads, queues=queues)``; ``declared``: the queues the
-    registered tasks name."""
+def plan_lanes(queues: Any, threads: int) -> list[Lane]:
+    """The lanes of ``start(workers=threads, queues=queues)``."""
     if queues is None:
-        return [Lane(tuple(dict.fromkeys([DEFAULT_QUEUE, *sorted(declared)])), threads)]
+        return [Lane(None, threads)]
     if isinstance(queues, str):
         return parse_queues(queues, threads)
     if isinstance(queues, Mapping):
@@ -69,8 +67,8 @@ def plan_lanes(queues: Any, threads: int, declared: Iterable[str]) -> list[Lane]
     if isinstance(queues, Sequence):
         names = [check_queue_name(name, "queues") for name in queues]
         if not names:
-            raise ValueError("queues=[] names no queue; leave it out to serve 'default' and the "
-                             "queues of the registered tasks, or name some, e.g. ['emails']")
+            raise ValueError("queues=[] names no queue; leave it out to serve every queue, or name "
+                             "some, e.g. ['emails']")
         return [Lane(tuple(dict.fromkeys(names)), threads)]
     raise TypeError(f"queues={queues!r} must be a list of queue names, a dict of names to thread "
                     "counts, a string such as 'emails,reports' or 'emails=2,reports=8', or '*'")
@@ -90,7 +88,7 @@ def parse_queues(spec: str, threads: int) -> list[Lane]:
         raise ValueError(f"queues {spec!r} gives thread counts for some queues only; give one for "
                          "each ('emails=2,reports=8') or for none ('emails,reports')")
     if not any(counted):
-        return plan_lanes(parts, threads, ())
+        return plan_lanes(parts, threads)
     lanes: dict[str, int] = {}
     for part in parts:
         name, _, count = part.partition("=")
@@ -98,4 +96,4 @@ def parse_queues(spec: str, threads: int) -> list[Lane]:
             raise ValueError(f"queues {spec!r}: {count.strip()!r} is not a thread count for queue "
                              f"{name.strip()!r}; it must be an integer >= 1, e.g. {name.strip()}=2")
         lanes[name.strip()] = int(count)
-    return plan_lanes(lanes, threads, ())
+    return plan_lanes(lanes, threads)

@@ -226,6 +226,8 @@ class Engine:
         if new:
             self.shards[shard].declare_queues(sorted(new))
             self._declared_queues.update((shard, queue) for queue in new)
+            for worker in self.active_workers():
+                worker.queues_changed()
 
     def _run_inline(self, task_ids: Sequence[str]) -> None:
         """Immediate mode: run what was just sent (and what it sent, and its retries) in this
@@ -340,11 +342,10 @@ class Engine:
         return max(0.001, min(IDLE_RECHECK_S, min(due)))
 
     def start_workers(self, threads: int | None = None, queues: Any = None) -> list[Lane]:
-        """Start a worker per lane of ``queues`` (core/queues.py: None serves the default queue
-        and those the registered tasks name); returns the lanes."""
+        """Start a worker per lane of ``queues`` (core/queues.py: None serves every queue);
+        returns the lanes."""
         self._check_open()
-        lanes = plan_lanes(queues, threads or self.config.max_workers,
-                           (d.options.queue for d in self.registry))
+        lanes = plan_lanes(queues, threads or self.config.max_workers)
         if self.config.immediate:
             log.info("immediate mode: tasks run in the sending thread; no workers to start")
             return lanes

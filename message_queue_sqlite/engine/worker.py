@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 FLUSH_AFTER_S = 0.005  # oldest unrecorded completion waits at most this long (under load)
 FLUSH_MAX = 256  # completions per transaction
 TARGET_BATCH_S = 0.02  # a claim should hold about this much work per slot
+SOURCES_FRESH_S = 1.0  # serving every queue: the stored list of queues is read this often
 
 
 class Worker:
@@ -47,7 +48,9 @@ class Worker:
         self._engine = engine
         self.executor = executor
         self.runner = runner
-        self.queues = queues  # None: every stored queue (re-read when idle)
+        self.queues = queues  # None: every stored queue (re-read when idle, at least every second)
+        self._stored_sources: list[tuple[int, str]] = []
+        self._sources_read_at = -SOURCES_FRESH_S
         self.ledger = ClaimLedger()
         self.stopping = False
         self._looked_empty_at = -1  # bell generation when a look last found storage drained
@@ -153,6 +156,7 @@ class Worker:
         left (immediate mode); returns how many ran."""
         ran = 0
         limit = self._engine.config.prefetch
+        self.queues_changed()  # what was just sent may be in a new queue
         while True:
             claims: list[ClaimedTask] = []
             for index, queue in self._sources():
@@ -188,6 +192,8 @@ class Worker:
                 if claims:
                     self._next_source = position + 1  # the next look starts at the next source
                     break
+            if not claims:
+                self.queues_changed()  # maybe: read the stored queues again before the next look
             if not claims or (len(claims) < limit and len(sources) == 1):
                 self._looked_empty_at = seen  # this look took everything there was
             if claims:
@@ -219,12 +225,23 @@ class Worker:
         if hooks.claimed:
             hooks.fire(hooks.claimed, claims)
 
+    def queues_changed(self) -> None:
+        """A queue was stored since the list was read (by this process: other processes'
+        show when a look finds nothing, or within a second)."""
+        self._sources_read_at = -SOURCES_FRESH_S
+
     def _sources(self) -> list[tuple[int, str]]:
-        """The (shard, queue) pairs this worker claims from, in rotation order."""
+        """The (shard, queue) pairs this worker claims from, in rotation order. Serving every
+        queue, the stored list is read again after a look found nothing, or a second passed."""
         shards = range(len(self._engine.shards))
         if self.queues is not None:
             return [(shard, queue) for queue in self.queues for shard in shards]
-        return [(shard, queue) for shard in shards for queue in self._engine.shards[shard].list_queues()]
+        now = time.monotonic()
+        if now - self._sources_read_at >= SOURCES_FRESH_S:
+            self._stored_sources = [(shard, queue) for shard in shards
+                                    for queue in self._engine.shards[shard].list_queues()]
+            self._sources_read_at = now
+        return self._stored_sources
 
     def _exchange(self, shard: int, limit: int, queue: str = DEFAULT_QUEUE) -> list[ClaimedTask]:
         """Record this shard's completions (and the callbacks that ran since) and claim up to
