@@ -28,3 +28,13 @@ class TaskFailedError(MessageQueueError):
 
 class MissingDependencyError(MessageQueueError, ImportError):
     """An optional extra is needed for the chosen feature."""
+
+
+class TaskTimeout(MessageQueueError, TimeoutError):
+    """A run went past its timeout (``@mq.task(timeout=)``, ``send(timeout=)`` or
+    ``Config.task_timeout``): recorded as its failure, retried like any other unless the task's
+    ``retry_on`` excludes it, and raised inside the task's thread as a best effort."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"timed out after {seconds:.1f} s")
+        self.seconds = seconds

@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 from typing import Any
 
+from message_queue_sqlite.core.durations import positive_seconds
 from message_queue_sqlite.core.status import TaskStatus
 
 # The names users give states in ``unique_states=``, and the bit of each in the mask. An
@@ -83,15 +82,8 @@ def check_key(key: Any) -> str:
 
 def check_unique_for(value: Any, where: str = "unique_for") -> float | None:
     """``unique_for=``: None (no expiry), or a positive finite number of seconds or timedelta."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-            or not math.isfinite(seconds) or seconds <= 0):
-        raise ValueError(f"{where}={value!r} must be a positive number of seconds (or a "
-                         f"timedelta), e.g. {where}=3600; None: the key is held as long as the "
-                         "task is in its unique states")
-    return float(seconds)
+    return positive_seconds(value, where, "3600", "the key is held as long as the task is in its "
+                            "unique states")
 
 
 def check_unique_option(unique: Any) -> bool | tuple[str, ...]:

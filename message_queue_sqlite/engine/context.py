@@ -1,0 +1,81 @@
+"""The running task's view of itself: ``current_task``.
+
+A task function reads its own id, attempt, queue, scheduled slot and deadline from
+``current_task`` (as Celery's ``current_task`` or a bound task's ``self.request``), with no
+extra parameter in its signature::
+
+    from message_queue_sqlite import current_task
+
+    @mq.task(retries=3)
+    def charge(invoice):
+        log.info("charging %s, attempt %d of task %s", invoice, current_task.attempt, current_task.task_id)
+
+The context is set by the worker around the call, in the thread (or, for ``async def`` tasks
+later, the asyncio task) that runs it, through a ``ContextVar``: two tasks running at once in
+two threads each see their own, and code outside a task gets a clear error. A thread the task
+starts itself does not inherit it unless started in a copy of the context
+(``contextvars.copy_context().run``).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a running task knows about its own run."""
+
+    task_id: str
+    task_name: str
+    attempt: int  # claims of this task so far, this one included (a crash or give-back counts)
+    retries: int  # retries used before this run (failures that scheduled one)
+    max_retries: int
+    queue: str
+    scheduled_at: datetime | None  # a periodic task's slot (in its schedule's time zone), else None
+    deadline: float | None  # epoch seconds (the worker's clock) when its timeout ends, else None
+    started_at: float  # epoch seconds, when this run began
+
+
+_current: ContextVar[TaskContext | None] = ContextVar("message_queue_sqlite_current_task", default=None)
+
+
+def enter(context: TaskContext) -> Token[TaskContext | None]:
+    """Make ``context`` the current task's (the worker calls this around the task)."""
+    return _current.set(context)
+
+
+def leave(token: Token[TaskContext | None]) -> None:
+    _current.reset(token)
+
+
+class CurrentTask:
+    """A proxy to the running task's ``TaskContext``: ``current_task.task_id`` and so on.
+    ``bool(current_task)`` is False outside a task; reading a field there raises
+    ``RuntimeError`` (so a task id is never silently None)."""
+
+    __slots__ = ()
+
+    def get(self) -> TaskContext | None:
+        """The context, or None outside a task."""
+        return _current.get()
+
+    def __getattr__(self, name: str) -> Any:
+        context = _current.get()
+        if context is None:
+            raise RuntimeError(f"current_task.{name} was read outside a running task: it is set only "
+                               "while a worker runs a task function (in that function's thread)")
+        return getattr(context, name)
+
+    def __bool__(self) -> bool:
+        return _current.get() is not None
+
+    def __repr__(self) -> str:
+        context = _current.get()
+        return f"current_task({context!r})" if context is not None else "current_task(<no task running>)"
+
+
+current_task = CurrentTask()
