@@ -14,16 +14,23 @@ from message_queue_sqlite.api.compat import (
 )
 from message_queue_sqlite.api.queue import Hook, MessageQueue, TaskHandle
 from message_queue_sqlite.core.config import Config
-from message_queue_sqlite.core.errors import MessageQueueError, QueueStorageError, TaskFailedError
+from message_queue_sqlite.core.errors import (
+    MessageQueueError,
+    QueueStorageError,
+    TaskFailedError,
+    TaskTimeout,
+)
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.registry import TaskRegistry, task_function
 from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.engine.context import TaskContext, current_task
 
 __version__ = "3.0.0"
 
 __all__ = [
     "Client", "Config", "Hook", "MessageQueue", "MessageQueueError", "QueueStorageError", "RetryPolicy",
-    "Server", "TaskFailedError", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskStatus",
-    "discover_and_mount_ts", "init_server", "start_server", "stop_server", "task_function",
+    "Server", "TaskContext", "TaskFailedError", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskStatus",
+    "TaskTimeout", "current_task", "discover_and_mount_ts", "init_server", "start_server", "stop_server",
+    "task_function",
 ]

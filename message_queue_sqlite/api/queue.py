@@ -262,19 +262,21 @@ class MessageQueue:
              retries: int | None = None, retry: RetryPolicy | None = None,
              delay: float | timedelta = 0.0, eta: datetime | None = None,
              unique_key: str | None = None, unique_for: float | timedelta | None = None,
-             unique_states: tuple[str, ...] | None = None, queue: str | None = None) -> TaskHandle:
+             unique_states: tuple[str, ...] | None = None, queue: str | None = None,
+             timeout: float | timedelta | None = None) -> TaskHandle:
         """Store a task durably (committed before this returns) and return its handle.
 
         ``kwargs`` are the task's keyword arguments, ``args`` its positional ones; both are
         checked against the function's signature here. ``delay`` (seconds or a timedelta) or
         ``eta`` (a timezone-aware datetime) defer it. ``queue`` sends it to that named queue
-        instead of its task's (``@mq.task(queue=)``, else ``"default"``). ``unique_key`` (or the task's
+        instead of its task's (``@mq.task(queue=)``, else ``"default"``); ``timeout`` (seconds
+        or a timedelta) limits its runs instead of its task's ``timeout``. ``unique_key`` (or the task's
         ``unique=``): when a stored task holds the key, nothing is stored and the handle is the
         holder's, with ``duplicate`` True (and ``callback`` is not registered: the task is the
         first send's); ``unique_for`` seconds and ``unique_states`` override the task's."""
         request = self._request(task, kwargs, args, priority, callback, use_cache, retries, retry,
                                 _delay_of(delay, eta))
-        request.queue = queue
+        request.queue, request.timeout = queue, timeout
         if unique_key is not None or unique_for is not None or unique_states is not None:
             request.unique_key, request.unique_for = unique_key, unique_for
             request.unique_states = unique_states
@@ -290,7 +292,7 @@ class MessageQueue:
                   delay: float | timedelta = 0.0, eta: datetime | None = None,
                   unique_key: str | None = None, unique_for: float | timedelta | None = None,
                   unique_states: tuple[str, ...] | None = None,
-                  queue: str | None = None) -> list[TaskHandle]:
+                  queue: str | None = None, timeout: float | timedelta | None = None) -> list[TaskHandle]:
         """Store many tasks in one transaction per shard (much faster than one send each).
         Each item is ``(task, kwargs)`` or ``(task, args, kwargs)``; the options apply to all
         (one ``unique_key`` for all stores at most one of them; tasks declared ``unique=`` each
@@ -306,7 +308,7 @@ class MessageQueue:
             request = self._request(task, kwargs, positional, priority, callback, use_cache,
                                     retries, retry, seconds)
             request.unique_key, request.unique_for = unique_key, unique_for
-            request.unique_states, request.queue = unique_states, queue
+            request.unique_states, request.queue, request.timeout = unique_states, queue, timeout
             requests.append(request)
         since = self._engine.outcome_epoch()
         sent = self._engine.send_many(requests)

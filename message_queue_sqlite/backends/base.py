@@ -42,6 +42,7 @@ class NewTask:
     unique_states: int = 0
     unique_for: float | None = None
     queue: str = DEFAULT_QUEUE  # the named queue it waits in (core/queues.py)
+    timeout: float | None = None  # the send's own limit on a run, seconds (None: the task's, if any)
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: the worker keeps sets of them
@@ -60,6 +61,8 @@ class ClaimedTask:
     created_at: float
     started_at: float
     retries: int  # retries used so far (completions that scheduled one), against max_retries
+    slot: float | None = None  # a periodic task's slot (epoch seconds), else None
+    timeout: float | None = None  # the send's own timeout, seconds (None: the task's, if any)
     task_id: str = ""  # derived from shard and row; computed once, it is read on every hop
     # Set by the engine at claim time: the sender's callback waits in this very process, so
     # the outcome is handed over in memory and need not be looked up in storage.

@@ -43,6 +43,9 @@ class Config:
     max_pending_callbacks: int = 1_000_000
     """Callbacks one queue object may hold for tasks not ended yet; a send with a callback
     beyond it waits for room (back-pressure), and fails if none ends for 30 s."""
+    task_timeout: float | None = None
+    """Seconds a run may take when its task and its send set no ``timeout`` (None: no limit);
+    a run past it fails with ``TaskTimeout`` (see the README's "Timeouts")."""
     immediate: bool = False
     """Run each task in the sending thread before ``send`` returns: for tests and scripts
     (huey's ``immediate``, Celery's ``task_always_eager``). Its tasks are kept in memory, no
@@ -67,6 +70,8 @@ class Config:
         _require_positive("drain_timeout", self.drain_timeout, allow_zero=True)
         if self.retention is not None:
             _require_positive("retention", self.retention, allow_zero=True)
+        if self.task_timeout is not None:
+            _require_positive("task_timeout", self.task_timeout)
         for name in ("immediate", "immediate_use_memory"):
             value = getattr(self, name)
             if not isinstance(value, bool):

@@ -19,3 +19,8 @@ def positive_seconds(value: Any, where: str, example: str, none_means: str) -> f
         raise ValueError(f"{where}={value!r} must be a positive number of seconds (or a "
                          f"timedelta), e.g. {where}={example}; None: {none_means}")
     return float(seconds)
+
+
+def check_timeout(value: Any, where: str = "timeout") -> float | None:
+    """``timeout=`` of a task, a send or ``Config.task_timeout``."""
+    return positive_seconds(value, where, "30", "no limit")

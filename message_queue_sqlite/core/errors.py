@@ -35,6 +35,6 @@ class TaskTimeout(MessageQueueError, TimeoutError):
     ``Config.task_timeout``): recorded as its failure, retried like any other unless the task's
     ``retry_on`` excludes it, and raised inside the task's thread as a best effort."""
 
-    def __init__(self, seconds: float):
-        super().__init__(f"timed out after {seconds:.1f} s")
+    def __init__(self, seconds: float | None = None):  # (raised in a thread as a bare class)
+        super().__init__("timed out" if seconds is None else f"timed out after {seconds:.1f} s")
         self.seconds = seconds

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any, TypeVar, overload
 
 from message_queue_sqlite.core import unique as uniq
+from message_queue_sqlite.core.durations import check_timeout
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, check_queue_name
 from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
 from message_queue_sqlite.core.schedule import SCHEDULE_OPTIONS, Schedule
@@ -33,6 +34,7 @@ class TaskOptions:
     name: str | None = None
     schedule: Schedule | None = None  # a periodic task's
     queue: str = DEFAULT_QUEUE  # where it is sent unless a send names another (core/queues.py)
+    timeout: float | None = None  # seconds a run may take (None: Config.task_timeout, if set)
     # unique tasks (core/unique.py): False, True (key from the name and every argument), or
     # the argument names the key is derived from; how long a key holds, and in which states
     unique: bool | tuple[str, ...] = False
@@ -106,6 +108,7 @@ def make_task_options(
     unique_for: float | timedelta | None = None,
     unique_states: tuple[str, ...] | None = None,
     queue: str = DEFAULT_QUEUE,
+    timeout: float | timedelta | None = None,
     **periodic: Any,
 ) -> TaskOptions:
     """The one place decorator keywords become ``TaskOptions``. ``every=`` or ``cron=`` (and
@@ -115,8 +118,8 @@ def make_task_options(
     unknown = sorted(set(periodic) - SCHEDULE_OPTIONS)
     if unknown:
         raise TypeError(f"unknown task option(s) {', '.join(unknown)}; task options are use_cache, "
-                        "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, queue, "
-                        "unique, unique_for, unique_states, and "
+                        "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, "
+                        "queue, timeout, unique, unique_for, unique_states, and "
                         f"for periodic tasks {', '.join(sorted(SCHEDULE_OPTIONS))}")
     schedule = Schedule(**periodic) if periodic else None
     if schedule is not None and use_cache:
@@ -134,8 +137,8 @@ def make_task_options(
     policy = RetryPolicy(max_retries=retries, backoff=retry_backoff, backoff_max=retry_backoff_max,
                          jitter=retry_jitter, retry_on=retry_on)
     return TaskOptions(use_cache=use_cache, retry=policy, name=name, schedule=schedule,
-                       queue=check_queue_name(queue), unique=unique, unique_for=seconds,
-                       unique_states=mask)
+                       queue=check_queue_name(queue), timeout=check_timeout(timeout),
+                       unique=unique, unique_for=seconds, unique_states=mask)
 
 
 @overload

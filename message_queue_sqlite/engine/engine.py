@@ -23,6 +23,7 @@ from typing import Any
 from message_queue_sqlite.backends.base import Backend, NewTask, TaskRecord
 from message_queue_sqlite.core import unique as uniq
 from message_queue_sqlite.core.config import Config
+from message_queue_sqlite.core.durations import check_timeout
 from message_queue_sqlite.core.errors import MessageQueueError
 from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
@@ -71,6 +72,7 @@ class SendRequest:
     # set by the send: its key was held, so nothing was stored and its id is the holder's
     duplicate: bool = False
     queue: str | None = None  # the named queue; None: the task's own (@task(queue=)), else default
+    timeout: float | None = None  # seconds a run may take; None: the task's own, else the worker's
 
 
 NO_DUPLICATES: frozenset[int] = frozenset()
@@ -100,7 +102,8 @@ class Engine:
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
                                             lambda: bool(self._workers), self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
-        self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock)
+        self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock,
+                                 self.config.task_timeout)
         self._cache_keys = itertools.count()
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -300,7 +303,8 @@ class Engine:
             queue = definition.options.queue if definition is not None else DEFAULT_QUEUE
         task = NewTask(name, payload, priority, self.node, request.callback is not None,
                        self.node if cached else None, max_retries, retry_json,
-                       float(delay) if delay else 0.0, now, queue=queue)
+                       float(delay) if delay else 0.0, now, queue=queue,
+                       timeout=check_timeout(request.timeout))
         if (request.unique_key is not None or request.unique_for is not None
                 or request.unique_states is not None
                 or (definition is not None and definition.options.unique)):

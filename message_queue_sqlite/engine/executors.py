@@ -17,17 +17,31 @@ on the hot path.
 
 ``ThreadExecutor`` is the first executor; an event-loop executor for ``async def`` tasks and a
 process executor plug in here without touching claiming, leasing or completion.
+
+Timeouts (``ThreadExecutor``): a run with a timeout is watched by one watchdog thread per
+executor. At the deadline the watchdog records the run as failed with ``TaskTimeout`` (retried
+per policy), so its lease ends with it; the thread that runs it is *abandoned*: a new thread
+takes its slot at once, ``TaskTimeout`` is raised inside the old one as a best effort (Python
+delivers it at the thread's next bytecode: never inside a blocking C call), and whatever the
+old thread does later is dropped (its late result, any exception) before it exits. Which of
+the two wins, the run's end or its deadline, is decided under the executor's lock: exactly one
+completion is recorded.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import threading
 import time
+import traceback
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import ClaimedTask
+from message_queue_sqlite.core.errors import TaskTimeout
 from message_queue_sqlite.engine.ledger import Finished
 
 if TYPE_CHECKING:
@@ -36,6 +50,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHORT_TASK_S = 0.0005  # tasks shorter than this are taken from the buffer a few at a time
+
+
+@dataclass(slots=True)
+class _Watched:
+    """A run with a timeout, as the watchdog sees it."""
+
+    deadline: float  # monotonic
+    started: float  # the runner's clock, for the record
+    seconds: float
+    thread: threading.Thread
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise ``TaskTimeout`` in ``thread`` at its next bytecode (best effort: a thread blocked
+    in C code gets it only when it returns to Python)."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                   ctypes.py_object(TaskTimeout))
+
+
+def _stack_of(thread: threading.Thread) -> str | None:
+    frame = sys._current_frames().get(thread.ident or -1)
+    return "".join(traceback.format_stack(frame)) if frame is not None else None
 
 
 def _run_order(claim: ClaimedTask) -> tuple[int, int, int]:
@@ -97,6 +134,12 @@ class ThreadExecutor(Executor):
         self._numbers = 0
         self._worker: Worker | None = None
         self.replaced = 0  # threads replaced after dying (tests and logs read it)
+        # timeouts: runs with a deadline, threads left behind by one, and the watchdog
+        self._watched: dict[ClaimedTask, _Watched] = {}
+        self._abandoned: set[threading.Thread] = set()
+        self._watchdog: threading.Thread | None = None
+        self._watch_cv = threading.Condition(self._cv_mutex)
+        self.timed_out = 0  # runs ended by their timeout (tests and logs read it)
 
     # -- the executor interface ------------------------------------------------------
     def start(self, worker: Worker) -> None:
@@ -121,11 +164,12 @@ class ThreadExecutor(Executor):
             self._stopping = True
             unstarted, self._buffer = self._buffer, []
             self._cv.notify_all()
+            self._watch_cv.notify()
         return unstarted
 
     def wait(self, deadline: float, hurry: threading.Event) -> bool:
-        with self._cv_mutex:
-            while self._exited < len(self._threads):
+        with self._cv_mutex:  # (a thread abandoned by a timeout is waited for no more)
+            while self._exited + len(self._abandoned) < len(self._threads):
                 left = deadline - time.monotonic()
                 if left <= 0 or hurry.is_set():
                     return False
@@ -136,6 +180,8 @@ class ThreadExecutor(Executor):
         with self._cv_mutex:
             left = list(self._running) + self._buffer
             self._buffer = []
+            self._watched.clear()  # given back: no timeout is recorded for them any more
+            self._watch_cv.notify()
             return left
 
     def discard(self, claims: list[ClaimedTask]) -> None:
@@ -150,18 +196,27 @@ class ThreadExecutor(Executor):
     # -- threads ---------------------------------------------------------------------
     def _spawn(self) -> None:
         number, self._numbers = self._numbers, self._numbers + 1
-        thread = threading.Thread(target=self._work, name=f"mqs-worker-{number}", daemon=True)
+        thread = threading.Thread(target=self._guarded_work, name=f"mqs-worker-{number}", daemon=True)
         with self._cv_mutex:
             self._threads.append(thread)
         thread.start()
 
+    def _guarded_work(self) -> None:
+        try:
+            self._work()
+        except TaskTimeout:  # a late one, in a thread left behind by a timeout, as it exits
+            pass
+
     def _work(self) -> None:
         taken: list[ClaimedTask] = []
         done: list[Finished] = []
+        me = threading.current_thread()
         try:
             self._loop(taken, done)
         except BaseException:  # noqa: BLE001 - a bug of ours: salvage, replace the thread
-            log.exception("worker thread %s died; replacing it", threading.current_thread().name)
+            if me in self._abandoned:
+                return  # left behind by a timeout (a late TaskTimeout lands anywhere): nothing to save
+            log.exception("worker thread %s died; replacing it", me.name)
             self._salvage(taken, done)
             with self._cv_mutex:
                 replace = not self._stopping
@@ -171,7 +226,9 @@ class ThreadExecutor(Executor):
         finally:
             with self._cv_mutex:
                 self._exited += 1
+                self._abandoned.discard(me)
                 self._cv.notify_all()
+                self._watch_cv.notify()
 
     def _loop(self, taken: list[ClaimedTask], done: list[Finished]) -> None:
         worker = self._worker
@@ -183,7 +240,12 @@ class ThreadExecutor(Executor):
                 return
             started = time.perf_counter()
             done.clear()
-            for claim in taken:
+            if len(taken) == 1 and worker.runner.timeout_of(taken[0]) is not None:  # (watched: alone)
+                finished = self._run_watched(worker, taken[0])
+                if finished is None:
+                    return  # its deadline passed first: recorded by the watchdog; this thread is replaced
+                done.append(finished)
+            for claim in taken[len(done):]:
                 if self._stopping and done:
                     break  # the rest never start: given back below
                 completion, outcome = run(claim)
@@ -221,6 +283,7 @@ class ThreadExecutor(Executor):
                         claims = buffer[-take:]
                         del buffer[-take:]
                         claims.reverse()
+                        claims = self._watch_first(worker, claims)
                         self._running.update(claims)
                         return claims
                     if not self._claiming:
@@ -236,6 +299,72 @@ class ThreadExecutor(Executor):
                     self._claiming = False
                     # as many threads as there are new claims: one may become the next claimer
                     self._cv.notify(max(1, got))
+
+    # -- timeouts --------------------------------------------------------------------
+    def _watch_first(self, worker: Worker, claims: list[ClaimedTask]) -> list[ClaimedTask]:
+        """Of claims just taken from the buffer (under the lock): a run with a timeout goes
+        alone, under watch from now; the others, up to the first such, go as a batch (the
+        rest return to the buffer)."""
+        timeout_of = worker.runner.timeout_of
+        for position, claim in enumerate(claims):
+            seconds = timeout_of(claim)
+            if seconds is None:
+                continue
+            if position:  # the batch ends before it
+                self._buffer.extend(reversed(claims[position:]))
+                return claims[:position]
+            self._buffer.extend(reversed(claims[1:]))
+            self._watched[claim] = _Watched(time.monotonic() + seconds, worker.runner.clock(), seconds,
+                                            threading.current_thread())
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="mqs-timeouts", daemon=True)
+                self._watchdog.start()
+            self._watch_cv.notify()  # its next deadline may be this one
+            return [claim]
+        return claims
+
+    def _run_watched(self, worker: Worker, claim: ClaimedTask) -> Finished | None:
+        """Run a claim that has a deadline; None if the deadline won (the watchdog recorded it)."""
+        watched = self._watched.get(claim)
+        if watched is None:  # its deadline passed before it started (the watchdog recorded it)
+            return None
+        run = worker.runner.call(claim, watched.started)
+        with self._cv_mutex:
+            if self._watched.pop(claim, None) is None:
+                return None
+        return Finished(claim, *worker.runner.finish(claim, run))
+
+    def _watch(self) -> None:
+        """The watchdog: sleeps until the nearest deadline; ends each run that passes its own."""
+        worker = self._worker
+        assert worker is not None
+        while True:
+            expired: list[tuple[ClaimedTask, _Watched, str | None]] = []
+            with self._cv_mutex:
+                now = time.monotonic()
+                for claim, watched in list(self._watched.items()):
+                    if watched.deadline <= now:
+                        del self._watched[claim]
+                        self._running.discard(claim)
+                        self._abandoned.add(watched.thread)
+                        expired.append((claim, watched, _stack_of(watched.thread)))
+                        _interrupt(watched.thread)
+                if not expired:
+                    if self._stopping and self._exited + len(self._abandoned) >= len(self._threads):
+                        self._watchdog = None
+                        return
+                    nearest = min((w.deadline for w in self._watched.values()), default=None)
+                    self._watch_cv.wait(None if nearest is None else max(0.001, nearest - now))
+                    continue
+                replace = not self._stopping
+                self.timed_out += len(expired)
+            for claim, watched, stack in expired:
+                log.warning("task %s (%s) timed out after %.1f s; its thread is left behind and "
+                            "replaced", claim.task_name, claim.task_id, watched.seconds)
+                completion, outcome = worker.runner.timed_out(claim, watched.started, watched.seconds, stack)
+                worker.record([Finished(claim, completion, outcome)], flush_hint=True)
+                if replace:
+                    self._spawn()
 
     def _salvage(self, taken: list[ClaimedTask], done: list[Finished]) -> None:
         """What a dying thread held: completions it had are recorded, claims it had not run

@@ -4,6 +4,11 @@
 cannot be stored, raise an exception whose message cannot be rendered), and whatever a
 hook does, it returns a completion. An executor therefore never loses a claim to an
 exception from the task, and the worker thread that ran it lives on.
+
+It is two halves, for executors that watch a deadline: ``call`` runs the function (with the
+task's context set, see ``context.py``) and returns the ``Run``; ``finish`` turns a run into
+its completion (``after_run`` hooks, retry policy). An executor whose run went past its
+timeout finishes it with ``timed_out`` instead, and drops the late ``Run`` if one comes.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from message_queue_sqlite.backends.base import ClaimedTask, Completion
+from message_queue_sqlite.core.errors import TaskTimeout
 from message_queue_sqlite.core.outcome import TaskOutcome
-from message_queue_sqlite.core.registry import TaskRegistry
+from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.engine import context
+from message_queue_sqlite.engine.context import TaskContext
 from message_queue_sqlite.engine.hooks import HookChain, Run, describe_exception
 from message_queue_sqlite.serialization import dumps_result, loads_call, loads_result
 
@@ -32,25 +40,33 @@ class TaskRunner:
     (``node``), the outcome handed over in memory."""
 
     def __init__(self, registry: TaskRegistry, cache: dict[str, Any], hooks: HookChain,
-                 node: Callable[[], str], clock: Callable[[], float]):
+                 node: Callable[[], str], clock: Callable[[], float],
+                 default_timeout: float | None = None):
         self._registry = registry
         self._cache = cache
         self._hooks = hooks
         self._node = node
         self._clock = clock
+        self.clock = clock  # what runs are timed with (the engine's wall clock)
+        self._default_timeout = default_timeout
 
     def run(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
-        run = self._execute(claim)
-        try:
-            return self._complete(claim, run)
-        except BaseException as exc:  # noqa: BLE001 - the completion itself must never be lost
-            log.exception("recording the end of task %s (%s) failed", claim.task_name, claim.task_id)
-            message = f"recording the task's end failed: {describe_exception(exc)}"
-            return self._failed(claim, run, message, None), None
+        return self.finish(claim, self.call(claim))
 
-    def _execute(self, claim: ClaimedTask) -> Run:
+    def timeout_of(self, claim: ClaimedTask) -> float | None:
+        """Seconds this claim's run may take: its send's, else its task's, else the worker's
+        ``Config.task_timeout``; None: no limit."""
+        if claim.timeout is not None:
+            return claim.timeout
+        definition = self._registry.get(claim.task_name)
+        if definition is not None and definition.options.timeout is not None:
+            return definition.options.timeout
+        return self._default_timeout
+
+    def call(self, claim: ClaimedTask, started: float | None = None) -> Run:
+        """Run the task function, its context set and the ``before_run`` hooks fired first."""
         hooks = self._hooks
-        started = self._clock()
+        started = self._clock() if started is None else started
         definition = self._registry.get(claim.task_name)
         if definition is None:
             error = LookupError(f"no task named {claim.task_name!r} is registered in this worker; "
@@ -58,15 +74,46 @@ class TaskRunner:
             return Run(None, False, error, None, started, self._clock())
         if hooks.before_run:
             hooks.fire(hooks.before_run, claim)
+        token = None
         try:
+            token = context.enter(self._context(claim, definition, started))
             args, kwargs = decode_args(claim, self._cache)
             value = definition.func(*args, **kwargs)
-            run = Run(definition, True, value, None, started, self._clock())
+            return Run(definition, True, value, None, started, self._clock())
         except BaseException as exc:  # noqa: BLE001 - a task must never take its worker down
-            run = Run(definition, False, exc, _format_traceback(), started, self._clock())
-        if hooks.after_run:
+            return Run(definition, False, exc, _format_traceback(), started, self._clock())
+        finally:
+            if token is not None:
+                context.leave(token)
+
+    def _context(self, claim: ClaimedTask, definition: TaskDefinition, started: float) -> TaskContext:
+        schedule = definition.options.schedule
+        timeout = self.timeout_of(claim)
+        return TaskContext(
+            claim.task_id, claim.task_name, claim.attempt, claim.retries, claim.max_retries, claim.queue,
+            schedule.slot_datetime(claim.slot) if schedule is not None and claim.slot is not None else None,
+            started + timeout if timeout is not None else None, started)
+
+    def finish(self, claim: ClaimedTask, run: Run) -> tuple[Completion, TaskOutcome | None]:
+        """The completion of a run: ``after_run`` hooks, then the result stored or the retry
+        policy applied. Total: a failure here still gives a completion."""
+        hooks = self._hooks
+        if hooks.after_run and run.definition is not None:
             hooks.fire(hooks.after_run, claim, run)
-        return run
+        try:
+            return self._complete(claim, run)
+        except BaseException as exc:  # noqa: BLE001 - the completion itself must never be lost
+            log.exception("recording the end of task %s (%s) failed", claim.task_name, claim.task_id)
+            message = f"recording the task's end failed: {describe_exception(exc)}"
+            return self._failed(claim, run, message, None), None
+
+    def timed_out(self, claim: ClaimedTask, started: float, seconds: float,
+                  stack: str | None) -> tuple[Completion, TaskOutcome | None]:
+        """The completion of a run that went past its timeout (still running, maybe forever):
+        failed with ``TaskTimeout``, retried per policy; ``stack`` shows where it was."""
+        definition = self._registry.get(claim.task_name)
+        where = f"the task was still running, at:\n{stack}" if stack else None
+        return self.finish(claim, Run(definition, False, TaskTimeout(seconds), where, started, self._clock()))
 
     def _complete(self, claim: ClaimedTask, run: Run) -> tuple[Completion, TaskOutcome | None]:
         deliver = claim.sender == self._node()
