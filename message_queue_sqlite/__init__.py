@@ -17,6 +17,7 @@ from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import (
     MessageQueueError,
     QueueStorageError,
+    TaskCancelled,
     TaskFailedError,
     TaskTimeout,
 )
@@ -30,7 +31,7 @@ __version__ = "3.0.0"
 
 __all__ = [
     "Client", "Config", "Hook", "MessageQueue", "MessageQueueError", "QueueStorageError", "RetryPolicy",
-    "Server", "TaskContext", "TaskFailedError", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskStatus",
-    "TaskTimeout", "current_task", "discover_and_mount_ts", "init_server", "start_server", "stop_server",
-    "task_function",
+    "Server", "TaskCancelled", "TaskContext", "TaskFailedError", "TaskHandle", "TaskOutcome", "TaskRegistry",
+    "TaskStatus", "TaskTimeout", "current_task", "discover_and_mount_ts", "init_server", "start_server",
+    "stop_server", "task_function",
 ]

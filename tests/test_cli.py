@@ -450,7 +450,7 @@ def test_stats_says_finished_and_failed_whether_or_not_the_callback_ran(tmp_path
     _mixed_queue(folder, shards=2)
     data = json.loads(cli("stats", "--path", folder, "--json").stdout)
     assert data["outcomes"] == {"queued": 1, "scheduled": 0, "running": 0, "finished": 3, "failed": 2,
-                                "callback_ran": 3}
+                                "cancelled": 0, "callback_ran": 3}
     assert list(data["totals"]) == [s.name for s in TaskStatus]  # the stored statuses, as before
     assert data["totals"]["CALLBACKED"] == 3 and data["totals"]["FAILED"] == 1
     assert [row["shard"] for row in data["shards"]] == ["mq-shard-0.db", "mq-shard-1.db"]
@@ -462,11 +462,12 @@ def test_stats_says_finished_and_failed_whether_or_not_the_callback_ran(tmp_path
     table = human.stdout.splitlines()
     assert len(table) == 5, human.stdout
     header, rows, total, words = table[0].split(), table[1:3], table[3].split(), table[4]
-    assert header == ["shard", "queued", "scheduled", "running", "finished", "failed", "callback", "ran"]
-    names = ["queued", "scheduled", "running", "finished", "failed", "callback_ran"]
+    assert header == ["shard", "queued", "scheduled", "running", "finished", "failed", "cancelled",
+                      "callback", "ran"]
+    names = ["queued", "scheduled", "running", "finished", "failed", "cancelled", "callback_ran"]
     for line, row in zip(rows, data["shards"], strict=True):  # each shard's own split
         assert line.split() == [row["shard"], *(str(row["outcomes"][n]) for n in names)]
-    assert total == ["total", "1", "0", "0", "3", "2", "3"]
+    assert total == ["total", "1", "0", "0", "3", "2", "0", "3"]
     assert words == ("5 ended: 3 finished, 2 failed; the callback ran for 3 of them. "
                      "1 queued, 0 scheduled, 0 running")
     MessageQueue(str(tmp_path / "empty")).close()
@@ -603,8 +604,8 @@ def test_demo_verdict_accepts_only_what_the_app_was_promised():
                         1.0, None, 2.0, 0.0)
 
     def stats(callback_not_run: int = 0, **outcomes: int) -> dict:
-        split = {"queued": 3, "scheduled": 0, "running": 0, "finished": 10, "failed": 1, "callback_ran": 10,
-                 **outcomes}
+        split = {"queued": 3, "scheduled": 0, "running": 0, "finished": 10, "failed": 1, "cancelled": 0,
+                 "callback_ran": 10, **outcomes}
         return {"outcomes": split, "totals": {"FINISHED": callback_not_run}}  # stored: callback not run
 
     good, orphan = stats(), failure("test")  # claimed, given back at the stop (attempt 1), failed at close

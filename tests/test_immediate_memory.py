@@ -124,7 +124,7 @@ def test_immediate_memory_keeps_outcomes_retries_callbacks_and_errors(tmp_path: 
         stats = mq.stats()
         assert stats["location"].startswith("memory:")
         assert stats["outcomes"] == {"queued": 0, "scheduled": 0, "running": 0, "finished": 4,
-                                     "failed": 1, "callback_ran": 2}
+                                     "failed": 1, "cancelled": 0, "callback_ran": 2}
         (listed,) = mq.tasks(status=TaskStatus.FAILED)
         assert listed.task_id == failed.task_id and listed.error.startswith("ZeroDivisionError")
         assert sorted(t.task_name for t in mq.tasks()) == ["crawl", "divide"] + ["fetch"] * 3

@@ -152,7 +152,7 @@ def test_a_worker_and_callbacks_keep_the_counts_and_stats_split_outcomes(make_qu
     assert_counts_true(mq, "a worker's run")
     outcomes = mq.stats()["outcomes"]
     assert outcomes == {"queued": 0, "scheduled": 0, "running": 0, "finished": 20, "failed": 10,
-                        "callback_ran": 30}
+                        "cancelled": 0, "callback_ran": 30}
     assert mq.stats()["totals"]["CALLBACKED"] == 30
     assert len(mq.tasks(status=TaskStatus.FAILED, limit=100)) == 10
 
@@ -189,7 +189,7 @@ def test_migration_fills_the_counts_from_the_rows_there(tmp_path):
     conn.close()
     with MessageQueue(str(folder)) as mq:
         assert mq.stats()["outcomes"] == {"queued": 3, "scheduled": 1, "running": 0, "finished": 0,
-                                          "failed": 1, "callback_ran": 0}
+                                          "failed": 1, "cancelled": 0, "callback_ran": 0}
         assert_counts_true(mq, "the migration")
         assert mq.queue_depths() == {"default": {"queued": 3, "scheduled": 1, "running": 0}}
 

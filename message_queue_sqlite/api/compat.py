@@ -67,6 +67,12 @@ class Client:
                                use_cache=use_cache, queue=queue).task_id
 
 
+    def cancel_message(self, task_id: str) -> str:
+        """Cancel a sent task: ``"cancelled"`` (it never runs), ``"stopping"`` (it was running:
+        asked to stop) or ``"ended"``."""
+        return self.queue.cancel(task_id)[task_id]
+
+
 def discover_and_mount_ts(package: str) -> TaskRegistry:
     """Import every module of ``package`` and register its ``@task_function`` functions."""
     return discover_tasks(package)

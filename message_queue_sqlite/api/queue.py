@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from message_queue_sqlite.backends import open_backend
 from message_queue_sqlite.backends.base import OUTCOME_NAMES, RecoveryReport, ScheduleRecord, TaskRecord
 from message_queue_sqlite.core.config import Config
-from message_queue_sqlite.core.errors import TaskFailedError
+from message_queue_sqlite.core.errors import TaskCancelled, TaskFailedError
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane
@@ -31,13 +31,14 @@ from message_queue_sqlite.engine.scheduler import ORPHANED_AFTER_S
 from message_queue_sqlite.serialization import loads_result
 
 F = TypeVar("F", bound=Callable[..., Any])
+ENDED_STATES = (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 TaskRef = str | Callable[..., Any]
 
 
 def shown_status(record: TaskRecord) -> TaskStatus:
-    """The status a person reads: FINISHED or FAILED once a task ended, whether or not its
-    callback ran (stored CALLBACKED keeps the outcome in its own column)."""
-    if record.status == TaskStatus.CALLBACKED and record.outcome in (TaskStatus.FINISHED, TaskStatus.FAILED):
+    """The status a person reads: FINISHED, FAILED or CANCELLED once a task ended, whether or
+    not its callback ran (stored CALLBACKED keeps the outcome in its own column)."""
+    if record.status == TaskStatus.CALLBACKED and record.outcome in ENDED_STATES:
         return TaskStatus(record.outcome)
     return TaskStatus(record.status)
 
@@ -149,9 +150,17 @@ class TaskHandle:
         """The task's return value; raises ``TaskFailedError`` if it failed, TimeoutError if it
         has not ended within ``timeout`` seconds (None waits forever)."""
         outcome = self.outcome(timeout)
+        if outcome.status == TaskStatus.CANCELLED:
+            raise TaskCancelled(self.task_id, self.task_name, outcome.error or "cancelled")
         if not outcome.ok:
             raise TaskFailedError(self.task_id, self.task_name, outcome.error or "", outcome.traceback)
         return outcome.value
+
+    def cancel(self, wait: float = 5.0) -> str:
+        """Cancel this task: ``"cancelled"`` (it had not started and never will),
+        ``"stopping"`` (it was running: asked to stop, see ``current_task.cancelled``) or
+        ``"ended"`` (it had ended: nothing done). Stored: it holds across restarts."""
+        return self._engine.cancel([self.task_id], wait)[self.task_id]
 
     def __repr__(self) -> str:
         if self.duplicate:
@@ -444,6 +453,18 @@ class MessageQueue:
             shard, row_id = self._engine.shard_of(task_id)
             return self._engine.shards[shard].remove_waiting(row_id, task_name)
         return sum(s.remove_waiting(None, task_name) for s in self._engine.shards)
+
+    def cancel(self, *task_ids: str, task_name: str | None = None, wait: float = 5.0) -> dict[str, str]:
+        """Cancel tasks by id, or every waiting task of ``task_name``: ``{task_id: state}`` with
+        the states of ``TaskHandle.cancel``. A waiting task never starts, in any process (even
+        one a worker had prefetched: its worker answers before this returns, up to ``wait``
+        seconds); a running one is asked to stop; an ended one is left alone."""
+        ids = list(task_ids)
+        if task_name is not None:
+            ids += self._engine.waiting_task_ids(task_name)
+        if not ids:
+            return {}
+        return self._engine.cancel(ids, wait)
 
     def add_hook(self, hook: Hook) -> None:
         """Append a lifecycle hook (see ``message_queue_sqlite.Hook``) to this queue's chain."""

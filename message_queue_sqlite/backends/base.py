@@ -68,6 +68,7 @@ class ClaimedTask:
     # the outcome is handed over in memory and need not be looked up in storage.
     callback_here: bool = False
     queue: str = DEFAULT_QUEUE  # the queue it was claimed from
+    cancel_requested: bool = False  # set by the worker when storage asks it to stop this run
 
     def __post_init__(self) -> None:
         self.task_id = format_task_id(self.shard, self.row_id)
@@ -120,10 +121,12 @@ class TaskRecord:
 class RecoveryReport:
     requeued: int = 0  # leases expired, task ready again
     failed: int = 0  # could not run again: crash limit reached, or cached arguments gone
+    cancelled: int = 0  # a cancel was pending when its worker died: CANCELLED
 
     def __iadd__(self, other: RecoveryReport) -> RecoveryReport:
         self.requeued += other.requeued
         self.failed += other.failed
+        self.cancelled += other.cancelled
         return self
 
 
@@ -143,10 +146,11 @@ class ScheduleRecord:
     created_at: float
 
 
-OUTCOME_NAMES = ("queued", "scheduled", "running", "finished", "failed", "callback_ran")
+OUTCOME_NAMES = ("queued", "scheduled", "running", "finished", "failed", "cancelled", "callback_ran")
 _OUTCOME_OF = {TaskStatus.NOT_STARTED: "queued", TaskStatus.SCHEDULED: "scheduled",
                TaskStatus.RUNNING: "running", TaskStatus.FINISHED: "finished",
-               TaskStatus.FAILED: "failed"}  # a CALLBACKED row counts by its outcome
+               TaskStatus.FAILED: "failed",
+               TaskStatus.CANCELLED: "cancelled"}  # a CALLBACKED row counts by its outcome
 
 
 class Producer(ABC):
@@ -266,6 +270,34 @@ class Admin(ABC):
         counted from zero again; the attempt count, the fencing token, is kept)."""
 
 
+class Control(ABC):
+    """Cancellation. A waiting task is cancelled in place; a RUNNING one (leased: running, or
+    still in its worker's buffer) gets a request its worker answers: an unstarted claim ends
+    CANCELLED, a running one is asked to stop and the request is marked seen."""
+
+    @abstractmethod
+    def cancel(self, row_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """One transaction: the waiting ones (ready or scheduled) end CANCELLED now and never
+        start (first list); the running ones get a cancel request (second list; one already
+        asked is listed again). Others (ended, unknown) are left alone."""
+
+    @abstractmethod
+    def cancel_pending(self, row_ids: Sequence[int]) -> list[int]:
+        """Of these, the RUNNING ones whose worker has not yet seen their cancel request."""
+
+    @abstractmethod
+    def waiting_ids(self, task_name: str) -> list[int]:
+        """Row ids of the waiting (ready or scheduled) tasks of a name."""
+
+    @abstractmethod
+    def cancel_requests(self, owner: str) -> list[int]:
+        """Row ids of ``owner``'s leased tasks with a cancel request not seen yet."""
+
+    @abstractmethod
+    def cancel_seen(self, owner: str, claims: Sequence[ClaimedTask]) -> None:
+        """``owner`` answered these claims' cancel requests (fenced by owner and attempt)."""
+
+
 class Maintenance(ABC):
     """Liveness of queue objects, crash recovery, retention, upkeep, and fork safety."""
 
@@ -349,8 +381,8 @@ class Schedules(ABC):
         """Forget these schedules (their stored tasks stay); how many there were."""
 
 
-class Shard(Producer, Consumer, Outcomes, Admin, Maintenance, Schedules):
-    """One unit of storage: the six protocols above. Every method is one short transaction
+class Shard(Producer, Consumer, Outcomes, Admin, Control, Maintenance, Schedules):
+    """One unit of storage: the seven protocols above. Every method is one short transaction
     (or none). The counts people read are derived here from ``count_tasks``, once."""
 
     index: int

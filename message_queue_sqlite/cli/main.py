@@ -1,4 +1,5 @@
-"""The command line: ``worker``, ``stats``, ``failed``, ``retry``, ``purge`` and ``demo``; ``--help`` on each.
+"""The command line: ``worker``, ``stats``, ``failed``, ``retry``, ``purge``, ``cancel``, ``schedules`` and
+``demo``; ``--help`` on each.
 
 It is the first thing many users meet, so every refusal names what the user typed (``--path``,
 ``--workers``, not the ``Config`` field behind it) and says what to type instead; a worker
@@ -120,6 +121,12 @@ exit codes:
   1  nothing to retry for what was named: the task is not FAILED (its status is shown),
      no such task, or no failed task of that name
   2  a bad option or task id, or the queue cannot be opened"""
+CANCEL_EXIT_CODES = """\
+exit codes:
+  0  every task named was cancelled or asked to stop (none waiting is no error for --task)
+  1  a task named by id had ended already, or is not in this queue
+  2  a bad option or task id (or neither ids nor --task), or the queue cannot be opened"""
+
 PURGE_EXIT_CODES = """\
 exit codes:
   0  the waiting tasks named were removed (none waiting is no error for --task or --all)
@@ -232,6 +239,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                            "task by id, every waiting task of a name, or all of them. A running task is\n"
                            "left alone; ended tasks go by retention.",
                            _selection_examples(prog, "purge", "waiting", PURGE_EXIT_CODES)), "waiting")
+
+    cancel = command("cancel", "cancel tasks: waiting ones never start, running ones are asked to stop",
+                     "Cancel tasks by id, or every waiting task of a name. A waiting task (even one\n"
+                     "a worker had prefetched) never starts, in any process; a running one is asked\n"
+                     "to stop (its code sees current_task.cancelled); an ended one is left alone.\n"
+                     "Stored: it holds across restarts. Prints each task's state.",
+                     _examples(prog, [("cancel 0-17 0-18 --path q", "these two tasks"),
+                                      ("cancel --task resize --path q", "every waiting task named resize")],
+                               CANCEL_EXIT_CODES))
+    _add_location(cancel)
+    cancel.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="ids of tasks, e.g. 0-17")
+    cancel.add_argument("--task", metavar="NAME", help="every waiting task of this name")
+    cancel.add_argument("--wait", type=_seconds(True), default=5.0, metavar="S",
+                        help="seconds to wait for the workers of running tasks to answer (default 5)")
 
     schedules = command("schedules", "list the schedules of periodic tasks",
                         "The stored schedules of periodic tasks: each one's schedule, next run, the\n"
@@ -545,13 +566,14 @@ def _queues(text: str) -> str:
 def _stats_in_words(counts: dict[str, int]) -> str:
     """The total as a sentence, so that "callback ran" is not read as a third way to end:
     ``5 ended: 3 finished, 2 failed; the callback ran for 3 of them. 1 queued, ...``."""
-    ended = counts["finished"] + counts["failed"]
+    ended = counts["finished"] + counts["failed"] + counts["cancelled"]
     waiting = (f"{counts['queued']} queued, {counts['scheduled']} scheduled, "
                f"{counts['running']} running")
     if not ended:
         return f"nothing ended yet. {waiting}"
-    return (f"{ended} ended: {counts['finished']} finished, {counts['failed']} failed; the callback "
-            f"ran for {counts['callback_ran']} of them. {waiting}")
+    cancelled = f", {counts['cancelled']} cancelled" if counts["cancelled"] else ""
+    return (f"{ended} ended: {counts['finished']} finished, {counts['failed']} failed{cancelled}; the "
+            f"callback ran for {counts['callback_ran']} of them. {waiting}")
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
@@ -629,6 +651,25 @@ def cmd_purge(args: argparse.Namespace) -> int:
                    "tasks that have not started (NOT_STARTED or SCHEDULED) can be purged", EXIT_NOTHING)
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    if not args.task_ids and not args.task:
+        raise CliError("name the tasks to cancel: TASK_ID ... (e.g. 0-17) or --task NAME", EXIT_ERROR)
+    with _open(args) as queue:
+        for task_id in args.task_ids:
+            try:
+                queue.engine.shard_of(task_id)
+            except ValueError as exc:
+                raise CliError(f"TASK_ID {task_id!r}: {exc}", EXIT_ERROR) from None
+        states = queue.cancel(*args.task_ids, task_name=args.task, wait=args.wait)
+        missing = [t for t in args.task_ids if states.get(t) == "ended" and queue.engine.find(t) is None]
+    for task_id, state in states.items():
+        print(f"{task_id}  {'not found' if task_id in missing else state}")
+    counts = {state: list(states.values()).count(state) for state in ("cancelled", "stopping", "ended")}
+    print(f"{counts['cancelled']} cancelled before they started, {counts['stopping']} running and asked "
+          f"to stop, {counts['ended']} already ended or not found")
+    return EXIT_NOTHING if any(states.get(t) == "ended" for t in args.task_ids) else 0
+
+
 def cmd_schedules(args: argparse.Namespace) -> int:
     with _open(args) as queue:
         if args.prune:
@@ -670,7 +711,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed, "retry": cmd_retry, "purge": cmd_purge,
-    "schedules": cmd_schedules, "demo": _demo}
+    "cancel": cmd_cancel, "schedules": cmd_schedules, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,18 @@ class TaskFailedError(MessageQueueError):
         self.traceback = traceback
 
 
+class TaskCancelled(MessageQueueError):
+    """Raised by ``TaskHandle.result()`` when the task was cancelled, and by
+    ``current_task.check_cancelled()`` inside a task whose cancel was asked for (the worker
+    then records it CANCELLED, never retried)."""
+
+    def __init__(self, task_id: str = "", task_name: str = "", message: str = "cancelled"):
+        super().__init__(f"task {task_name!r} ({task_id}) was cancelled: {message}" if task_id else message)
+        self.task_id = task_id
+        self.task_name = task_name
+        self.message = message
+
+
 class MissingDependencyError(MessageQueueError, ImportError):
     """An optional extra is needed for the chosen feature."""
 

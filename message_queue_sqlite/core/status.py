@@ -16,8 +16,10 @@ class TaskStatus(IntEnum):
     FAILED = 4  # raised (after its retries), or could not run at all
     CALLBACKED = 5  # ended and the sender's callback has run
     SCHEDULED = 6  # waiting for its run-after time (a retry back-off or a delay)
+    CANCELLED = 7  # cancelled: before it started, or it stopped when asked (never retried)
 
     @property
     def is_terminal(self) -> bool:
-        return self in (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CALLBACKED)
+        return self in (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.CALLBACKED,
+                        TaskStatus.CANCELLED)
 

@@ -20,9 +20,14 @@ starts itself does not inherit it unless started in a copy of the context
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from message_queue_sqlite.core.errors import TaskCancelled
+
+if TYPE_CHECKING:
+    from message_queue_sqlite.backends.base import ClaimedTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,19 @@ class TaskContext:
     scheduled_at: datetime | None  # a periodic task's slot (in its schedule's time zone), else None
     deadline: float | None  # epoch seconds (the worker's clock) when its timeout ends, else None
     started_at: float  # epoch seconds, when this run began
+    _claim: ClaimedTask | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once a cancel of this task was asked for (``mq.cancel``, ``mqs cancel``) and its
+        worker saw it: the task should stop (``check_cancelled`` raises for it)."""
+        return self._claim is not None and self._claim.cancel_requested
+
+    def check_cancelled(self) -> None:
+        """Raise ``TaskCancelled`` if this task's cancel was asked for: call it between steps
+        of long work; the run then ends CANCELLED (never retried)."""
+        if self.cancelled:
+            raise TaskCancelled(self.task_id, self.task_name, "stopped when asked, while running")
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("message_queue_sqlite_current_task", default=None)

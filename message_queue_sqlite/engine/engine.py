@@ -30,6 +30,7 @@ from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane, check_queue_name, plan_lanes
 from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.retry import RetryPolicy
+from message_queue_sqlite.engine import cancellation
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
 from message_queue_sqlite.engine.executors import InlineExecutor, ThreadExecutor
@@ -111,6 +112,7 @@ class Engine:
         self._stopping_workers: list[Worker] = []
         self._inline: Worker | None = None  # immediate mode's
         self.scheduler: Scheduler | None = None  # runs while workers do, if tasks are periodic
+        self._cancel_watcher: cancellation.CancelWatcher | None = None  # runs while workers do
         self.housekeeper = Housekeeper(self)
         self._watching = False
         self._next_shard_look = 0.0
@@ -362,6 +364,8 @@ class Engine:
             self._workers = workers
             for worker in workers:
                 worker.start()
+            self._cancel_watcher = cancellation.CancelWatcher(self)
+            self._cancel_watcher.start()
             self._start_scheduler()
         return lanes
 
@@ -389,6 +393,7 @@ class Engine:
             workers, self._workers = self._workers, []
             self._stopping_workers = workers
             scheduler, self.scheduler = self.scheduler, None
+            watcher, self._cancel_watcher = self._cancel_watcher, None
         if scheduler is not None:
             scheduler.stop()
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
@@ -402,6 +407,8 @@ class Engine:
             with self._lock:
                 if self._stopping_workers is workers:
                     self._stopping_workers = []
+            if watcher is not None:  # (answered requests up to the end of the drain)
+                watcher.stop()
         self.dispatcher.flush(timeout=30)
 
     @property
@@ -438,6 +445,17 @@ class Engine:
     def active_workers(self) -> list[Worker]:
         """The running workers and those still stopping: whose ledgers the housekeeper renews."""
         return [*self._workers, *self._stopping_workers, *([self._inline] if self._inline else [])]
+
+    # -- cancellation ----------------------------------------------------------------
+    def cancel(self, task_ids: Sequence[str], wait: float = 5.0) -> dict[str, str]:
+        """Cancel tasks by id (see cancellation.py): ``{task_id: "cancelled" | "stopping" |
+        "ended"}``, after the workers holding running ones answered (up to ``wait`` s)."""
+        self._check_open()
+        return cancellation.cancel(self, task_ids, wait)
+
+    def waiting_task_ids(self, task_name: str) -> list[str]:
+        return [format_task_id(shard.index, row_id) for shard in self.shards
+                for row_id in shard.waiting_ids(task_name)]
 
     # -- outcomes --------------------------------------------------------------------
     def shard_of(self, task_id: str) -> tuple[int, int]:

@@ -112,6 +112,13 @@ class Executor(ABC):
     def discard(self, claims: list[ClaimedTask]) -> None:
         """Never start these (their leases were lost); one already running runs on."""
 
+    def cancel(self, claims: list[ClaimedTask]) -> list[ClaimedTask]:
+        """Their cancel was asked for: the ones not started never start and are returned (the
+        worker records them CANCELLED); the running ones are flagged, for the task to see."""
+        for claim in claims:
+            claim.cancel_requested = True
+        return []
+
 
 class ThreadExecutor(Executor):
     """N threads that run claims from one buffer, best priority first. A thread that finds
@@ -188,6 +195,16 @@ class ThreadExecutor(Executor):
         gone = {id(claim) for claim in claims}
         with self._cv_mutex:
             self._buffer = [claim for claim in self._buffer if id(claim) not in gone]
+
+    def cancel(self, claims: list[ClaimedTask]) -> list[ClaimedTask]:
+        wanted = {id(claim) for claim in claims}
+        with self._cv_mutex:  # a thread takes a claim from the buffer under this lock: decided here
+            unstarted = [claim for claim in self._buffer if id(claim) in wanted]
+            if unstarted:
+                self._buffer = [claim for claim in self._buffer if id(claim) not in wanted]
+            for claim in claims:
+                claim.cancel_requested = True
+        return unstarted
 
     @property
     def alive(self) -> int:

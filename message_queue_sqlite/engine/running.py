@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from message_queue_sqlite.backends.base import ClaimedTask, Completion
-from message_queue_sqlite.core.errors import TaskTimeout
+from message_queue_sqlite.core.errors import TaskCancelled, TaskTimeout
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.status import TaskStatus
@@ -92,7 +92,7 @@ class TaskRunner:
         return TaskContext(
             claim.task_id, claim.task_name, claim.attempt, claim.retries, claim.max_retries, claim.queue,
             schedule.slot_datetime(claim.slot) if schedule is not None and claim.slot is not None else None,
-            started + timeout if timeout is not None else None, started)
+            started + timeout if timeout is not None else None, started, claim)
 
     def finish(self, claim: ClaimedTask, run: Run) -> tuple[Completion, TaskOutcome | None]:
         """The completion of a run: ``after_run`` hooks, then the result stored or the retry
@@ -131,6 +131,11 @@ class TaskRunner:
                 return Completion(claim.row_id, claim.attempt, TaskStatus.FINISHED, text, None,
                                   run.started, run.ended, 0.0, claim.callback_here), outcome
         message = describe_exception(run.value)
+        if isinstance(run.value, TaskCancelled):
+            return self.cancelled(claim, run.value.message, run.started, run.ended, run.traceback)
+        if claim.cancel_requested:  # failed after its cancel was asked for: not retried
+            return self.cancelled(claim, f"cancelled while running; it then failed: {message}",
+                                  run.started, run.ended, run.traceback)
         hooks = self._hooks
         delay = hooks.first(hooks.retry_delay, claim, run) if hooks.retry_delay else None
         if delay is not None:
@@ -143,6 +148,19 @@ class TaskRunner:
         outcome = TaskOutcome(claim.task_id, claim.task_name, TaskStatus.FAILED, None, message,
                               run.traceback, run.started, run.ended, claim.attempt) if deliver else None
         return self._failed(claim, run, message, run.traceback), outcome
+
+    def cancelled(self, claim: ClaimedTask, message: str, started: float | None = None,
+                  ended: float | None = None,
+                  tb: str | None = None) -> tuple[Completion, TaskOutcome | None]:
+        """The completion of a claim cancelled before it started, or of a run that stopped (or
+        failed) after its cancel was asked for: CANCELLED, never retried."""
+        now = self._clock()
+        started = now if started is None else started
+        ended = now if ended is None else ended
+        outcome = (TaskOutcome(claim.task_id, claim.task_name, TaskStatus.CANCELLED, None, message, tb,
+                               started, ended, claim.attempt) if claim.sender == self._node() else None)
+        return Completion(claim.row_id, claim.attempt, TaskStatus.CANCELLED, message, tb, started, ended,
+                          0.0, claim.callback_here), outcome
 
     @staticmethod
     def _failed(claim: ClaimedTask, run: Run, message: str, tb: str | None) -> Completion:

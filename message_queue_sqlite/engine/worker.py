@@ -130,6 +130,26 @@ class Worker:
             self.ledger.released(claims)
             self.executor.discard(claims)
 
+    def cancel_claims(self, claims: Sequence[ClaimedTask]) -> None:
+        """Storage asks this worker to cancel these leased claims: the ones still waiting in the
+        executor never start (recorded CANCELLED now); the running ones are flagged for their
+        task (``current_task.cancelled``); then the requests are marked seen, which ends the
+        canceller's wait."""
+        if not claims:
+            return
+        unstarted = self.executor.cancel(list(claims))
+        if unstarted:
+            runner = self.runner
+            self.record([Finished(c, *runner.cancelled(c, "cancelled before it started")) for c in unstarted],
+                        flush_hint=True)
+        left = set(map(id, unstarted))
+        running = [c for c in claims if id(c) not in left]
+        by_shard: dict[int, list[ClaimedTask]] = defaultdict(list)
+        for claim in running:
+            by_shard[claim.shard].append(claim)
+        for shard, items in by_shard.items():
+            self._engine.shards[shard].cancel_seen(self._engine.node, items)
+
     # -- claiming --------------------------------------------------------------------
     def claim_for(self, executor: Executor, idle: int, avg_task_s: float) -> int:
         """Claim for ``executor`` (``idle`` of its slots free) from the shards in rotation until

@@ -416,6 +416,42 @@ class PostgresShard(Shard):
         claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return rejected, claimed
 
+    # -- cancellation ----------------------------------------------------------------
+    def cancel(self, row_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """One transaction: the waiting ones cancelled in place, then the running ones asked
+        (a row that was claimed meanwhile is found RUNNING by the second statement)."""
+        if not row_ids:
+            return [], []
+        params = {"row_id": _int_array(row_ids), **self._channel}
+
+        def body(conn: psycopg.Connection, _broke: bool) -> tuple[list[int], list[int]]:
+            with conn.transaction():
+                before = {r[0]: r[1] for r in conn.execute(self._q["cancel_state"], params).fetchall()}
+                conn.execute(self._q["cancel_waiting"], params)
+                conn.execute(self._q["request_cancel"], params)  # also one claimed meanwhile
+                after = {r[0]: (r[1], r[2]) for r in conn.execute(self._q["cancel_state"], params).fetchall()}
+            cancelled = [i for i in row_ids if i in after and after[i][0] == 7 and before.get(i) != 7]
+            asked = [i for i in row_ids if i in after and after[i][0] == 2 and after[i][1] > 0]
+            return cancelled, asked
+
+        return self._run("cancel", body)
+
+    def cancel_pending(self, row_ids: Sequence[int]) -> list[int]:
+        rows = self._fetch("cancel state", "cancel_state", {"row_id": _int_array(row_ids)})
+        return [row_id for row_id, status, requested in rows if status == 2 and requested == 1]
+
+    def waiting_ids(self, task_name: str) -> list[int]:
+        return [row[0] for row in self._fetch("waiting ids", "waiting_ids_of_name", {"task_name": task_name})]
+
+    def cancel_requests(self, owner: str) -> list[int]:
+        return [row[0] for row in self._fetch("cancel requests", "cancel_requests", {"owner": owner})]
+
+    def cancel_seen(self, owner: str, claims: Sequence[ClaimedTask]) -> None:
+        if claims:
+            params = {"row_id": _int_array([c.row_id for c in claims]),
+                      "attempt": _int_array([c.attempt for c in claims]), "owner": owner, **self._channel}
+            self._run("cancel seen", lambda conn, _broke: conn.execute(self._q["cancel_seen"], params))
+
     def release(self, claims: Sequence[ClaimedTask], owner: str) -> int:
         if not claims:
             return 0
@@ -444,10 +480,12 @@ class PostgresShard(Shard):
                                               {"crash_limit": crash_limit}).fetchall():
                     if status == 1:
                         report.requeued += 1
+                    elif status == 7:  # a cancel was pending
+                        report.cancelled += 1
                     else:
                         report.failed += 1
                 conn.execute(self._q["forget_dead_nodes"])
-                if report.requeued or report.failed:
+                if report.requeued or report.failed or report.cancelled:
                     self._notify(conn)
             return report
 

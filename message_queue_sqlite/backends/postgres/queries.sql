@@ -81,11 +81,11 @@ WITH batch AS MATERIALIZED (
 done AS (
     UPDATE {schema}.mqs_tasks AS t
        SET status = b.statuses[array_position(b.ids, t.id)],
-           outcome = CASE WHEN b.statuses[array_position(b.ids, t.id)] IN (3, 4)
+           outcome = CASE WHEN b.statuses[array_position(b.ids, t.id)] IN (3, 4, 7)
                           THEN b.statuses[array_position(b.ids, t.id)] END,
            result = b.results[array_position(b.ids, t.id)],
            traceback = b.tracebacks[array_position(b.ids, t.id)],
-           ended_at = CASE WHEN b.statuses[array_position(b.ids, t.id)] IN (3, 4)
+           ended_at = CASE WHEN b.statuses[array_position(b.ids, t.id)] IN (3, 4, 7)
                            THEN b.ended[array_position(b.ids, t.id)] END,
            run_after = CASE WHEN b.statuses[array_position(b.ids, t.id)] = 6
                             THEN date_part('epoch', clock_timestamp()) + b.retry_ins[array_position(b.ids, t.id)]
@@ -100,7 +100,7 @@ done AS (
     RETURNING t.id, t.status),
 marked AS (
     UPDATE {schema}.mqs_tasks SET status = 5
-     WHERE id = ANY(%(callbacked)s::bigint[]) AND status IN (3, 4)
+     WHERE id = ANY(%(callbacked)s::bigint[]) AND status IN (3, 4, 7)
     RETURNING 1),
 promoted AS (
     UPDATE {schema}.mqs_tasks SET status = 1
@@ -185,13 +185,16 @@ UPDATE {schema}.mqs_tasks
 RETURNING id;
 
 -- name: recover_expired
--- Leases that expired by now() (their worker died): run again, or FAILED once the crash limit is reached; rows a worker is completing right now are skipped.
+-- Leases that expired by now() (their worker died): run again, or FAILED once the crash limit is reached, or CANCELLED if a cancel was requested; rows a worker is completing right now are skipped.
 UPDATE {schema}.mqs_tasks
    SET crashes = crashes + 1,
-       status = CASE WHEN crashes + 1 >= %(crash_limit)s THEN 4 ELSE 1 END,
-       outcome = CASE WHEN crashes + 1 >= %(crash_limit)s THEN 4 END,
-       ended_at = CASE WHEN crashes + 1 >= %(crash_limit)s THEN date_part('epoch', now()) END,
-       result = CASE WHEN crashes + 1 >= %(crash_limit)s
+       status = CASE WHEN cancel_requested > 0 THEN 7 WHEN crashes + 1 >= %(crash_limit)s THEN 4 ELSE 1 END,
+       outcome = CASE WHEN cancel_requested > 0 THEN 7 WHEN crashes + 1 >= %(crash_limit)s THEN 4 END,
+       ended_at = CASE WHEN cancel_requested > 0 OR crashes + 1 >= %(crash_limit)s
+                       THEN date_part('epoch', now()) END,
+       result = CASE WHEN cancel_requested > 0
+                THEN 'cancelled (its worker died with the cancel pending)'
+                WHEN crashes + 1 >= %(crash_limit)s
                 THEN 'the worker running this task died ' || (crashes + 1) || ' times (lease expired); crash limit reached'
                 ELSE result END,
        lease_owner = NULL, lease_expires = NULL
@@ -206,11 +209,11 @@ SELECT (SELECT min(run_after) FROM {schema}.mqs_tasks WHERE status = 6) - date_p
 
 -- name: outcome_row_ids
 -- Row ids of ended tasks of a sender whose callback has not run yet.
-SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND notify AND status IN (3, 4) LIMIT %(limit)s;
+SELECT id FROM {schema}.mqs_tasks WHERE sender = %(sender)s AND notify AND status IN (3, 4, 7) LIMIT %(limit)s;
 
 -- name: mark_callbacked
 -- The sender's callback ran for these tasks.
-UPDATE {schema}.mqs_tasks SET status = 5 WHERE id = ANY(%(row_id)s::bigint[]) AND status IN (3, 4);
+UPDATE {schema}.mqs_tasks SET status = 5 WHERE id = ANY(%(row_id)s::bigint[]) AND status IN (3, 4, 7);
 
 -- name: get_tasks
 -- Tasks by their row ids.
@@ -298,7 +301,7 @@ ON CONFLICT (status, outcome) DO UPDATE SET n = {schema}.mqs_counts.n + excluded
 -- name: ended_timings
 -- Created, started and ended times of the tasks that ended last (latency summaries), on the ended index.
 SELECT created_at, started_at, ended_at FROM {schema}.mqs_tasks
- WHERE status IN (3, 4, 5) ORDER BY ended_at DESC LIMIT %(limit)s;
+ WHERE status IN (3, 4, 5, 7) ORDER BY ended_at DESC LIMIT %(limit)s;
 
 -- name: requeue_failed_by_id
 -- Task %(row_id)s, if it failed (whether or not its callback ran; of a name, if given), runs again with a fresh retry budget (retries and crashes from 0; attempts, the fencing token, kept); a cached one cannot; a unique task keeps its key only if it held it while failed (bit 4 of unique_states), otherwise another task may hold it by now and it runs without one. By primary key; listeners are notified if it was.
@@ -358,7 +361,7 @@ DELETE FROM {schema}.mqs_nodes WHERE expires_at < date_part('epoch', now()) - 86
 -- Delete up to %(limit)s tasks that ended more than %(retention)s seconds before now() (retention), oldest first; rows in use elsewhere wait for the next round; never the newest row (the sequence never reuses ids anyway, this keeps SQLite's contract).
 DELETE FROM {schema}.mqs_tasks WHERE id IN (
     SELECT id FROM {schema}.mqs_tasks
-     WHERE status IN (3, 4, 5) AND ended_at < date_part('epoch', now()) - %(retention)s
+     WHERE status IN (3, 4, 5, 7) AND ended_at < date_part('epoch', now()) - %(retention)s
      ORDER BY ended_at LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED)
   AND id < (SELECT max(id) FROM {schema}.mqs_tasks);
@@ -434,3 +437,44 @@ SELECT q.name,
   LEFT JOIN (SELECT queue, count(*) AS n FROM {schema}.mqs_tasks WHERE status = 2 GROUP BY queue) AS r
          ON r.queue = q.name
  ORDER BY q.name;
+
+-- name: cancel_waiting
+-- Cancel waiting tasks (ready or scheduled) in place: they never start; returns how many, and notifies listeners (their senders' callbacks, the kept counts' triggers do the rest).
+WITH cancelled AS (
+    UPDATE {schema}.mqs_tasks
+       SET status = 7, outcome = 7, ended_at = date_part('epoch', clock_timestamp()),
+           result = 'cancelled before it started', run_after = 0
+     WHERE id = ANY(%(row_id)s::bigint[]) AND status IN (1, 6)
+    RETURNING 1)
+SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '*') END FROM (SELECT count(*) AS n FROM cancelled) AS c;
+
+-- name: request_cancel
+-- Ask the workers holding these running tasks to stop them (or never start them, if still in their buffers); returns how many were asked, and notifies listeners (the workers' watchers).
+WITH asked AS (
+    UPDATE {schema}.mqs_tasks SET cancel_requested = 1
+     WHERE id = ANY(%(row_id)s::bigint[]) AND status = 2 AND cancel_requested = 0
+    RETURNING 1)
+SELECT n, CASE WHEN n > 0 THEN pg_notify(%(channel)s, '*') END FROM (SELECT count(*) AS n FROM asked) AS c;
+
+-- name: cancel_state
+-- Where these tasks stand for a cancel in progress: status, and whether a cancel request was seen.
+SELECT id, status, cancel_requested FROM {schema}.mqs_tasks WHERE id = ANY(%(row_id)s::bigint[]);
+
+-- name: waiting_ids_of_name
+-- The waiting tasks (ready, then scheduled) of a name, each state on its own index.
+SELECT id FROM {schema}.mqs_tasks WHERE status = 1 AND task_name = %(task_name)s
+UNION ALL
+SELECT id FROM {schema}.mqs_tasks WHERE status = 6 AND task_name = %(task_name)s;
+
+-- name: cancel_requests
+-- The running tasks of an owner whose cancel was asked for and not seen yet, on the cancelling index.
+SELECT id FROM {schema}.mqs_tasks WHERE status = 2 AND cancel_requested = 1 AND lease_owner = %(owner)s;
+
+-- name: cancel_seen
+-- The owner has asked these running tasks to stop (fenced by owner and attempt): the cancellers' waits end (listeners are notified).
+WITH seen AS (
+    UPDATE {schema}.mqs_tasks AS t SET cancel_requested = 2
+      FROM unnest(%(row_id)s::bigint[], %(attempt)s::integer[]) AS c (id, attempt)
+     WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2 AND t.lease_owner = %(owner)s
+    RETURNING 1)
+SELECT count(*), pg_notify(%(channel)s, '') FROM seen;

@@ -62,8 +62,10 @@ TIMINGS_WINDOW = 4  # ended_timings looks at most this many times its limit of n
 # The kept counts (migration 0004): (status, outcome) keys, moved in the transactions that
 # move tasks into or out of them.
 SCHEDULED_KEY, FINISHED_KEY, FAILED_KEY, REMOVED_KEY = (6, 0), (3, 3), (4, 4), (0, 0)
-CALLBACKED_KEY = {3: (5, 3), 4: (5, 4)}  # by outcome
-ENDED_KEY = {3: FINISHED_KEY, 4: FAILED_KEY, 6: SCHEDULED_KEY}  # where a completion moves a task
+CANCELLED_KEY = (7, 7)
+CALLBACKED_KEY = {3: (5, 3), 4: (5, 4), 7: (5, 7)}  # by outcome
+# where a completion moves a task
+ENDED_KEY = {3: FINISHED_KEY, 4: FAILED_KEY, 6: SCHEDULED_KEY, 7: CANCELLED_KEY}
 
 
 def _add_to_counts(conn: sqlite3.Connection, deltas: dict[tuple[int, int], int]) -> None:
@@ -508,15 +510,55 @@ class SQLiteShard(Shard):
             report.failed += self._fail_orphaned_cached(conn)
             statuses = [row[0] for row in conn.execute(Q["recover_expired"], (crash_limit,))]
             report.requeued += statuses.count(1)
-            crashed_out = len(statuses) - statuses.count(1)  # crash limit reached: FAILED
+            crashed_out = statuses.count(4)  # crash limit reached: FAILED
             report.failed += crashed_out
-            _add_to_counts(conn, {FAILED_KEY: crashed_out})
+            report.cancelled += statuses.count(7)  # a cancel was pending: CANCELLED
+            _add_to_counts(conn, {FAILED_KEY: crashed_out, CANCELLED_KEY: statuses.count(7)})
             conn.execute(Q["forget_dead_nodes"])
         return report
 
     def seconds_until_due(self) -> float | None:
         with self._read() as conn:
             return conn.execute(Q["seconds_until_due"]).fetchone()[0]
+
+    # -- cancellation ----------------------------------------------------------------
+    def cancel(self, row_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        cancelled: list[int] = []
+        asked: list[int] = []
+        with self._write("cancel") as conn:  # under the write lock: no claim moves a row meanwhile
+            deltas = {SCHEDULED_KEY: 0, CANCELLED_KEY: 0}
+            for row_id in row_ids:
+                row = conn.execute(Q["cancel_state"], (row_id,)).fetchone()
+                if row is None:
+                    continue
+                if row[0] in (TaskStatus.NOT_STARTED, TaskStatus.SCHEDULED):
+                    conn.execute(Q["cancel_waiting"], (row_id,))
+                    cancelled.append(row_id)
+                    deltas[CANCELLED_KEY] += 1
+                    deltas[SCHEDULED_KEY] -= row[0] == TaskStatus.SCHEDULED
+                elif row[0] == TaskStatus.RUNNING and conn.execute(Q["request_cancel"], (row_id,)).fetchone():
+                    asked.append(row_id)
+            _add_to_counts(conn, deltas)
+        return cancelled, asked
+
+    def cancel_pending(self, row_ids: Sequence[int]) -> list[int]:
+        with self._read() as conn:
+            states = [(row_id, conn.execute(Q["cancel_state"], (row_id,)).fetchone()) for row_id in row_ids]
+        return [row_id for row_id, state in states
+                if state is not None and state[0] == TaskStatus.RUNNING and state[1] == 1]
+
+    def waiting_ids(self, task_name: str) -> list[int]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute(Q["waiting_ids_of_name"], (task_name,))]
+
+    def cancel_requests(self, owner: str) -> list[int]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute(Q["cancel_requests"], (owner,))]
+
+    def cancel_seen(self, owner: str, claims: Sequence[ClaimedTask]) -> None:
+        if claims:
+            with self._write("cancel seen") as conn:
+                conn.executemany(Q["cancel_seen"], [(c.row_id, owner, c.attempt) for c in claims])
 
     # -- outcomes for senders --------------------------------------------------------
     def outcome_row_ids(self, sender: str, limit: int) -> list[int]:
@@ -532,7 +574,7 @@ class SQLiteShard(Shard):
     def _mark_callbacked(conn: sqlite3.Connection, row_ids: Sequence[int]) -> None:
         outcomes = [row[0] for row in conn.execute(Q["mark_callbacked"], (json.dumps(list(row_ids)),))]
         deltas: dict[tuple[int, int], int] = {}
-        for outcome in (3, 4):
+        for outcome in (3, 4, 7):
             moved = outcomes.count(outcome)
             deltas[ENDED_KEY[outcome]] = -moved
             deltas[CALLBACKED_KEY[outcome]] = moved

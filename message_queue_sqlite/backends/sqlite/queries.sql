@@ -68,9 +68,9 @@ RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, n
 -- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry ?7 seconds from now, which uses one retry) unless the lease was lost since (fenced by attempt and owner ?9); ?10 = 1: the sender got the outcome in memory, so it need not look for it (notify = 0).
 UPDATE mqs_tasks
    SET status = ?3, notify = CASE WHEN ?10 THEN 0 ELSE notify END,
-       outcome = CASE WHEN ?3 IN (3, 4) THEN ?3 END,
+       outcome = CASE WHEN ?3 IN (3, 4, 7) THEN ?3 END,
        result = ?4, traceback = ?5,
-       ended_at = CASE WHEN ?3 IN (3, 4) THEN ?6 END,
+       ended_at = CASE WHEN ?3 IN (3, 4, 7) THEN ?6 END,
        run_after = CASE WHEN ?3 = 6 THEN mqs_wall_now() + ?7 ELSE 0 END,
        retries = retries + (?3 = 6),
        started_at = ?8, lease_owner = NULL, lease_expires = NULL
@@ -115,13 +115,15 @@ UPDATE mqs_tasks
 RETURNING id;
 
 -- name: recover_expired
--- Leases that expired (their worker died): run again, or FAILED once the crash limit ?1 is reached.
+-- Leases that expired (their worker died): run again, or FAILED once the crash limit ?1 is reached, or CANCELLED if a cancel was requested.
 UPDATE mqs_tasks
    SET crashes = crashes + 1,
-       status = CASE WHEN crashes + 1 >= ?1 THEN 4 ELSE 1 END,
-       outcome = CASE WHEN crashes + 1 >= ?1 THEN 4 END,
-       ended_at = CASE WHEN crashes + 1 >= ?1 THEN mqs_wall_now() END,
-       result = CASE WHEN crashes + 1 >= ?1
+       status = CASE WHEN cancel_requested > 0 THEN 7 WHEN crashes + 1 >= ?1 THEN 4 ELSE 1 END,
+       outcome = CASE WHEN cancel_requested > 0 THEN 7 WHEN crashes + 1 >= ?1 THEN 4 END,
+       ended_at = CASE WHEN cancel_requested > 0 OR crashes + 1 >= ?1 THEN mqs_wall_now() END,
+       result = CASE WHEN cancel_requested > 0
+                THEN 'cancelled (its worker died with the cancel pending)'
+                WHEN crashes + 1 >= ?1
                 THEN 'the worker running this task died ' || (crashes + 1) || ' times (lease expired); crash limit reached'
                 ELSE result END,
        lease_owner = NULL, lease_expires = NULL
@@ -134,11 +136,11 @@ SELECT (SELECT min(run_after) FROM mqs_tasks WHERE status = 6) - mqs_wall_now();
 
 -- name: outcome_row_ids
 -- Row ids of ended tasks of sender ?1 whose callback has not run yet.
-SELECT id FROM mqs_tasks WHERE sender = ?1 AND notify = 1 AND status IN (3, 4) LIMIT ?2;
+SELECT id FROM mqs_tasks WHERE sender = ?1 AND notify = 1 AND status IN (3, 4, 7) LIMIT ?2;
 
 -- name: mark_callbacked
 -- The sender's callback ran for these tasks (?1: a JSON array of row ids; one statement per batch); returns each one's outcome (for the kept counts).
-UPDATE mqs_tasks SET status = 5 WHERE id IN (SELECT value FROM json_each(?1)) AND status IN (3, 4)
+UPDATE mqs_tasks SET status = 5 WHERE id IN (SELECT value FROM json_each(?1)) AND status IN (3, 4, 7)
 RETURNING outcome;
 
 -- name: get_task
@@ -369,3 +371,33 @@ SELECT queue, count(*) FROM mqs_tasks INDEXED BY mqs_tasks_running WHERE status 
 -- name: count_scheduled_by_queue
 -- Scheduled tasks per queue, on the scheduled index.
 SELECT queue, count(*) FROM mqs_tasks INDEXED BY mqs_tasks_scheduled WHERE status = 6 GROUP BY queue;
+
+-- name: cancel_waiting
+-- Cancel waiting task ?1 (ready or scheduled) in place: it never starts; returns its former status (for the kept counts) and whether its sender waits for the outcome.
+UPDATE mqs_tasks
+   SET status = 7, outcome = 7, ended_at = mqs_wall_now(), result = 'cancelled before it started', run_after = 0
+ WHERE id = ?1 AND status IN (1, 6)
+RETURNING 1;
+
+-- name: request_cancel
+-- Ask the worker holding running task ?1 to stop it (or never start it, if still in its buffer); returns the lease owner.
+UPDATE mqs_tasks SET cancel_requested = 1 WHERE id = ?1 AND status = 2 AND cancel_requested = 0
+RETURNING lease_owner;
+
+-- name: cancel_state
+-- Where task ?1 stands for a cancel in progress: its status, and whether its worker has seen a cancel request.
+SELECT status, cancel_requested FROM mqs_tasks WHERE id = ?1;
+
+-- name: waiting_ids_of_name
+-- The waiting tasks (ready, then scheduled) of name ?1: the ready ones on each queue's part of the ready index, the scheduled ones on theirs.
+SELECT id FROM mqs_tasks WHERE status = 1 AND task_name = ?1
+UNION ALL
+SELECT id FROM mqs_tasks WHERE status = 6 AND task_name = ?1;
+
+-- name: cancel_requests
+-- The running tasks of owner ?1 whose cancel was asked for and not seen yet, on the cancelling index.
+SELECT id FROM mqs_tasks WHERE status = 2 AND cancel_requested = 1 AND lease_owner = ?1;
+
+-- name: cancel_seen
+-- Owner ?2 has asked running task ?1 to stop (fenced by owner and attempt ?3): the canceller's wait ends.
+UPDATE mqs_tasks SET cancel_requested = 2 WHERE id = ?1 AND status = 2 AND lease_owner = ?2 AND attempts = ?3;
