@@ -26,6 +26,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from message_queue_sqlite.core.status import TaskStatus
+
 if TYPE_CHECKING:
     from message_queue_sqlite.engine.engine import Engine
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 CANCELLED = "cancelled"  # it never started, and never will
 STOPPING = "stopping"  # it was running: asked to stop (its worker saw the request, or will)
 ENDED = "ended"  # it had ended already (or was not found): nothing was done
+NEVER_STARTED = "cancelled before it started"  # the stored error of one (as the SQL writes it too)
 LOOK_EVERY_S = 1.0  # the watcher looks at least this often (the change feed's missed-event guard)
 MIN_GAP_S = 0.005  # and at most once per this, however often storage changes
 
@@ -55,6 +58,10 @@ def cancel(engine: Engine, task_ids: Sequence[str], wait: float) -> dict[str, st
             asked[shard] = running
     engine.storage_changed()  # this process's watcher and callbacks (others hear the commit)
     _wait_until_seen(engine, asked, wait)
+    for shard, rows in asked.items():  # a leased one its worker had not started: cancelled too
+        for record in engine.shards[shard].get_tasks(rows):
+            if (record.outcome or record.status) == TaskStatus.CANCELLED and record.result == NEVER_STARTED:
+                states[(shard, record.row_id)] = CANCELLED
     return {task_id: states.get(engine.shard_of(task_id), ENDED) for task_id in task_ids}
 
 
@@ -62,6 +69,7 @@ def _wait_until_seen(engine: Engine, asked: dict[int, list[int]], wait: float) -
     """Until every running task asked has been answered by its worker (or ended), or ``wait``
     passes; a worker that died answers by lease expiry instead (recovery cancels it)."""
     deadline = time.monotonic() + wait
+    asked = dict(asked)
     while asked:
         seen = engine.bell.generation
         asked = {shard: left for shard, rows in asked.items()

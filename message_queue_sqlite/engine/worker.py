@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from message_queue_sqlite.backends.base import ClaimedTask
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
 from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.engine import cancellation
 from message_queue_sqlite.engine.executors import Executor
 from message_queue_sqlite.engine.ledger import ClaimLedger, Finished
 from message_queue_sqlite.engine.running import TaskRunner
@@ -140,7 +141,7 @@ class Worker:
         unstarted = self.executor.cancel(list(claims))
         if unstarted:
             runner = self.runner
-            self.record([Finished(c, *runner.cancelled(c, "cancelled before it started")) for c in unstarted],
+            self.record([Finished(c, *runner.cancelled(c, cancellation.NEVER_STARTED)) for c in unstarted],
                         flush_hint=True)
         left = set(map(id, unstarted))
         running = [c for c in claims if id(c) not in left]
