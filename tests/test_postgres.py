@@ -656,7 +656,8 @@ SAMPLE_PARAMS = {"attempt": 1, "callbacked": [1], "channel": "c", "completions":
                  "limit": 10, "name": "n", "node": "n", "owner": "o", "pid": 1, "retention": 60.0,
                  "row_id": 1, "sender": "s", "stamp": 1.0, "status": 3, "task_name": "t", "tasks": "[]",
                  "schedules": "[]", "expected": 1.0, "decided": 2.0, "next_slot": 3.0, "names": ["n"],
-                 "unique_keys": ["k"]}
+                 "unique_keys": ["k"], "before": 100, "after_priority": 0, "after_id": 1,
+                 "after_run_after": 1.0, "since": 1.0}
 
 
 PRIMARY_KEY_WALKS = {"list_recent", "list_ended_as"}  # newest first, ended by their LIMIT
