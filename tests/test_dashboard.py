@@ -22,6 +22,7 @@ pytest.importorskip("jinja2")
 
 from conftest import REPO, wait_until  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Mount  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
@@ -355,6 +356,9 @@ def test_token_is_required_for_pages_and_actions(populated):
                         follow_redirects=False)
     assert right.status_code == 303 and right.headers["location"] == "/tasks"
     assert "s3cret" not in right.headers["set-cookie"]  # the cookie holds an HMAC, not the token
+    away = client.post("/login", data={"csrf": csrf_of(login_page), "token": "s3cret",
+                                       "next": "https://elsewhere.example/"}, follow_redirects=False)
+    assert away.headers["location"] == "/"
     page = client.get("/tasks")
     assert page.status_code == 200
     assert client.post(f"/tasks/{target}/retry", data={"csrf": csrf_of(page.text)},
@@ -398,10 +402,29 @@ def test_links_stay_under_the_mount_point(populated):
                          data={"csrf": csrf_of(page), "back": "/queue/tasks?status=failed"},
                          follow_redirects=False)
     assert answer.status_code == 303 and answer.headers["location"].startswith("/queue/tasks?status=failed")
+    # a plain ASGI dispatcher, as the README's Django asgi.py does it
+    dashboard = populated.mq.dashboard()
+
+    async def dispatcher(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/queue/"):
+            await dashboard({**scope, "root_path": scope.get("root_path", "") + "/queue"}, receive, send)
+            return
+        await PlainTextResponse("the other app")(scope, receive, send)
+
+    plain = TestClient(dispatcher)
+    served = plain.get("/queue/tasks?status=failed")
+    assert served.status_code == 200
+    assert row_ids(served.text) == row_ids(client.get("/queue/tasks?status=failed").text)
+    assert f'href="/queue/tasks/{populated.ids["failed"][1]}"' in served.text
+    assert plain.get("/elsewhere").text == "the other app"
     escape = client.post(f"/queue/tasks/{populated.ids['failed'][1]}/retry",
                          data={"csrf": csrf_of(page), "back": "https://elsewhere.example/"},
                          follow_redirects=False)
     assert escape.headers["location"].startswith("/queue/tasks?")  # never redirected off the app
+    for elsewhere in ("//elsewhere.example/queue/", "/queue/\\..\\elsewhere", "/other/"):
+        answer = client.post("/queue/actions/retry", data={"csrf": csrf_of(page), "back": elsewhere},
+                             follow_redirects=False)
+        assert answer.headers["location"].startswith("/queue/tasks?"), elsewhere
 
 
 def test_figures_of_the_last_hour():

@@ -433,10 +433,10 @@ class MessageQueue:
         record = self._engine.shards[shard].get_task_detail(row_id)
         return None if record is None else TaskInfo.from_record(record)
 
-    def recent_ends(self, since: float, limit: int = 20_000) -> list[browse.Ended]:
+    def recent_ends(self, since: float, limit: int = 10_000) -> list[browse.Ended]:
         """``(created, started, ended, outcome)`` of up to ``limit`` per shard of the newest tasks
         that ended at or after ``since`` (epoch seconds; outcome 3 finished, 4 failed): for
-        throughput, failure rate and latency. On SQLite only the newest 50 x ``limit`` rows
+        throughput, failure rate and latency. On SQLite only the newest 10 x ``limit`` rows
         are looked at (no index on end times is kept: it would cost every task)."""
         return browse.recent_ends(self._engine.shards, since, limit)
 

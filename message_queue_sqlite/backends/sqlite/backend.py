@@ -116,7 +116,7 @@ def _record(shard: int, row: tuple) -> TaskRecord:
                       row[8], row[9], bool(row[10]), row[11], row[12], row[13], row[14], row[15],
                       row[16], row[17], row[18] if len(row) > 18 else None)
 
-RECENT_ENDS_WINDOW = 50  # recent_ends looks at most this many times its limit of newest rows
+RECENT_ENDS_WINDOW = 10  # recent_ends looks at most this many times its limit of newest rows
 
 
 class SQLiteShard(Shard):

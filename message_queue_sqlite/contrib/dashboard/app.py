@@ -47,7 +47,7 @@ from message_queue_sqlite.core.status import TaskStatus
 PACKAGE = "message_queue_sqlite.contrib.dashboard"
 CSRF_COOKIE, AUTH_COOKIE, CSRF_FIELD = "mqs_csrf", "mqs_auth", "csrf"
 PAGE_SIZE = 50
-ENDS_LIMIT = 20_000  # per shard: the overview's figures look at no more ended tasks than this
+ENDS_LIMIT = 10_000  # per shard: the overview's figures look at no more ended tasks than this
 # Status filter values in URLs, as people say them, and the order the filter shows them.
 STATUSES = {"queued": TaskStatus.NOT_STARTED, "scheduled": TaskStatus.SCHEDULED,
             "running": TaskStatus.RUNNING, "finished": TaskStatus.FINISHED, "failed": TaskStatus.FAILED}
@@ -313,35 +313,43 @@ async def nodes_page(request: Request) -> Response:
 
 
 # -- actions ---------------------------------------------------------------------------------
+def _local(request: Request, candidate: str) -> str | None:
+    """``candidate`` if it is a path of this app (under its mount point), else None: a form's
+    ``back`` or ``next`` never redirects elsewhere (``//host``, ``/\\host``, a scheme)."""
+    root = request.scope.get("root_path", "")
+    if candidate.startswith(f"{root}/") and not candidate.startswith("//") and "\\" not in candidate:
+        return candidate
+    return None
+
+
 def _back(request: Request, form: Any, notice: str) -> Response:
     """Back to the page the action came from (a path of this app only), with a notice."""
-    back = str(form.get("back", ""))
-    root = request.scope.get("root_path", "")
-    if not back.startswith(f"{root}/") or back.startswith("//"):
-        back = request.url_for("tasks").path
+    back = _local(request, str(form.get("back", ""))) or request.url_for("tasks").path
     url = URL(back).include_query_params(notice=notice)
     return RedirectResponse(f"{url.path}?{url.query}", status_code=303)
 
 
-async def retry_one(request: Request) -> Response:
+async def _on_one(request: Request, action: Callable[[MessageQueue, str], int]) -> tuple[str, int, Any]:
+    """Apply ``action`` to the task of the URL (404 if it is not stored): (id, count, form)."""
     dash = _dash(request)
     task_id = request.path_params["task_id"]
     _task_or_404(dash, task_id)
-    count = dash.mq.retry_failed(task_id=task_id)
+    return task_id, action(dash.mq, task_id), await request.form()
+
+
+async def retry_one(request: Request) -> Response:
+    task_id, count, form = await _on_one(request, lambda mq, task_id: mq.retry_failed(task_id=task_id))
     notice = f"{task_id} queued again" if count else f"{task_id} is not failed (or was retried already)"
-    return _back(request, await request.form(), notice)
+    return _back(request, form, notice)
 
 
 async def delete_one(request: Request) -> Response:
-    dash = _dash(request)
-    task_id = request.path_params["task_id"]
-    _task_or_404(dash, task_id)
-    count = dash.mq.purge(task_id=task_id)
-    notice = f"{task_id} deleted" if count else f"{task_id} is no longer waiting: not deleted"
-    form = await request.form()
-    if count and str(form.get("back", "")).endswith(f"/tasks/{task_id}"):
-        return _back(request, {"back": request.url_for("tasks").path}, notice)
-    return _back(request, form, notice)
+    task_id, count, form = await _on_one(request, lambda mq, task_id: mq.purge(task_id=task_id))
+    if not count:
+        return _back(request, form, f"{task_id} is no longer waiting: not deleted")
+    if str(form.get("back", "")).endswith(f"/tasks/{task_id}"):  # its own page is gone: to the list
+        form = {"back": request.url_for("tasks").path}
+    return _back(request, form, f"{task_id} deleted")
 
 
 def _selected(form: Any) -> list[str]:
@@ -388,10 +396,7 @@ async def login(request: Request) -> Response:
     given = str(form.get("token", ""))
     if dash.token is None or not hmac.compare_digest(given.encode(), dash.token.encode()):
         return dash.render(request, "login.html", {"next": target, "error": "wrong token"}, status_code=401)
-    root = request.scope.get("root_path", "")
-    if not target.startswith(f"{root}/") or target.startswith("//"):
-        target = request.url_for("overview").path
-    response = RedirectResponse(target, status_code=303)
+    response = RedirectResponse(_local(request, target) or request.url_for("overview").path, status_code=303)
     response.set_cookie(AUTH_COOKIE, dash.auth_cookie_value(), httponly=True, samesite="strict",
                         path=_cookie_path(request))
     return response
