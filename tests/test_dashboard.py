@@ -6,6 +6,7 @@ real browser (Debian's Chromium driven by Playwright), the same pages clicked th
 from __future__ import annotations
 
 import html
+import importlib
 import re
 import shutil
 import socket
@@ -456,6 +457,29 @@ def test_cli_refuses_a_non_loopback_host_without_a_token(tmp_path, capsys):
     check_dashboard_bind("0.0.0.0", None, read_only=True)  # no actions: allowed
     with pytest.raises(MessageQueueError, match="reachable"):
         check_dashboard_bind("10.1.2.3", None, read_only=False)
+
+
+def test_cli_serves_the_queue_of_a_target_or_a_folder(tmp_path, app_package, monkeypatch, capsys):
+    from message_queue_sqlite.cli.main import _dashboard_queue, build_parser
+
+    folder = str(tmp_path / "jobs")
+    package = app_package({"__init__": f"from message_queue_sqlite import MessageQueue\n"
+                                       f"mq = MessageQueue({folder!r})\n"})
+    monkeypatch.chdir(tmp_path)
+    args = build_parser("mqs").parse_args(["dashboard", f"{package}:mq"])
+    args.prog = "mqs"
+
+    assert _dashboard_queue(args) is importlib.import_module(package).mq
+    args = build_parser("mqs").parse_args(["dashboard", f"{package}:mq", "--path", str(tmp_path / "other")])
+    args.prog = "mqs"
+    with pytest.raises(MessageQueueError, match="another queue"):
+        _dashboard_queue(args)
+    args = build_parser("mqs").parse_args(["dashboard", "--path", folder])
+    args.prog = "mqs"
+    with _dashboard_queue(args) as queue:
+        assert queue.engine.backend.location.endswith("jobs")
+    assert main(["dashboard", "--path", str(tmp_path / "missing")]) == 2
+    assert "no queue files" in capsys.readouterr().err
 
 
 # -- a real browser -----------------------------------------------------------------------------

@@ -377,9 +377,10 @@ async def bulk_delete(request: Request) -> Response:
 
 
 def _valid_ids(dash: Dashboard, ids: list[str]) -> list[str]:
+    """The selected ids, all checked before any is acted on: 400 naming a malformed one."""
     for task_id in ids:
         try:
-            dash.mq.engine.shard_of(task_id)
+            dash.mq.task_info(task_id)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
     return ids
