@@ -66,6 +66,7 @@ class Dashboard:
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise ValueError(f"token={token!r}: give a non-empty string (or None for no token)")
         self.mq = mq
+        self.location = mq.stats()["location"]  # the folder or the PostgreSQL schema, shown in the header
         self.read_only = read_only
         self.token = token
         # With a token, the secret derives from it: every dashboard process of one deployment
@@ -113,7 +114,7 @@ class Dashboard:
         if not self.csrf_valid(csrf):
             csrf = self.new_csrf()
         base = {"read_only": self.read_only, "csrf": csrf, "token_set": self.token is not None,
-                "location": self.mq.engine.backend.location, "path_for": _path_for(request),
+                "location": self.location, "path_for": _path_for(request),
                 "now": time.time(), "page": name.removesuffix(".html"),
                 "notice": request.query_params.get("notice"), "filters": {"status": ""}}
         response = self.templates.TemplateResponse(request, name, {**base, **context},
@@ -125,8 +126,9 @@ class Dashboard:
 
 
 def _path_for(request: Request) -> Callable[..., str]:
-    """``path_for('tasks', status='failed')``: the route's path under the mount point (root_path
-    included), with a query string: links stay relative to wherever the app is mounted."""
+    """``path_for('tasks', {'status': 'failed'})``, ``path_for('task', task_id=...)``: the route's
+    path under the mount point (root_path included), with a query string (empty values left
+    out): links stay relative to wherever the app is mounted."""
     def path_for(name: str, query: dict[str, Any] | None = None, **params: Any) -> str:
         path = request.url_for(name, **params).path
         kept = {k: v for k, v in (query or {}).items() if v not in (None, "")}
