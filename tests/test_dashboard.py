@@ -439,6 +439,8 @@ def test_figures_of_the_last_hour():
     assert shown.peak == 2 and len(shown.bars) == figures.BUCKETS  # one bar, both stacked
     last = shown.bars[-1]
     assert (last.finished, last.failed) == (1, 1) and last.failed_y == 0.0 and not shown.sampled
+    # one point: the middle of the last minute's bar, half way up (1 of its 2 ends failed)
+    assert shown.rate_points == [(last.x + last.width / 2, figures.CHART_HEIGHT / 2)]
     assert figures.percentile([], 50) is None and figures.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert figures.compute(ends, now, limit=3).sampled
 
@@ -529,6 +531,13 @@ def test_in_a_real_browser(served):
             page.goto(base + "/")
             expect(page.locator("h1")).to_have_text("Overview")
             expect(page.locator('[data-count="failed"]')).to_have_text("2")
+            expect(page.locator("#failure-rate")).to_have_count(1)
+            # live refresh: a task sent now shows up without a reload
+            queued = mq.stats()["outcomes"]["queued"]
+            mq.send("ok", {"x": 99})
+            expect(page.locator('[data-count="queued"]')).to_have_text(str(queued + 1), timeout=15_000)
+            assert page.evaluate("document.body.dataset.refreshed") is not None
+            populated.ids["queued"].append(mq.tasks(status=TaskStatus.NOT_STARTED, limit=1)[0].task_id)
             for path, heading in (("/tasks", "Tasks"), ("/tasks?status=failed", "Failed tasks"),
                                   ("/tasks?status=queued", "Waiting tasks"), ("/schedules", "Schedules"),
                                   ("/nodes", "Live nodes"), (f"/tasks/{populated.ids['failed'][0]}", "Task")):
@@ -542,10 +551,10 @@ def test_in_a_real_browser(served):
             page.goto(base + "/tasks")
             page.fill('input[name="name"]', "ok")
             page.click('#filters button[type="submit"]')
-            expect(page.locator("tr[data-task]")).to_have_count(6)  # 3 finished, 2 queued, 1 scheduled
+            expect(page.locator("tr[data-task]")).to_have_count(7)  # 3 finished, 3 queued, 1 scheduled
             page.select_option('select[name="status"]', "queued")
             page.click('#filters button[type="submit"]')
-            expect(page.locator("tr[data-task]")).to_have_count(2)
+            expect(page.locator("tr[data-task]")).to_have_count(3)
 
             # delete a waiting task
             doomed = populated.ids["scheduled"][0]

@@ -43,6 +43,9 @@ class Figures:
     sampled: bool  # the storage returned its limit: the figures cover the newest ends only
     peak: int  # the tallest bar's count (the chart's scale)
     bars: list[Bar] = field(default_factory=list)
+    # The failure rate of each minute in which tasks ended, as (x, y) on the chart's own scale
+    # (0 % at the bottom, 100 % at the top), drawn as a line over the bars.
+    rate_points: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def ended(self) -> int:
@@ -95,5 +98,8 @@ def compute(ends: Sequence[tuple[float, float | None, float, int]], now: float, 
         bars.append(Bar(since + i * span, finished[i], failed[i], round(i * width + 0.5, 2),
                         round(width - 1, 2), round(CHART_HEIGHT - ok_h, 2), round(ok_h, 2),
                         round(CHART_HEIGHT - ok_h - bad_h, 2), round(bad_h, 2)))
+    rates = [(round(i * width + width / 2, 2),
+              round(CHART_HEIGHT * (1 - failed[i] / (finished[i] + failed[i])), 2))
+             for i in range(BUCKETS) if finished[i] + failed[i]]
     return Figures(since, now, sum(finished), sum(failed), percentile(waits, 50), percentile(waits, 99),
-                   percentile(runs, 50), percentile(runs, 99), len(ends) >= limit, peak, bars)
+                   percentile(runs, 50), percentile(runs, 99), len(ends) >= limit, peak, bars, rates)
