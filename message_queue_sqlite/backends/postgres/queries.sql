@@ -456,13 +456,14 @@ SELECT * FROM (
  ORDER BY priority DESC, id LIMIT %(limit)s;
 
 -- name: page_scheduled
--- One page of scheduled tasks in the order they become ready after (run_after %(after_run_after)s, row id %(after_id)s): the rest of that time, then later ones, on the scheduled index.
+-- One page of scheduled tasks in the order they become ready after (run_after %(after_run_after)s, row id %(after_id)s): the rest of that very time (read on the scheduled index and sorted after: MATERIALIZED, as the planner would otherwise walk the primary key for the ORDER BY), then later ones, on the scheduled index.
+WITH same_time AS MATERIALIZED (
+    SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+           sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, args
+      FROM {schema}.mqs_tasks
+     WHERE status = 6 AND run_after = %(after_run_after)s::double precision)
 SELECT * FROM (
-    (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-            sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, args
-       FROM {schema}.mqs_tasks
-      WHERE status = 6 AND run_after = %(after_run_after)s::double precision AND id > %(after_id)s::bigint
-      ORDER BY run_after, id LIMIT %(limit)s)
+    (SELECT * FROM same_time WHERE id > %(after_id)s::bigint ORDER BY id LIMIT %(limit)s)
     UNION ALL
     (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
             sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, args
