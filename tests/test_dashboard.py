@@ -422,6 +422,10 @@ def test_links_stay_under_the_mount_point(populated):
                          data={"csrf": csrf_of(page), "back": "https://elsewhere.example/"},
                          follow_redirects=False)
     assert escape.headers["location"].startswith("/queue/tasks?")  # never redirected off the app
+    shown = client.get(escape.headers["location"]).text
+    assert 'class="notice"' in shown and "queued again" in shown
+    crafted = client.get("/queue/tasks?notice=Your+session+expired%3A+log+in+at+elsewhere.example").text
+    assert "elsewhere.example" not in crafted  # only notices the dashboard signed are shown
     for elsewhere in ("//elsewhere.example/queue/", "/queue/\\..\\elsewhere", "/other/"):
         answer = client.post("/queue/actions/retry", data={"csrf": csrf_of(page), "back": elsewhere},
                              follow_redirects=False)

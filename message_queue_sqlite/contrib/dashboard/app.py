@@ -92,6 +92,17 @@ class Dashboard:
         nonce, signature = value.split(".", 1)
         return hmac.compare_digest(signature, self._sign("csrf:" + nonce))
 
+    def signed_notice(self, notice: str) -> dict[str, str]:
+        """The query parameters that carry an action's notice back to a page, signed so that
+        a crafted link cannot make the dashboard show words it did not write."""
+        return {"notice": notice, "ns": self._sign("notice:" + notice)[:20]}
+
+    def notice_of(self, request: Request) -> str | None:
+        notice, signature = request.query_params.get("notice"), request.query_params.get("ns", "")
+        if notice is None or not hmac.compare_digest(signature, self._sign("notice:" + notice)[:20]):
+            return None
+        return notice
+
     def auth_cookie_value(self) -> str:
         return self._sign("auth")
 
@@ -116,12 +127,12 @@ class Dashboard:
         base = {"read_only": self.read_only, "csrf": csrf, "token_set": self.token is not None,
                 "location": self.location, "path_for": _path_for(request),
                 "now": time.time(), "page": name.removesuffix(".html"),
-                "notice": request.query_params.get("notice"), "filters": {"status": ""}}
+                "notice": self.notice_of(request), "filters": {"status": ""}}
         response = self.templates.TemplateResponse(request, name, {**base, **context},
                                                    status_code=status_code)
         if request.cookies.get(CSRF_COOKIE) != csrf:
             response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
-                                path=_cookie_path(request))
+                                path=_cookie_path(request), secure=request.url.scheme == "https")
         return response
 
 
@@ -327,7 +338,8 @@ def _local(request: Request, candidate: str) -> str | None:
 def _back(request: Request, form: Any, notice: str) -> Response:
     """Back to the page the action came from (a path of this app only), with a notice."""
     back = _local(request, str(form.get("back", ""))) or request.url_for("tasks").path
-    url = URL(back).include_query_params(notice=notice)
+    url = URL(back).remove_query_params(["notice", "ns"]).include_query_params(
+        **_dash(request).signed_notice(notice))
     return RedirectResponse(f"{url.path}?{url.query}", status_code=303)
 
 
@@ -401,7 +413,7 @@ async def login(request: Request) -> Response:
         return dash.render(request, "login.html", {"next": target, "error": "wrong token"}, status_code=401)
     response = RedirectResponse(_local(request, target) or request.url_for("overview").path, status_code=303)
     response.set_cookie(AUTH_COOKIE, dash.auth_cookie_value(), httponly=True, samesite="strict",
-                        path=_cookie_path(request))
+                        path=_cookie_path(request), secure=request.url.scheme == "https")
     return response
 
 

@@ -24,7 +24,7 @@
     if (!main || !(seconds > 0)) { return; }
     window.setTimeout(function () {
       if (document.hidden || (toggle && !toggle.checked) || busy(main)) { refresh(); return; }
-      fetch(window.location.href, { credentials: "same-origin", headers: { "X-Live-Refresh": "1" } })
+      fetch(window.location.href, { credentials: "same-origin" })
         .then(function (response) {
           if (!response.ok || response.redirected) { throw new Error("status " + response.status); }
           return response.text();
