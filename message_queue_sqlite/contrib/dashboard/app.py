@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URL
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -248,11 +249,14 @@ class Guard(BaseHTTPMiddleware):
 
 
 # -- pages -----------------------------------------------------------------------------------
+# Pages are plain functions, which Starlette runs in its thread pool, and actions run their
+# storage calls there too: the queue's calls block (sqlite3, psycopg), and the app may be
+# mounted in a user's own event loop, which they must not stall.
 def _dash(request: Request) -> Dashboard:
     return request.app.state.dashboard
 
 
-async def overview(request: Request) -> Response:
+def overview(request: Request) -> Response:
     dash = _dash(request)
     mq = dash.mq
     now = time.time()
@@ -277,7 +281,7 @@ def _filters(request: Request) -> tuple[str, TaskStatus | None, str | None, str 
     return word, STATUSES.get(word), name, text, after
 
 
-async def task_list(request: Request) -> Response:
+def task_list(request: Request) -> Response:
     dash = _dash(request)
     word, status, name, text, after = _filters(request)
     try:
@@ -302,7 +306,7 @@ def _task_or_404(dash: Dashboard, task_id: str) -> TaskInfo:
     return info
 
 
-async def task_page(request: Request) -> Response:
+def task_page(request: Request) -> Response:
     dash = _dash(request)
     info = _task_or_404(dash, request.path_params["task_id"])
     result = None if info.result is None else json.dumps(info.result, indent=2, ensure_ascii=False)
@@ -314,13 +318,13 @@ async def task_page(request: Request) -> Response:
         "wait": wait, "run": run, "has_queue": HAS_QUEUE, "waiting": info.status in WAITING})
 
 
-async def schedules_page(request: Request) -> Response:
+def schedules_page(request: Request) -> Response:
     dash = _dash(request)
     return dash.render(request, "schedules.html", {"schedules": dash.mq.schedules(),
                                                    "word_of": STATUS_WORD})
 
 
-async def nodes_page(request: Request) -> Response:
+def nodes_page(request: Request) -> Response:
     dash = _dash(request)
     return dash.render(request, "nodes.html", {"nodes": dash.mq.nodes()})
 
@@ -347,8 +351,12 @@ async def _on_one(request: Request, action: Callable[[MessageQueue, str], int]) 
     """Apply ``action`` to the task of the URL (404 if it is not stored): (id, count, form)."""
     dash = _dash(request)
     task_id = request.path_params["task_id"]
-    _task_or_404(dash, task_id)
-    return task_id, action(dash.mq, task_id), await request.form()
+
+    def act() -> int:
+        _task_or_404(dash, task_id)
+        return action(dash.mq, task_id)
+
+    return task_id, await run_in_threadpool(act), await request.form()
 
 
 async def retry_one(request: Request) -> Response:
@@ -376,9 +384,11 @@ async def bulk_retry(request: Request) -> Response:
     form = await request.form()
     if form.get("all"):
         name = str(form.get("name", "")).strip() or None
-        count = dash.mq.retry_failed(task_name=name)
+        count = await run_in_threadpool(lambda: dash.mq.retry_failed(task_name=name))
         return _back(request, form, f"{count} failed task(s){f' of {name}' if name else ''} queued again")
-    count = sum(dash.mq.retry_failed(task_id=task_id) for task_id in _valid_ids(dash, _selected(form)))
+    ids = _selected(form)
+    count = await run_in_threadpool(
+        lambda: sum(dash.mq.retry_failed(task_id=task_id) for task_id in _valid_ids(dash, ids)))
     return _back(request, form, f"{count} failed task(s) queued again")
 
 
@@ -386,7 +396,9 @@ async def bulk_delete(request: Request) -> Response:
     """Delete the selected waiting tasks (one by one, by primary key)."""
     dash = _dash(request)
     form = await request.form()
-    count = sum(dash.mq.purge(task_id=task_id) for task_id in _valid_ids(dash, _selected(form)))
+    ids = _selected(form)
+    count = await run_in_threadpool(
+        lambda: sum(dash.mq.purge(task_id=task_id) for task_id in _valid_ids(dash, ids)))
     return _back(request, form, f"{count} waiting task(s) deleted")
 
 
