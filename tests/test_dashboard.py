@@ -457,6 +457,9 @@ def test_cli_refuses_a_non_loopback_host_without_a_token(tmp_path, capsys):
     assert "--host 0.0.0.0 is reachable from other machines" in error and "--token" in error
     assert main(["dashboard", "--path", folder, "--host", "192.168.1.5", "--token", " "]) == 2
     assert "is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["dashboard", "--path", folder, "--port", "70000"])
+    assert "70000 is invalid; it must be an integer <= 65535" in capsys.readouterr().err
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.1.2.3"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "example.com", "::"))
     check_dashboard_bind("0.0.0.0", "t", read_only=False)  # a token: allowed

@@ -76,7 +76,7 @@ def _version() -> str:
 
 
 # -- argument types: a bad value is refused by argparse, naming the flag ---------------
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -84,6 +84,8 @@ def _integer(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is invalid; it must be an integer >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is invalid; it must be an integer <= {maximum}")
         return value
 
     return parse
@@ -156,6 +158,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             ("stats --path q", "count tasks per status"),
             ("failed --path q", "list failed tasks with their errors"),
             ("retry --all --path q", "queue every failed task again"),
+            ("dashboard --path q", "the web dashboard, on http://127.0.0.1:8765/"),
             ("demo", "run the original example app and summarize"),
         ], f"`{prog} COMMAND --help` tells more about each command."))
     parser.add_argument("--version", action="version", version=_version())
@@ -261,7 +264,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_location(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1",
                            help="address to bind (default: %(default)s, this machine only)")
-    dashboard.add_argument("--port", type=_integer(1), default=8765, help="port (default: %(default)s)")
+    dashboard.add_argument("--port", type=_integer(1, 65535), default=8765,
+                           help="port (default: %(default)s)")
     dashboard.add_argument("--read-only", action="store_true", help="show no actions; refuse every POST")
     dashboard.add_argument("--token", default=None, metavar="T",
                            help=f"every page and action needs this token (default: ${DASHBOARD_TOKEN_ENV})")
