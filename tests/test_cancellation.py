@@ -231,8 +231,9 @@ def _runs(log: Path) -> dict[int, float]:
 def test_no_cancelled_task_starts_after_the_cancel_returned_while_workers_drain(tmp_path, backend,
                                                                                 broker_url):
     """2 CLI worker processes x 2 threads drain 2,000 tasks; the 1,000 right behind the drain's
-    front are cancelled mid-drain (some of them leased, prefetched or running by then). Counted from the log the task writes: none of them starts after the
-    cancel returned, and none that came back "cancelled" ever starts."""
+    front are cancelled mid-drain (some of them leased, prefetched or running by then).
+    Counted from the log the task writes: none of them starts after the cancel returned, and
+    none that came back "cancelled" ever starts."""
     workers, log, _env = _workers(tmp_path, broker_url, 2)
     try:
         with MessageQueue(str(tmp_path / "q"), broker_url=broker_url) as sender:

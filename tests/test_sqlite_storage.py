@@ -117,6 +117,21 @@ def test_every_query_uses_an_index(tmp_path, query):
         assert scans == [], steps
 
 
+@pytest.mark.parametrize("query, index", [("page_ready", "mqs_tasks_ready"),
+                                          ("page_scheduled", "mqs_tasks_scheduled"),
+                                          ("page_failed", "mqs_tasks_failed"),
+                                          ("page_running", "mqs_tasks_running")])
+def test_dashboard_pages_of_a_state_read_its_index(tmp_path, query, index):
+    """A page of one state reads that state's partial index, never the primary key (which,
+    for an ORDER BY row id, would cross every other state's rows on the way)."""
+    with MessageQueue(str(tmp_path / "q")) as mq:
+        conn = mq.engine.shards[0]._connection()
+        plan = conn.execute("EXPLAIN QUERY PLAN " + Q[query], [None] * _arity(Q[query]))
+        steps = [str(row[-1]) for row in plan]
+    reads = [step for step in steps if "mqs_tasks" in step and step.startswith(("SEARCH", "SCAN"))]
+    assert reads and all(index in step for step in reads), steps
+
+
 def _arity(sql: str) -> int:
     import re
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+from message_queue_sqlite.api import browse
 from message_queue_sqlite.backends import open_backend
 from message_queue_sqlite.backends.base import OUTCOME_NAMES, RecoveryReport, ScheduleRecord, TaskRecord
 from message_queue_sqlite.core.config import Config
@@ -61,16 +62,25 @@ class TaskInfo:
     ended_at: float | None
     run_after: float
     queue: str = DEFAULT_QUEUE
+    # Filled where the storage read them (the dashboard's pages, ``task_info``); a listing by
+    # ``tasks()`` leaves the arguments out (None), as they can be large.
+    arguments: str | None = None  # the stored JSON; None for a cached task (kept in its sender's memory)
+    sender: str | None = None  # node id of the queue object that sent it
+    max_retries: int = 0
+    cached: bool = False  # sent with use_cache=True: only its sender's workers can run it
+    lease_owner: str | None = None  # node id of the worker running it (RUNNING)
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskInfo:
         status = shown_status(record)
         finished = status == TaskStatus.FINISHED
+        cached = record.cache_owner is not None
         return cls(record.task_id, record.task_name, status, record.status == TaskStatus.CALLBACKED,
                    loads_result(record.result) if finished else None,
                    None if finished else record.result, record.traceback, record.priority,
                    record.attempts, record.created_at, record.started_at, record.ended_at,
-                   record.run_after, record.queue)
+                   record.run_after, record.queue, None if cached else record.args, record.sender,
+                   record.max_retries, cached, record.lease_owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +443,50 @@ class MessageQueue:
         else:
             found.sort(key=lambda r: r.created_at, reverse=True)
         return [TaskInfo.from_record(record) for record in found[:limit]]
+
+    def task_page(self, status: TaskStatus | int | None = None, task_name: str | None = None,
+                  text: str | None = None, after: str | None = None,
+                  limit: int = 50) -> tuple[list[TaskInfo], str | None, int]:
+        """One keyset page of tasks, with their arguments: ``(tasks, next_cursor, examined)``.
+        Ready tasks in claim order, scheduled ones by due time, the others newest first; pass
+        ``next_cursor`` back as ``after`` for the next page (None: no more). Each page reads a
+        bounded number of rows on an index whatever the table's size; with ``task_name`` or
+        ``text`` (any case, in the arguments, result or error) a page may hold fewer than
+        ``limit`` tasks and still have a next one (see ``api/browse.py``)."""
+        page = browse.page_tasks(self._engine.shards, None if status is None else int(status),
+                                 task_name, text, after, limit)
+        return [TaskInfo.from_record(r) for r in page.records], page.next_cursor, page.examined
+
+    def task_info(self, task_id: str) -> TaskInfo | None:
+        """Everything stored about one task, arguments included; None if it is not stored."""
+        shard, row_id = self._engine.shard_of(task_id)
+        record = self._engine.shards[shard].get_task_detail(row_id)
+        return None if record is None else TaskInfo.from_record(record)
+
+    def recent_ends(self, since: float, limit: int = 10_000) -> list[browse.Ended]:
+        """``(created, started, ended, outcome)`` of up to ``limit`` per shard of the newest tasks
+        that ended at or after ``since`` (epoch seconds; outcome 3 finished, 4 failed): for
+        throughput, failure rate and latency. On SQLite only the newest 10 x ``limit`` rows
+        are looked at (no index on end times is kept: it would cost every task)."""
+        return browse.recent_ends(self._engine.shards, since, limit)
+
+    def oldest_waiting(self) -> tuple[str, str, float] | None:
+        """``(task_id, task_name, created_at)`` of the ready task sent first (any priority)."""
+        return browse.oldest_ready(self._engine.shards)
+
+    def nodes(self) -> list[browse.NodeInfo]:
+        """The live queue objects (each process's MessageQueue that runs workers or waits for
+        callbacks): host, pid, start, running tasks; read from the storage's liveness rows."""
+        return browse.live_nodes(self._engine.shards)
+
+    def dashboard(self, read_only: bool = False, token: str | None = None) -> Any:
+        """The web dashboard of this queue: a Starlette (ASGI) app, to serve with uvicorn or
+        mount (``app.mount("/queue", mq.dashboard())``). Needs the ``dashboard`` extra; imported
+        here so that the queue itself stays standard-library only. ``read_only``: no actions;
+        ``token``: every page and action asks for it (see the README, "Dashboard")."""
+        from message_queue_sqlite.contrib.dashboard import create_app
+
+        return create_app(self, read_only=read_only, token=token)
 
     def retry_failed(self, task_id: str | None = None, task_name: str | None = None) -> int:
         """Queue FAILED tasks again (one by id, all of a name, or all): how many."""

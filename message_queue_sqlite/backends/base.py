@@ -111,10 +111,24 @@ class TaskRecord:
     started_at: float | None
     ended_at: float | None
     queue: str = DEFAULT_QUEUE
+    args: str | None = None  # read only by the pages (``page_tasks``, ``get_task_detail``)
 
     @property
     def task_id(self) -> str:
         return format_task_id(self.shard, self.row_id)
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    """A live queue object (a process's MessageQueue that sent with a callback, or runs
+    workers): what the dashboard's nodes page shows."""
+
+    node_id: str
+    host: str
+    pid: int
+    started_at: float  # wall clock
+    lease_left: float  # seconds until its liveness lease runs out (refreshed well before)
+    running: int  # tasks leased to it now, on this shard
 
 
 @dataclass(slots=True)
@@ -257,6 +271,35 @@ class Admin(ABC):
     @abstractmethod
     def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
         """(created, started, ended) of the newest ended tasks: for latency summaries."""
+
+    @abstractmethod
+    def page_tasks(self, status: int | None, after: tuple[float, int], limit: int) -> list[TaskRecord]:
+        """One keyset page of tasks of ``status`` (None: any; 3 and 4 include those whose
+        callback ran), with their arguments, reading at most ``limit`` rows on that state's
+        index or a range of the primary key, so a page costs the same at any depth and size.
+        Order and cursor: ready (1) in claim order after ``after`` = (priority, row id);
+        scheduled (6) by due time after (run_after, row id); the others newest first, row ids
+        below ``after[1]`` (``after[0]`` unused)."""
+
+    @abstractmethod
+    def get_task_detail(self, row_id: int) -> TaskRecord | None:
+        """One task by primary key with its arguments (``get_tasks`` leaves them out: the
+        engine reads outcomes on a hot path)."""
+
+    @abstractmethod
+    def recent_ends(self, since: float, limit: int) -> list[tuple[float, float | None, float, int]]:
+        """(created, started, ended, outcome) of up to ``limit`` of the newest tasks that ended
+        at or after ``since`` (wall clock): the dashboard's throughput and latency. Bounded
+        work: SQLite looks among a window of the newest rows (no end-time index is kept)."""
+
+    @abstractmethod
+    def oldest_ready(self) -> tuple[int, str, float] | None:
+        """(row id, name, created_at) of the ready task sent first, whatever its priority:
+        a seek on the ready index per priority level, never a walk of the backlog."""
+
+    @abstractmethod
+    def list_nodes(self) -> list[NodeRecord]:
+        """The queue objects whose liveness lease has not run out (``register_node``)."""
 
     @abstractmethod
     def remove_waiting(self, row_id: int | None, task_name: str | None) -> int:

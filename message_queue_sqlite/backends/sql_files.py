@@ -12,6 +12,20 @@ _LISTINGS = {None: "list_recent", 1: "list_ready", 2: "list_running", 4: "list_f
              6: "list_scheduled"}
 
 
+# The dashboard's keyset pages (Admin.page_tasks), likewise one per state; CALLBACKED rows are
+# shown by their outcome, so 3 and 4 include them.
+_PAGES = {None: "page_recent", 1: "page_ready", 2: "page_running", 3: "page_finished", 4: "page_failed",
+          6: "page_scheduled"}
+
+
+def page_query(status: int | None) -> str:
+    """The name of the query that pages through tasks of ``status`` (None: of any)."""
+    try:
+        return _PAGES[status]
+    except KeyError:
+        raise ValueError(f"no page of tasks of status {status!r}; one of {sorted(_PAGES, key=str)}") from None
+
+
 def listing_query(status: int | None) -> str:
     """The name of the query that lists tasks of ``status`` (None: of any)."""
     return _LISTINGS.get(status, "list_ended_as")

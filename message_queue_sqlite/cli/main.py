@@ -1,5 +1,5 @@
-"""The command line: ``worker``, ``stats``, ``failed``, ``retry``, ``purge``, ``cancel``, ``schedules`` and
-``demo``; ``--help`` on each.
+"""The command line: ``worker``, ``stats``, ``failed``, ``retry``, ``purge``, ``cancel``, ``schedules``,
+``dashboard`` and ``demo``; ``--help`` on each.
 
 It is the first thing many users meet, so every refusal names what the user typed (``--path``,
 ``--workers``, not the ``Config`` field behind it) and says what to type instead; a worker
@@ -10,6 +10,7 @@ happened (see ``--help`` of each command).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -41,7 +42,8 @@ DEFAULT_PATH = "message_queue"
 EXIT_NOTHING = 1  # retry: nothing to queue again for what was named
 EXIT_ERROR = 2  # usage, nothing to serve, storage
 EXIT_UNFINISHED = 3  # worker: stopped with tasks given back unfinished
-EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE (`| head`)
+EXIT_BROKEN_PIPE = 128 + 13
+DASHBOARD_TOKEN_ENV = "MQS_DASHBOARD_TOKEN"  # what a shell reports for a tool ended by SIGPIPE (`| head`)
 FLAGS = {"middleware_path": "--path", "max_workers": "--workers", "broker_url": "--broker-url",
          "visibility_timeout": "--visibility-timeout", "drain_timeout": "--drain-timeout"}
 
@@ -75,7 +77,7 @@ def _version() -> str:
 
 
 # -- argument types: a bad value is refused by argparse, naming the flag ---------------
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -83,6 +85,8 @@ def _integer(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is invalid; it must be an integer >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is invalid; it must be an integer <= {maximum}")
         return value
 
     return parse
@@ -161,6 +165,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             ("stats --path q", "count tasks per status"),
             ("failed --path q", "list failed tasks with their errors"),
             ("retry --all --path q", "queue every failed task again"),
+            ("dashboard --path q", "the web dashboard, on http://127.0.0.1:8765/"),
             ("demo", "run the original example app and summarize"),
         ], f"`{prog} COMMAND --help` tells more about each command."))
     parser.add_argument("--version", action="version", version=_version())
@@ -265,6 +270,31 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     schedules.add_argument("--json", action="store_true", help="print JSON")
     schedules.add_argument("--prune", action="store_true",
                            help="forget the orphaned schedules (their tasks stay)")
+
+    dashboard = command(
+        "dashboard", "serve the web dashboard (needs the 'dashboard' extra)",
+        "Serve the web dashboard of a queue with uvicorn: counts and the last hour, tasks with\n"
+        "filters, a task's arguments, result and traceback, retry and delete, schedules and\n"
+        "live nodes, all read from the queue's storage. It binds to 127.0.0.1 unless told\n"
+        "otherwise, and refuses another address without --token (or --read-only, which\n"
+        "leaves the pages, task arguments included, open to whoever reaches it).",
+        _examples(prog, [
+            ("dashboard --path q", "the queue in folder q, on http://127.0.0.1:8765/"),
+            ("dashboard app:mq", "the MessageQueue object mq of module app (its folder or URL)"),
+            ("dashboard --broker-url postgresql://user@db/mydb --read-only", "no actions"),
+            (f"dashboard --path q --host 0.0.0.0 --token \"${DASHBOARD_TOKEN_ENV}\"",
+             f"reachable from elsewhere, behind a token (or set ${DASHBOARD_TOKEN_ENV})"),
+        ]))
+    dashboard.add_argument("target", metavar="TARGET", nargs="?", default=None,
+                           help="MODULE:OBJECT, a MessageQueue (e.g. app:mq); or give --path/--broker-url")
+    _add_location(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default: %(default)s, this machine only)")
+    dashboard.add_argument("--port", type=_integer(1, 65535), default=8765,
+                           help="port (default: %(default)s)")
+    dashboard.add_argument("--read-only", action="store_true", help="show no actions; refuse every POST")
+    dashboard.add_argument("--token", default=None, metavar="T",
+                           help=f"every page and action needs this token (default: ${DASHBOARD_TOKEN_ENV})")
 
     demo = command("demo", "run the original package's example app and summarize",
                    "Run the original README's example app unmodified against SQLite for a few\n"
@@ -702,6 +732,76 @@ def _clock(stamp: float | None) -> str:
     return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+# -- dashboard -------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches: localhost, 127.0.0.0/8, ::1."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def dashboard_token(args: argparse.Namespace) -> str | None:
+    """--token, else $MQS_DASHBOARD_TOKEN (kept out of the process list and shell history)."""
+    token = args.token if args.token is not None else os.environ.get(DASHBOARD_TOKEN_ENV)
+    if token is not None and not token.strip():
+        raise CliError(f"--token {token!r} (or ${DASHBOARD_TOKEN_ENV}) is empty; give a secret, "
+                       "e.g. --token \"$(python -c 'import secrets; print(secrets.token_urlsafe())')\"")
+    return token
+
+
+def check_dashboard_bind(host: str, token: str | None, read_only: bool) -> None:
+    """Refuse to serve actions on an address other machines may reach without a token."""
+    if is_loopback(host) or token is not None or read_only:
+        return
+    raise CliError(f"--host {host} is reachable from other machines, and the dashboard can retry and "
+                   f"delete tasks: give --token T (or ${DASHBOARD_TOKEN_ENV}), or --read-only, or "
+                   "bind to 127.0.0.1 (the default)")
+
+
+def _dashboard_queue(args: argparse.Namespace) -> MessageQueue:
+    """TARGET's own queue object, or the queue of --path / --broker-url."""
+    if args.target is None:
+        return _open(args)
+    sys.path.insert(0, os.getcwd())
+    target = load_target(args.target, args.prog)
+    if target.queue is None:
+        raise CliError(f"{args.target} is a package of tasks; the dashboard reads a queue: give "
+                       f"MODULE:OBJECT (a MessageQueue) or --path DIR / --broker-url URL")
+    if args.path is not None or args.broker_url is not None:
+        asked = _place(_broker_url(args), args.path or DEFAULT_PATH)
+        if asked != _place_of(target.queue):
+            raise CliError(f"--path/--broker-url name another queue than {target.spec}'s "
+                           f"({_where(target.queue)}); give one or the other")
+    return target.queue
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    token = dashboard_token(args)
+    check_dashboard_bind(args.host, token, args.read_only)
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise CliError("the dashboard needs its extra: pip install 'message_queue_sqlite[dashboard]' "
+                       f"({exc})") from exc
+    queue = _dashboard_queue(args)
+    try:
+        app = queue.dashboard(read_only=args.read_only, token=token)
+        if not is_loopback(args.host) and token is None:
+            log.warning("--read-only on %s without --token: anyone who reaches it reads every task's "
+                        "arguments and results", args.host)
+        mode = "read-only" if args.read_only else "actions on"
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"dashboard: {_where(queue)} on http://{shown}:{args.port}/ ({mode}"
+              f"{', token required' if token else ''}); Ctrl+C stops it", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    finally:
+        queue.close()
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from message_queue_sqlite.cli.demo import run_demo
@@ -711,7 +811,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed, "retry": cmd_retry, "purge": cmd_purge,
-    "cancel": cmd_cancel, "schedules": cmd_schedules, "demo": _demo}
+    "cancel": cmd_cancel, "schedules": cmd_schedules, "dashboard": cmd_dashboard, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,7 +56,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -66,6 +66,7 @@ from message_queue_sqlite.backends.base import (
     ClaimedTask,
     Completion,
     NewTask,
+    NodeRecord,
     RecoveryReport,
     ScheduleRecord,
     Shard,
@@ -73,7 +74,7 @@ from message_queue_sqlite.backends.base import (
 )
 from message_queue_sqlite.backends.postgres.connection import Target, connect, open_schema
 from message_queue_sqlite.backends.postgres.notify import ChangeListener
-from message_queue_sqlite.backends.sql_files import listing_query, load_queries
+from message_queue_sqlite.backends.sql_files import listing_query, load_queries, page_query
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import QueueStorageError
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
@@ -540,6 +541,38 @@ class PostgresShard(Shard):
 
     def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
         return self._fetch("ended timings", "ended_timings", {"limit": limit})
+
+    def page_tasks(self, status: int | None, after: tuple[float, int], limit: int) -> list[TaskRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        if status == 1:
+            params.update(after_priority=int(after[0]), after_id=after[1])
+        elif status == 6:
+            params.update(after_run_after=float(after[0]), after_id=after[1])
+        else:
+            params["before"] = after[1]
+        query = page_query(status)
+        if status == 1:  # the ready index is per queue: a page of each, merged
+            rows = [r for queue in self.list_queues()
+                    for r in self._fetch("page tasks", query, {**params, "queue": queue})]
+            rows = sorted(rows, key=lambda r: (-r[6], r[0]))[:limit]
+        else:
+            rows = self._fetch("page tasks", query, params)
+        return [_record(self.index, r) for r in rows]
+
+    def get_task_detail(self, row_id: int) -> TaskRecord | None:
+        rows = self._fetch("get task", "get_task_detail", {"row_id": row_id})
+        return _record(self.index, rows[0]) if rows else None
+
+    def recent_ends(self, since: float, limit: int) -> list[tuple[float, float | None, float, int]]:
+        return self._fetch("recent ends", "recent_ends", {"since": since, "limit": limit})
+
+    def oldest_ready(self) -> tuple[int, str, float] | None:
+        found = [rows[0] for queue in self.list_queues()
+                 if (rows := self._fetch("oldest ready", "oldest_ready", {"queue": queue}))]
+        return min(found) if found else None
+
+    def list_nodes(self) -> list[NodeRecord]:
+        return [NodeRecord(*row) for row in self._fetch("list nodes", "list_nodes")]
 
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
         query = "requeue_failed_all" if row_id is None else "requeue_failed_by_id"

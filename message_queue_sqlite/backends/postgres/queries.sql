@@ -478,3 +478,109 @@ WITH seen AS (
      WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 2 AND t.lease_owner = %(owner)s
     RETURNING 1)
 SELECT count(*), pg_notify(%(channel)s, '') FROM seen;
+
+-- Dashboard reads (contrib/dashboard): keyset pages that each read at most their LIMIT of
+-- rows on an index or a range of the primary key, whatever the table's size. The page's
+-- rows carry args (the listing queries above leave it out). A cursor is the sort key of the
+-- last row the previous page examined.
+
+-- name: page_recent
+-- One page of every task, newest first: row ids below %(before)s, on the primary key.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM {schema}.mqs_tasks
+ WHERE id < %(before)s::bigint AND status <> 0
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: page_finished
+-- One page of FINISHED tasks (whether or not their callback ran), newest first: row ids below %(before)s, on the primary key (most ended tasks finished).
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM {schema}.mqs_tasks
+ WHERE id < %(before)s::bigint AND (status = 3 OR (status = 5 AND outcome = 3))
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: page_failed
+-- One page of FAILED tasks (whether or not their callback ran), newest first: row ids below %(before)s, on the failed index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM {schema}.mqs_tasks
+ WHERE outcome = 4 AND id < %(before)s::bigint
+ ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: page_running
+-- One page of RUNNING tasks, newest first: row ids below %(before)s, read on the running index (at most the leases held) and sorted after, as list_running.
+WITH running AS MATERIALIZED (
+    SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+           sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+      FROM {schema}.mqs_tasks
+     WHERE status = 2 AND id < %(before)s::bigint)
+SELECT * FROM running ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: page_ready
+-- One page of ready tasks of a queue in claim order after (priority %(after_priority)s, row id %(after_id)s): the rest of that priority, then lower ones, two seeks on the ready index.
+SELECT * FROM (
+    (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+            sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+       FROM {schema}.mqs_tasks
+      WHERE status = 1 AND queue = %(queue)s AND priority = %(after_priority)s::bigint AND id > %(after_id)s::bigint
+      ORDER BY priority DESC, id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+            sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+       FROM {schema}.mqs_tasks
+      WHERE status = 1 AND queue = %(queue)s AND priority < %(after_priority)s::bigint
+      ORDER BY priority DESC, id LIMIT %(limit)s)) AS page
+ ORDER BY priority DESC, id LIMIT %(limit)s;
+
+-- name: page_scheduled
+-- One page of scheduled tasks in the order they become ready after (run_after %(after_run_after)s, row id %(after_id)s): the rest of that very time (read on the scheduled index and sorted after: MATERIALIZED, as the planner would otherwise walk the primary key for the ORDER BY), then later ones, on the scheduled index.
+WITH same_time AS MATERIALIZED (
+    SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+           sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+      FROM {schema}.mqs_tasks
+     WHERE status = 6 AND run_after = %(after_run_after)s::double precision)
+SELECT * FROM (
+    (SELECT * FROM same_time WHERE id > %(after_id)s::bigint ORDER BY id LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+            sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+       FROM {schema}.mqs_tasks
+      WHERE status = 6 AND run_after > %(after_run_after)s::double precision
+      ORDER BY run_after, id LIMIT %(limit)s)) AS page
+ ORDER BY run_after, id LIMIT %(limit)s;
+
+-- name: get_task_detail
+-- One task by its row id with its arguments (the task page), by primary key.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM {schema}.mqs_tasks WHERE id = %(row_id)s::bigint;
+
+-- name: recent_ends
+-- Created, started and ended times and the outcome of the tasks that ended last, at or after %(since)s (the dashboard's last hour), on the ended index.
+SELECT created_at, started_at, ended_at, outcome FROM {schema}.mqs_tasks
+ WHERE status IN (3, 4, 5) AND ended_at >= %(since)s::double precision
+ ORDER BY ended_at DESC LIMIT %(limit)s;
+
+-- name: oldest_ready
+-- The oldest ready task of a queue (row id, name, created): the lowest row id of each priority level, each level found by one seek on the ready index (at most 1000 levels).
+WITH RECURSIVE levels(p, n) AS (
+    SELECT (SELECT priority FROM {schema}.mqs_tasks WHERE status = 1 AND queue = %(queue)s ORDER BY priority DESC LIMIT 1), 1
+    UNION ALL
+    SELECT (SELECT priority FROM {schema}.mqs_tasks WHERE status = 1 AND queue = %(queue)s AND priority < levels.p
+             ORDER BY priority DESC LIMIT 1), n + 1
+      FROM levels WHERE levels.p IS NOT NULL AND n < 1000)
+SELECT first.id, first.task_name, first.created_at
+  FROM levels
+  CROSS JOIN LATERAL (SELECT id, task_name, created_at FROM {schema}.mqs_tasks
+                       WHERE status = 1 AND queue = %(queue)s AND priority = levels.p
+                       ORDER BY priority DESC, id LIMIT 1) AS first
+ ORDER BY first.id LIMIT 1;
+
+-- name: list_nodes
+-- The live queue objects (lease not expired by the server's clock): host, pid, when started, seconds left on their lease, and how many tasks each is running (on the running index).
+SELECT n.node_id, n.host, n.pid, n.started_at, n.expires_at - date_part('epoch', clock_timestamp()),
+       (SELECT count(*) FROM {schema}.mqs_tasks AS t WHERE t.status = 2 AND t.lease_owner = n.node_id)
+  FROM {schema}.mqs_nodes AS n
+ WHERE n.expires_at > date_part('epoch', clock_timestamp())
+ ORDER BY n.started_at, n.node_id;

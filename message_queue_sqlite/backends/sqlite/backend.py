@@ -27,12 +27,13 @@ from message_queue_sqlite.backends.base import (
     ClaimedTask,
     Completion,
     NewTask,
+    NodeRecord,
     RecoveryReport,
     ScheduleRecord,
     Shard,
     TaskRecord,
 )
-from message_queue_sqlite.backends.sql_files import listing_query, load_queries
+from message_queue_sqlite.backends.sql_files import listing_query, load_queries, page_query
 from message_queue_sqlite.backends.sqlite.clock import BOOT_ID, Clock
 from message_queue_sqlite.backends.sqlite.connection import (
     check_sqlite_library,
@@ -116,7 +117,9 @@ def folder_mistake(folder: str) -> tuple[str, str] | None:
 def _record(shard: int, row: tuple) -> TaskRecord:
     return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
                       row[8], row[9], bool(row[10]), row[11], row[12], row[13], row[14], row[15],
-                      row[16], row[17], row[18])
+                      row[16], row[17], row[18], row[19] if len(row) > 19 else None)
+
+RECENT_ENDS_WINDOW = 10  # recent_ends looks at most this many times its limit of newest rows
 
 
 class SQLiteShard(Shard):
@@ -645,6 +648,37 @@ class SQLiteShard(Shard):
     def ended_timings(self, limit: int) -> list[tuple[float, float | None, float]]:
         with self._read() as conn:
             return conn.execute(Q["ended_timings"], (limit, limit * TIMINGS_WINDOW)).fetchall()
+
+    def page_tasks(self, status: int | None, after: tuple[float, int], limit: int) -> list[TaskRecord]:
+        query = Q[page_query(status)]
+        with self._read() as conn:
+            if status == TaskStatus.NOT_STARTED:  # the ready index is per queue: a page of each, merged
+                rows = [r for queue in self._queues(conn)
+                        for r in conn.execute(query, (after[0], after[1], limit, queue))]
+                rows = sorted(rows, key=lambda r: (-r[6], r[0]))[:limit]
+            else:
+                params = (after[0], after[1], limit) if status == TaskStatus.SCHEDULED else (after[1], limit)
+                rows = conn.execute(query, params).fetchall()
+        return [_record(self.index, r) for r in rows]
+
+    def get_task_detail(self, row_id: int) -> TaskRecord | None:
+        with self._read() as conn:
+            row = conn.execute(Q["get_task_detail"], (row_id,)).fetchone()
+        return None if row is None else _record(self.index, row)
+
+    def recent_ends(self, since: float, limit: int) -> list[tuple[float, float | None, float, int]]:
+        with self._read() as conn:
+            return conn.execute(Q["recent_ends"], (limit, limit * RECENT_ENDS_WINDOW, since)).fetchall()
+
+    def oldest_ready(self) -> tuple[int, str, float] | None:
+        with self._read() as conn:
+            found = [row for queue in self._queues(conn)
+                     if (row := conn.execute(Q["oldest_ready"], (queue,)).fetchone()) is not None]
+        return min(found) if found else None
+
+    def list_nodes(self) -> list[NodeRecord]:
+        with self._read() as conn:
+            return [NodeRecord(*row) for row in conn.execute(Q["list_nodes"])]
 
     def requeue_failed(self, row_id: int | None, task_name: str | None) -> int:
         query, key = ("requeue_failed_all", task_name) if row_id is None else ("requeue_failed_by_id", row_id)

@@ -401,3 +401,107 @@ SELECT id FROM mqs_tasks WHERE status = 2 AND cancel_requested = 1 AND lease_own
 -- name: cancel_seen
 -- Owner ?2 has asked running task ?1 to stop (fenced by owner and attempt ?3): the canceller's wait ends.
 UPDATE mqs_tasks SET cancel_requested = 2 WHERE id = ?1 AND status = 2 AND lease_owner = ?2 AND attempts = ?3;
+
+-- Dashboard reads (contrib/dashboard): keyset pages that each read at most their LIMIT of
+-- rows on an index or a range of the primary key, whatever the table's size. The page's
+-- rows carry args (the listing queries above leave it out); ?1.. are the cursor then ?N the
+-- LIMIT. A cursor is the sort key of the last row the previous page examined.
+
+-- name: page_recent
+-- One page of every task, newest first: row ids below ?1, on the primary key.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM mqs_tasks
+ WHERE id < ?1 AND status <> 0
+ ORDER BY id DESC LIMIT ?2;
+
+-- name: page_finished
+-- One page of FINISHED tasks (whether or not their callback ran), newest first: row ids below ?1, on the primary key (most ended tasks finished).
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM mqs_tasks
+ WHERE id < ?1 AND (status = 3 OR (status = 5 AND outcome = 3))
+ ORDER BY id DESC LIMIT ?2;
+
+-- name: page_failed
+-- One page of FAILED tasks (whether or not their callback ran), newest first: row ids below ?1, on the failed index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM mqs_tasks INDEXED BY mqs_tasks_failed
+ WHERE outcome = 4 AND id < ?1
+ ORDER BY id DESC LIMIT ?2;
+
+-- name: page_running
+-- One page of RUNNING tasks, newest first: row ids below ?1, on the running index (at most the leases held).
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM mqs_tasks INDEXED BY mqs_tasks_running
+ WHERE status = 2 AND id < ?1
+ ORDER BY id DESC LIMIT ?2;
+
+-- name: page_ready
+-- One page of ready tasks of queue ?4 in claim order after (priority ?1, row id ?2): the rest of priority ?1, then lower priorities, two seeks on the ready index.
+SELECT * FROM (
+    SELECT * FROM (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+                          sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at,
+                          started_at, ended_at, queue, args
+                     FROM mqs_tasks WHERE status = 1 AND queue = ?4 AND priority = ?1 AND id > ?2
+                    ORDER BY priority DESC, id LIMIT ?3)
+    UNION ALL
+    SELECT * FROM (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+                          sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at,
+                          started_at, ended_at, queue, args
+                     FROM mqs_tasks WHERE status = 1 AND queue = ?4 AND priority < ?1
+                    ORDER BY priority DESC, id LIMIT ?3))
+ ORDER BY priority DESC, id LIMIT ?3;
+
+-- name: page_scheduled
+-- One page of scheduled tasks in the order they become ready after (run_after ?1, row id ?2): the rest of that time, then later ones, two seeks on the scheduled index.
+SELECT * FROM (
+    SELECT * FROM (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+                          sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at,
+                          started_at, ended_at, queue, args
+                     FROM mqs_tasks WHERE status = 6 AND run_after = ?1 AND id > ?2
+                    ORDER BY run_after, id LIMIT ?3)
+    UNION ALL
+    SELECT * FROM (SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+                          sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at,
+                          started_at, ended_at, queue, args
+                     FROM mqs_tasks WHERE status = 6 AND run_after > ?1
+                    ORDER BY run_after, id LIMIT ?3))
+ ORDER BY run_after, id LIMIT ?3;
+
+-- name: get_task_detail
+-- One task by its row id with its arguments (the task page); a removed one's tombstone is not a task.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM mqs_tasks WHERE id = ?1 AND status <> 0;
+
+-- name: recent_ends
+-- Created, started and ended times and the outcome of the newest ended tasks that ended at or after ?3 (the dashboard's last hour), among the newest ?2 rows only (a bounded range of the primary key), at most ?1.
+SELECT created_at, started_at, ended_at, outcome FROM mqs_tasks
+ WHERE id > (SELECT max(id) FROM mqs_tasks) - ?2 AND outcome IS NOT NULL AND ended_at >= ?3
+ ORDER BY id DESC LIMIT ?1;
+
+-- name: oldest_ready
+-- The oldest ready task of queue ?1 (row id, name, created): the lowest row id of each priority level, each level found by one seek on the ready index (at most 1000 levels).
+WITH RECURSIVE levels(p, n) AS (
+    SELECT (SELECT priority FROM mqs_tasks WHERE status = 1 AND queue = ?1 ORDER BY priority DESC LIMIT 1), 1
+    UNION ALL
+    SELECT (SELECT priority FROM mqs_tasks WHERE status = 1 AND queue = ?1 AND priority < levels.p
+             ORDER BY priority DESC LIMIT 1), n + 1
+      FROM levels WHERE levels.p IS NOT NULL AND n < 1000)
+SELECT t.id, t.task_name, t.created_at
+  FROM levels
+  JOIN mqs_tasks AS t ON t.id = (SELECT id FROM mqs_tasks WHERE status = 1 AND queue = ?1 AND priority = levels.p
+                                  ORDER BY priority DESC, id LIMIT 1)
+ ORDER BY t.id LIMIT 1;
+
+-- name: list_nodes
+-- The live queue objects (lease not expired by the boot clock): host, pid, when started, seconds left on their lease, and how many tasks each is running (on the running index).
+SELECT n.node_id, n.host, n.pid, n.started_at, n.expires_at - mqs_lease_now(),
+       (SELECT count(*) FROM mqs_tasks INDEXED BY mqs_tasks_running
+         WHERE status = 2 AND lease_owner = n.node_id)
+  FROM mqs_nodes AS n
+ WHERE n.expires_at > mqs_lease_now()
+ ORDER BY n.started_at, n.node_id;
