@@ -308,6 +308,40 @@ def test_delete_waiting_tasks_one_and_selected(make_queue):
     assert client.post("/actions/delete", data={"csrf": csrf_of(page), "task_id": "junk"}).status_code == 400
 
 
+def test_cancel_one_and_selected_then_the_cancelled_page_and_per_queue_counts(make_queue):
+    mq = make_queue()
+
+    @mq.task(queue="mail")
+    def send_mail(n: int) -> None: ...
+
+    @mq.task
+    def report(n: int) -> None: ...
+
+    mail = [mq.send(send_mail, {"n": n}).task_id for n in range(3)]
+    other = mq.send(report, {"n": 0}).task_id
+    client = TestClient(mq.dashboard())
+    overview = client.get("/").text
+    assert '<tr data-queue="mail">' in overview and '<tr data-queue="default">' in overview
+    page = client.get("/tasks", params={"queue": "mail"}).text
+    assert row_ids(page) == list(reversed(mail))  # only that queue's tasks, newest first
+    assert 'data-action="cancel"' in page and 'id="cancel-selected"' in page
+    answer = client.post(f"/tasks/{mail[0]}/cancel", data={"csrf": csrf_of(page), "back": "/tasks"},
+                         follow_redirects=False)
+    assert answer.status_code == 303 and "cancelled" in answer.headers["location"]
+    answer = client.post("/actions/cancel", data={"csrf": csrf_of(page), "task_id": mail[1:]},
+                         follow_redirects=False)
+    assert answer.status_code == 303
+    assert [mq.get(t).status for t in mail] == [TaskStatus.CANCELLED] * 3
+    assert mq.get(other).status == TaskStatus.NOT_STARTED
+    cancelled = client.get("/tasks", params={"status": "cancelled"}).text
+    assert row_ids(cancelled) == list(reversed(mail)) and 'class="badge cancelled"' in cancelled
+    assert 'data-count="cancelled">3<' in client.get("/").text
+    read_only = TestClient(mq.dashboard(read_only=True))
+    assert 'data-action="cancel"' not in read_only.get("/tasks").text
+    assert read_only.post(f"/tasks/{other}/cancel", data={"csrf": "x"}).status_code == 403
+    assert mq.get(other).status == TaskStatus.NOT_STARTED
+
+
 # -- security -------------------------------------------------------------------------------
 def test_post_without_a_valid_csrf_token_is_refused(populated):
     mq = populated.mq

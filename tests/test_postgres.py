@@ -698,7 +698,8 @@ def test_every_query_uses_an_index(pg_url):
 # and filter on the way, which crosses the whole table. Only real statistics show it (an
 # empty table plans well either way), so the table is filled and analyzed first.
 STATE_PAGES = {"page_ready": "mqs_tasks_ready", "page_scheduled": "mqs_tasks_scheduled",
-               "page_failed": "mqs_tasks_failed", "page_running": "mqs_tasks_running"}
+               "page_failed": "mqs_tasks_failed", "page_running": "mqs_tasks_running",
+               "page_cancelled": "mqs_tasks_cancelled"}
 
 
 def test_state_pages_read_their_state_index_on_a_filled_table(pg_url, admin):
@@ -710,11 +711,11 @@ def test_state_pages_read_their_state_index_on_a_filled_table(pg_url, admin):
         def new(delay: float = 0.0) -> NewTask:
             return NewTask("t", "{}", 0, "s", False, None, 0, None, delay, time.time())
 
-        for _ in range(20):  # 20,000 ended, 1% failed, then 10 running, 100 scheduled, 100 ready
+        for _ in range(20):  # 20,000 ended (1% failed, 1% cancelled), 10 running, 100 scheduled, 100 ready
             shard.enqueue([new() for _ in range(1000)])
             _, claims = shard.complete_and_claim([], "o", 1000, 600.0)
             now = time.time()
-            shard.complete_and_claim([Completion(c.row_id, c.attempt, 4 if c.row_id % 100 == 0 else 3,
+            shard.complete_and_claim([Completion(c.row_id, c.attempt, {0: 4, 1: 7}.get(c.row_id % 100, 3),
                                                  "1", None, now, now) for c in claims], "o", 0, 600.0)
         shard.enqueue([new() for _ in range(10)])
         shard.complete_and_claim([], "o", 10, 600.0)

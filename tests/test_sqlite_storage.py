@@ -120,7 +120,8 @@ def test_every_query_uses_an_index(tmp_path, query):
 @pytest.mark.parametrize("query, index", [("page_ready", "mqs_tasks_ready"),
                                           ("page_scheduled", "mqs_tasks_scheduled"),
                                           ("page_failed", "mqs_tasks_failed"),
-                                          ("page_running", "mqs_tasks_running")])
+                                          ("page_running", "mqs_tasks_running"),
+                                          ("page_cancelled", "mqs_tasks_cancelled")])
 def test_dashboard_pages_of_a_state_read_its_index(tmp_path, query, index):
     """A page of one state reads that state's partial index, never the primary key (which,
     for an ORDER BY row id, would cross every other state's rows on the way)."""

@@ -24,7 +24,7 @@ _FIRST_BELOW = 2**62  # above any row id: the first page of a newest-first view
 _FIRST_PRIORITY = 2**62  # above any priority: the first page of the ready view
 _FIRST_RUN_AFTER = -1.0  # before any due time: the first page of the scheduled view
 PAGED_STATUSES = (TaskStatus.NOT_STARTED, TaskStatus.SCHEDULED, TaskStatus.RUNNING, TaskStatus.FINISHED,
-                  TaskStatus.FAILED)
+                  TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +98,12 @@ def _shard_after(status: int | None, cursor: tuple[float, int, int] | None, shar
     return (0.0, cursor[1] if shard <= cursor[2] else cursor[1] + 1)
 
 
-def matches(record: TaskRecord, task_name: str | None, text: str | None) -> bool:
-    """The filters no index serves: the exact task name, and ``text`` (any case) in the
-    stored arguments, result or error, or traceback."""
+def matches(record: TaskRecord, task_name: str | None, text: str | None, queue: str | None = None) -> bool:
+    """The filters no index serves: the exact task name and queue, and ``text`` (any case) in
+    the stored arguments, result or error, or traceback."""
     if task_name is not None and record.task_name != task_name:
+        return False
+    if queue is not None and record.queue != queue:
         return False
     if text is None:
         return True
@@ -112,7 +114,7 @@ def matches(record: TaskRecord, task_name: str | None, text: str | None) -> bool
 
 def page_tasks(shards: Sequence[Shard], status: int | None, task_name: str | None = None,
                text: str | None = None, after: str | None = None, limit: int = 50,
-               window: int = FILTER_WINDOW) -> TaskPage:
+               window: int = FILTER_WINDOW, queue: str | None = None) -> TaskPage:
     """One page of tasks of ``status`` (None: any) over every shard: ready ones in claim
     order, scheduled ones by due time, the others newest first (by row id). ``after`` is a
     page's ``next_cursor``. With a name or text filter, each shard reads ``window`` rows and
@@ -123,7 +125,7 @@ def page_tasks(shards: Sequence[Shard], status: int | None, task_name: str | Non
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit!r}")
     cursor = parse_cursor(status, after) if after else None
-    filtering = task_name is not None or text is not None
+    filtering = task_name is not None or text is not None or queue is not None
     per_shard = max(limit + 1, window) if filtering else limit + 1
     rows: list[TaskRecord] = []
     horizon: tuple[float, ...] | None = None  # the first row no shard read past
@@ -136,7 +138,7 @@ def page_tasks(shards: Sequence[Shard], status: int | None, task_name: str | Non
     rows.sort(key=lambda r: _sort_key(status, r))
     if horizon is not None:
         rows = [r for r in rows if _sort_key(status, r) <= horizon]
-    kept = [r for r in rows if matches(r, task_name, text)] if filtering else rows
+    kept = [r for r in rows if matches(r, task_name, text, queue)] if filtering else rows
     if len(kept) > limit:
         page = kept[:limit]
         return TaskPage(page, format_cursor(status, _sort_key(status, page[-1])), len(rows))

@@ -446,15 +446,15 @@ class MessageQueue:
 
     def task_page(self, status: TaskStatus | int | None = None, task_name: str | None = None,
                   text: str | None = None, after: str | None = None,
-                  limit: int = 50) -> tuple[list[TaskInfo], str | None, int]:
+                  limit: int = 50, queue: str | None = None) -> tuple[list[TaskInfo], str | None, int]:
         """One keyset page of tasks, with their arguments: ``(tasks, next_cursor, examined)``.
         Ready tasks in claim order, scheduled ones by due time, the others newest first; pass
         ``next_cursor`` back as ``after`` for the next page (None: no more). Each page reads a
         bounded number of rows on an index whatever the table's size; with ``task_name`` or
-        ``text`` (any case, in the arguments, result or error) a page may hold fewer than
-        ``limit`` tasks and still have a next one (see ``api/browse.py``)."""
+        ``text`` (any case, in the arguments, result or error) or ``queue`` a page may hold
+        fewer than ``limit`` tasks and still have a next one (see ``api/browse.py``)."""
         page = browse.page_tasks(self._engine.shards, None if status is None else int(status),
-                                 task_name, text, after, limit)
+                                 task_name, text, after, limit, queue=queue)
         return [TaskInfo.from_record(r) for r in page.records], page.next_cursor, page.examined
 
     def task_info(self, task_id: str) -> TaskInfo | None:

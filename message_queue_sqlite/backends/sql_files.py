@@ -15,7 +15,7 @@ _LISTINGS = {None: "list_recent", 1: "list_ready", 2: "list_running", 4: "list_f
 # The dashboard's keyset pages (Admin.page_tasks), likewise one per state; CALLBACKED rows are
 # shown by their outcome, so 3 and 4 include them.
 _PAGES = {None: "page_recent", 1: "page_ready", 2: "page_running", 3: "page_finished", 4: "page_failed",
-          6: "page_scheduled"}
+          6: "page_scheduled", 7: "page_cancelled"}
 
 
 def page_query(status: int | None) -> str:

@@ -584,3 +584,11 @@ SELECT n.node_id, n.host, n.pid, n.started_at, n.expires_at - date_part('epoch',
   FROM {schema}.mqs_nodes AS n
  WHERE n.expires_at > date_part('epoch', clock_timestamp())
  ORDER BY n.started_at, n.node_id;
+
+-- name: page_cancelled
+-- One page of CANCELLED tasks (whether or not their callback ran), newest first: row ids below %(before)s, on the cancelled index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM {schema}.mqs_tasks
+ WHERE outcome = 7 AND id < %(before)s::bigint
+ ORDER BY id DESC LIMIT %(limit)s;

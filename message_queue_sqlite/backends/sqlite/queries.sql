@@ -505,3 +505,11 @@ SELECT n.node_id, n.host, n.pid, n.started_at, n.expires_at - mqs_lease_now(),
   FROM mqs_nodes AS n
  WHERE n.expires_at > mqs_lease_now()
  ORDER BY n.started_at, n.node_id;
+
+-- name: page_cancelled
+-- One page of CANCELLED tasks (whether or not their callback ran), newest first: row ids below ?1, on the cancelled index.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+  FROM mqs_tasks INDEXED BY mqs_tasks_cancelled
+ WHERE outcome = 7 AND id < ?1
+ ORDER BY id DESC LIMIT ?2;

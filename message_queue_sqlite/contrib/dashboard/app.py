@@ -23,7 +23,6 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import fields
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -51,11 +50,11 @@ PAGE_SIZE = 50
 ENDS_LIMIT = 10_000  # per shard: the overview's figures look at no more ended tasks than this
 # Status filter values in URLs, as people say them, and the order the filter shows them.
 STATUSES = {"queued": TaskStatus.NOT_STARTED, "scheduled": TaskStatus.SCHEDULED,
-            "running": TaskStatus.RUNNING, "finished": TaskStatus.FINISHED, "failed": TaskStatus.FAILED}
+            "running": TaskStatus.RUNNING, "finished": TaskStatus.FINISHED, "failed": TaskStatus.FAILED,
+            "cancelled": TaskStatus.CANCELLED}
 STATUS_WORD = {code: word for word, code in STATUSES.items()}
 WAITING = (TaskStatus.NOT_STARTED, TaskStatus.SCHEDULED)
-# Named queues are being added to TaskInfo elsewhere: the list shows a queue column once it has one.
-HAS_QUEUE = "queue" in {f.name for f in fields(TaskInfo)}
+CANCELLABLE = (TaskStatus.NOT_STARTED, TaskStatus.SCHEDULED, TaskStatus.RUNNING)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
@@ -264,36 +263,38 @@ def overview(request: Request) -> Response:
     ends = mq.recent_ends(now - figures.HOUR, ENDS_LIMIT)
     oldest = mq.oldest_waiting()
     return dash.render(request, "overview.html", {
-        "counts": stats["outcomes"], "shards": stats["shards"],
+        "counts": stats["outcomes"], "shards": stats["shards"], "queues": stats["queues"],
         "figures": figures.compute(ends, now, ENDS_LIMIT),
         "oldest": oldest, "chart": {"width": figures.CHART_WIDTH, "height": figures.CHART_HEIGHT},
         "schedules": len(mq.schedules()), "nodes": len(mq.nodes())})
 
 
-def _filters(request: Request) -> tuple[str, TaskStatus | None, str | None, str | None, str | None]:
+def _filters(request: Request) -> tuple[str, TaskStatus | None, str | None, str | None, str | None,
+                                        str | None]:
     query = request.query_params
     word = query.get("status", "")
     if word and word not in STATUSES:
         raise HTTPException(400, f"unknown status {word!r}; one of {', '.join(STATUSES)}")
     name = query.get("name", "").strip() or None
     text = query.get("q", "").strip() or None
+    queue = query.get("queue", "").strip() or None
     after = query.get("after") or None
-    return word, STATUSES.get(word), name, text, after
+    return word, STATUSES.get(word), name, text, queue, after
 
 
 def task_list(request: Request) -> Response:
     dash = _dash(request)
-    word, status, name, text, after = _filters(request)
+    word, status, name, text, queue, after = _filters(request)
     try:
-        tasks, next_cursor, examined = dash.mq.task_page(status, name, text, after, PAGE_SIZE)
+        tasks, next_cursor, examined = dash.mq.task_page(status, name, text, after, PAGE_SIZE, queue=queue)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
-    filters = {"status": word, "name": name or "", "q": text or ""}
+    filters = {"status": word, "name": name or "", "q": text or "", "queue": queue or ""}
     return dash.render(request, "tasks.html", {
         "tasks": tasks, "filters": filters, "statuses": list(STATUSES), "next_cursor": next_cursor,
-        "examined": examined, "first_page": after is None, "has_queue": HAS_QUEUE,
+        "examined": examined, "first_page": after is None, "queues": dash.mq.queue_depths(),
         "word_of": STATUS_WORD, "retryable": status in (None, TaskStatus.FAILED),
-        "removable": status in (None, *WAITING)})
+        "removable": status in (None, *WAITING), "cancellable": status in (None, *CANCELLABLE)})
 
 
 def _task_or_404(dash: Dashboard, task_id: str) -> TaskInfo:
@@ -315,7 +316,8 @@ def task_page(request: Request) -> Response:
     run = None if info.started_at is None or info.ended_at is None else info.ended_at - info.started_at
     return dash.render(request, "task.html", {
         "task": info, "result_text": result, "word": STATUS_WORD.get(info.status, info.status.name.lower()),
-        "wait": wait, "run": run, "has_queue": HAS_QUEUE, "waiting": info.status in WAITING})
+        "wait": wait, "run": run, "waiting": info.status in WAITING,
+        "cancellable": info.status in CANCELLABLE})
 
 
 def schedules_page(request: Request) -> Response:
@@ -374,6 +376,20 @@ async def delete_one(request: Request) -> Response:
     return _back(request, form, f"{task_id} deleted")
 
 
+async def cancel_one(request: Request) -> Response:
+    dash = _dash(request)
+    task_id = request.path_params["task_id"]
+
+    def act() -> str:
+        _task_or_404(dash, task_id)
+        return dash.mq.cancel(task_id)[task_id]
+
+    state, form = await run_in_threadpool(act), await request.form()
+    return _back(request, form, {"cancelled": f"{task_id} cancelled: it will not run",
+                                 "stopping": f"{task_id} was running: asked to stop",
+                                 "ended": f"{task_id} had ended: nothing to cancel"}[state])
+
+
 def _selected(form: Any) -> list[str]:
     return [str(v) for v in form.getlist("task_id") if str(v)]
 
@@ -400,6 +416,17 @@ async def bulk_delete(request: Request) -> Response:
     count = await run_in_threadpool(
         lambda: sum(dash.mq.purge(task_id=task_id) for task_id in _valid_ids(dash, ids)))
     return _back(request, form, f"{count} waiting task(s) deleted")
+
+
+async def bulk_cancel(request: Request) -> Response:
+    """Cancel the selected tasks (waiting ones never start, running ones are asked to stop)."""
+    dash = _dash(request)
+    form = await request.form()
+    ids = _selected(form)
+    states = await run_in_threadpool(lambda: dash.mq.cancel(*_valid_ids(dash, ids)) if ids else {})
+    values = list(states.values())
+    return _back(request, form, f"{values.count('cancelled')} task(s) cancelled, "
+                                f"{values.count('stopping')} running one(s) asked to stop")
 
 
 def _valid_ids(dash: Dashboard, ids: list[str]) -> list[str]:
@@ -452,6 +479,8 @@ def create_app(mq: MessageQueue, *, read_only: bool = False, token: str | None =
         Route("/tasks/{task_id}", task_page, name="task"),
         Route("/tasks/{task_id}/retry", retry_one, methods=["POST"], name="retry_task"),
         Route("/tasks/{task_id}/delete", delete_one, methods=["POST"], name="delete_task"),
+        Route("/tasks/{task_id}/cancel", cancel_one, methods=["POST"], name="cancel_task"),
+        Route("/actions/cancel", bulk_cancel, methods=["POST"], name="bulk_cancel"),
         Route("/actions/retry", bulk_retry, methods=["POST"], name="bulk_retry"),
         Route("/actions/delete", bulk_delete, methods=["POST"], name="bulk_delete"),
         Route("/schedules", schedules_page, name="schedules"),

@@ -7,3 +7,4 @@ DROP INDEX {schema}.mqs_tasks_notify;
 CREATE INDEX mqs_tasks_notify ON {schema}.mqs_tasks (sender) WHERE notify AND status IN (3, 4, 7);
 DROP INDEX {schema}.mqs_tasks_ended;
 CREATE INDEX mqs_tasks_ended ON {schema}.mqs_tasks (ended_at) WHERE status IN (3, 4, 5, 7);
+CREATE INDEX mqs_tasks_cancelled ON {schema}.mqs_tasks (id) WHERE outcome = 7;

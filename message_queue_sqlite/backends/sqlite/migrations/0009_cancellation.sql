@@ -11,3 +11,5 @@ DROP INDEX mqs_tasks_notify;
 CREATE INDEX mqs_tasks_notify ON mqs_tasks (sender) WHERE notify = 1 AND status IN (3, 4, 7);
 -- the kept counts of the new state (no task was cancelled before this migration)
 INSERT INTO mqs_counts (status, outcome, n) VALUES (7, 7, 0), (5, 7, 0);
+-- cancelled tasks, newest first (the dashboard's page of them), as the failed index
+CREATE INDEX mqs_tasks_cancelled ON mqs_tasks (id) WHERE outcome = 7;
