@@ -342,6 +342,17 @@ def test_cancel_one_and_selected_then_the_cancelled_page_and_per_queue_counts(ma
     assert mq.get(other).status == TaskStatus.NOT_STARTED
 
 
+def test_the_task_page_shows_a_running_task_s_progress(populated):
+    mq = populated.mq
+    [task_id] = populated.ids["running"]
+    shard, row_id = mq.engine.shard_of(task_id)
+    progress = f'{{"done": 30, "total": 120, "message": "{SCRIPT}", "at": 1.0}}'
+    mq.engine.shards[shard].record_progress(HOLDER, [(row_id, 1, progress)])
+    page = TestClient(mq.dashboard()).get(f"/tasks/{task_id}").text
+    assert '<progress max="1" value="0.25">' in page and "(30 of 120)" in page
+    assert SCRIPT not in page and str(escape(SCRIPT)) in page
+
+
 # -- security -------------------------------------------------------------------------------
 def test_post_without_a_valid_csrf_token_is_refused(populated):
     mq = populated.mq

@@ -657,7 +657,7 @@ SAMPLE_PARAMS = {"attempt": 1, "callbacked": [1], "channel": "c", "completions":
                  "row_id": 1, "sender": "s", "stamp": 1.0, "status": 3, "task_name": "t", "tasks": "[]",
                  "schedules": "[]", "expected": 1.0, "decided": 2.0, "next_slot": 3.0, "names": ["n"],
                  "unique_keys": ["k"], "queue": "default", "before": 100, "after_priority": 0, "after_id": 1,
-                 "after_run_after": 1.0, "since": 1.0}
+                 "after_run_after": 1.0, "since": 1.0, "items": "[]"}
 
 
 PRIMARY_KEY_WALKS = {"list_recent", "list_ended_as"}  # newest first, ended by their LIMIT

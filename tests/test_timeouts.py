@@ -275,3 +275,67 @@ def test_task_timeout_is_a_timeout_error_with_its_seconds():
     error = TaskTimeout(2.5)
     assert isinstance(error, TimeoutError) and error.seconds == 2.5 and str(error) == "timed out after 2.5 s"
     assert str(TaskTimeout()) == "timed out"
+
+
+# -- progress ----------------------------------------------------------------------------------
+def test_progress_is_stored_while_the_task_runs_and_writes_are_batched(make_queue):
+    mq = make_queue()
+    release = threading.Event()
+
+    @mq.task
+    def crunch(steps):
+        for step in range(steps):
+            current_task.progress(step + 1, total=steps, message=f"step {step + 1} of {steps}")
+        release.wait(30)
+        current_task.progress(0.5)  # a fraction: no total
+        return "done"
+
+    try:
+        with mq.running():
+            handle = mq.send(crunch, {"steps": 2000})
+            assert handle.progress is None or handle.progress.done <= 2000
+            wait_until(lambda: handle.progress is not None and handle.progress.done == 2000,
+                       what="the last of 2,000 reports to be stored")
+            seen = handle.progress
+            assert (seen.total, seen.message, seen.fraction) == (2000, "step 2000 of 2000", 1.0)
+            writes = mq.engine.progress.writes
+            assert writes < 100, writes  # 2,000 reports, a few writes: rate-limited and batched
+            print(f"\n2,000 progress reports, {writes} write(s)")
+            release.set()
+            assert handle.result(timeout=10) == "done"
+        info = mq.task_info(handle.task_id)
+        assert info.progress is not None and info.progress.fraction in (0.5, 1.0)
+    finally:
+        release.set()
+
+
+def test_a_late_progress_report_of_an_ended_run_changes_nothing(make_queue):
+    mq = make_queue()
+
+    @mq.task
+    def quick():
+        return 1
+
+    handle = mq.send(quick)
+    with mq.running():
+        handle.result(timeout=10)
+    shard, row_id = mq.engine.shard_of(handle.task_id)
+    mq.engine.shards[shard].record_progress(mq.engine.node, [(row_id, 1, '{"done": 9, "at": 0}')])
+    assert handle.progress is None  # fenced: the run had ended
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((-1,), "must be a finite number >= 0"), ((float("inf"),), "must be a finite number"),
+    ((1, 0), "total=0"), ((5, 2), "done is more than the total"), (("half",), "done='half'"),
+])
+def test_bad_progress_is_refused_by_name_inside_the_task(make_queue, args, message):
+    mq = make_queue()
+
+    @mq.task
+    def reports():
+        current_task.progress(*args)
+
+    with mq.running(), pytest.raises(TaskFailedError, match=message):
+        mq.send(reports).result(timeout=10)
+    with pytest.raises(RuntimeError, match="outside a running task"):
+        current_task.progress(0.5)

@@ -16,6 +16,7 @@ from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import TaskCancelled, TaskFailedError
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.progress import TaskProgress
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane
 from message_queue_sqlite.core.registry import (
     MARK,
@@ -69,6 +70,7 @@ class TaskInfo:
     max_retries: int = 0
     cached: bool = False  # sent with use_cache=True: only its sender's workers can run it
     lease_owner: str | None = None  # node id of the worker running it (RUNNING)
+    progress: TaskProgress | None = None  # as it last reported it (``task_info`` only)
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> TaskInfo:
@@ -80,7 +82,7 @@ class TaskInfo:
                    None if finished else record.result, record.traceback, record.priority,
                    record.attempts, record.created_at, record.started_at, record.ended_at,
                    record.run_after, record.queue, None if cached else record.args, record.sender,
-                   record.max_retries, cached, record.lease_owner)
+                   record.max_retries, cached, record.lease_owner, TaskProgress.from_json(record.progress))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,13 @@ class TaskHandle:
         if not outcome.ok:
             raise TaskFailedError(self.task_id, self.task_name, outcome.error or "", outcome.traceback)
         return outcome.value
+
+    @property
+    def progress(self) -> TaskProgress | None:
+        """How far the task said it got (``current_task.progress``), as last stored (a few
+        times a second at most while it runs); None if it reported nothing."""
+        shard, row_id = self._engine.shard_of(self.task_id)
+        return TaskProgress.from_json(self._engine.shards[shard].get_progress(row_id))
 
     def cancel(self, wait: float = 5.0) -> str:
         """Cancel this task: ``"cancelled"`` (it had not started and never will),

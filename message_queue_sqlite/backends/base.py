@@ -112,6 +112,7 @@ class TaskRecord:
     ended_at: float | None
     queue: str = DEFAULT_QUEUE
     args: str | None = None  # read only by the pages (``page_tasks``, ``get_task_detail``)
+    progress: str | None = None  # JSON as the task last reported it; read only by ``get_task_detail``
 
     @property
     def task_id(self) -> str:
@@ -221,6 +222,11 @@ class Consumer(ABC):
         those it no longer holds (ended, given back, or recovered and maybe claimed again)."""
 
     @abstractmethod
+    def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
+        """Store ``(row_id, attempt, progress JSON)`` of running tasks ``owner`` holds, in one
+        transaction; a report of a run that ended or whose lease was lost is ignored."""
+
+    @abstractmethod
     def seconds_until_due(self) -> float | None:
         """Seconds until the earliest scheduled (delayed or backing-off) task becomes ready, by
         the backend's clock (<= 0: due now); None when nothing is scheduled."""
@@ -240,6 +246,10 @@ class Outcomes(ABC):
     @abstractmethod
     def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
         ...
+
+    @abstractmethod
+    def get_progress(self, row_id: int) -> str | None:
+        """A task's last reported progress (JSON), None if it reported none (or is not stored)."""
 
 
 class Admin(ABC):

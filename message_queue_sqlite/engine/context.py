@@ -19,12 +19,15 @@ starts itself does not inherit it unless started in a copy of the context
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from message_queue_sqlite.core.errors import TaskCancelled
+from message_queue_sqlite.core.progress import TaskProgress, make_progress
 
 if TYPE_CHECKING:
     from message_queue_sqlite.backends.base import ClaimedTask
@@ -44,6 +47,17 @@ class TaskContext:
     deadline: float | None  # epoch seconds (the worker's clock) when its timeout ends, else None
     started_at: float  # epoch seconds, when this run began
     _claim: ClaimedTask | None = field(default=None, repr=False, compare=False)
+    _report: Callable[[ClaimedTask, TaskProgress], None] | None = field(default=None, repr=False,
+                                                                         compare=False)
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report how far the run is: a fraction (``progress(0.25)``), or a count
+        (``progress(30, total=120)``; without a total, a count), with an optional message. Shown
+        by ``handle.progress`` and the dashboard while it runs; stored a few times a second at
+        most (batched), so calling it in a tight loop is cheap."""
+        report = make_progress(done, total, message, time.time())
+        if self._claim is not None and self._report is not None:
+            self._report(self._claim, report)
 
     @property
     def cancelled(self) -> bool:

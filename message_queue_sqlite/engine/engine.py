@@ -36,6 +36,7 @@ from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
 from message_queue_sqlite.engine.executors import InlineExecutor, ThreadExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
+from message_queue_sqlite.engine.progress import ProgressWriter
 from message_queue_sqlite.engine.running import TaskRunner
 from message_queue_sqlite.engine.scheduler import Scheduler
 from message_queue_sqlite.engine.sharding import ShardBalancer
@@ -103,8 +104,9 @@ class Engine:
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
                                             lambda: bool(self._workers), self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
+        self.progress = ProgressWriter(self)
         self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock,
-                                 self.config.task_timeout)
+                                 self.config.task_timeout, self.progress.note)
         self._cache_keys = itertools.count()
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -409,6 +411,7 @@ class Engine:
                     self._stopping_workers = []
             if watcher is not None:  # (answered requests up to the end of the drain)
                 watcher.stop()
+        self.progress.flush()
         self.dispatcher.flush(timeout=30)
 
     @property
@@ -523,6 +526,7 @@ class Engine:
             return
         self.stop_workers()
         self._closed = True
+        self.progress.close()
         if self._cache_check is not None:
             self._cache_check.cancel()
         self.housekeeper.close()

@@ -21,6 +21,7 @@ from typing import Any
 from message_queue_sqlite.backends.base import ClaimedTask, Completion
 from message_queue_sqlite.core.errors import TaskCancelled, TaskTimeout
 from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.core.progress import TaskProgress
 from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine import context
@@ -41,7 +42,8 @@ class TaskRunner:
 
     def __init__(self, registry: TaskRegistry, cache: dict[str, Any], hooks: HookChain,
                  node: Callable[[], str], clock: Callable[[], float],
-                 default_timeout: float | None = None):
+                 default_timeout: float | None = None,
+                 report_progress: Callable[[ClaimedTask, TaskProgress], None] | None = None):
         self._registry = registry
         self._cache = cache
         self._hooks = hooks
@@ -49,6 +51,7 @@ class TaskRunner:
         self._clock = clock
         self.clock = clock  # what runs are timed with (the engine's wall clock)
         self._default_timeout = default_timeout
+        self._report_progress = report_progress
 
     def run(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
         return self.finish(claim, self.call(claim))
@@ -92,7 +95,7 @@ class TaskRunner:
         return TaskContext(
             claim.task_id, claim.task_name, claim.attempt, claim.retries, claim.max_retries, claim.queue,
             schedule.slot_datetime(claim.slot) if schedule is not None and claim.slot is not None else None,
-            started + timeout if timeout is not None else None, started, claim)
+            started + timeout if timeout is not None else None, started, claim, self._report_progress)
 
     def finish(self, claim: ClaimedTask, run: Run) -> tuple[Completion, TaskOutcome | None]:
         """The completion of a run: ``after_run`` hooks, then the result stored or the retry

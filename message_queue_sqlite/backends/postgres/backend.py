@@ -417,6 +417,16 @@ class PostgresShard(Shard):
         claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return rejected, claimed
 
+    def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
+        if items:
+            params = {"items": _json([list(item) for item in items]), "owner": owner}
+            query = self._q["record_progress"]
+            self._run("record progress", lambda conn, _broke: conn.execute(query, params))
+
+    def get_progress(self, row_id: int) -> str | None:
+        rows = self._fetch("get progress", "get_progress", {"row_id": row_id})
+        return rows[0][0] if rows else None
+
     # -- cancellation ----------------------------------------------------------------
     def cancel(self, row_ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """One transaction: the waiting ones cancelled in place, then the running ones asked

@@ -551,9 +551,10 @@ SELECT * FROM (
  ORDER BY run_after, id LIMIT %(limit)s;
 
 -- name: get_task_detail
--- One task by its row id with its arguments (the task page), by primary key.
+-- One task by its row id with its arguments and progress (the task page), by primary key.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args,
+       progress
   FROM {schema}.mqs_tasks WHERE id = %(row_id)s::bigint;
 
 -- name: recent_ends
@@ -592,3 +593,14 @@ SELECT id, task_name, status, outcome, result, traceback, priority, attempts, ma
   FROM {schema}.mqs_tasks
  WHERE outcome = 7 AND id < %(before)s::bigint
  ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: record_progress
+-- Running tasks' progress (JSON rows [row id, attempt, progress]) from their owner, fenced by owner and attempt (a late report of an ended or lost run is ignored).
+UPDATE {schema}.mqs_tasks AS t SET progress = e->>2
+  FROM json_array_elements(%(items)s::json) AS e
+ WHERE t.id = (e->>0)::bigint AND t.attempts = (e->>1)::integer AND t.status = 2
+   AND t.lease_owner = %(owner)s;
+
+-- name: get_progress
+-- A task's last reported progress (JSON), on the primary key.
+SELECT progress FROM {schema}.mqs_tasks WHERE id = %(row_id)s::bigint;

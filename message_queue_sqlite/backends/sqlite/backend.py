@@ -117,7 +117,8 @@ def folder_mistake(folder: str) -> tuple[str, str] | None:
 def _record(shard: int, row: tuple) -> TaskRecord:
     return TaskRecord(shard, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
                       row[8], row[9], bool(row[10]), row[11], row[12], row[13], row[14], row[15],
-                      row[16], row[17], row[18], row[19] if len(row) > 19 else None)
+                      row[16], row[17], row[18], row[19] if len(row) > 19 else None,
+                      row[20] if len(row) > 20 else None)
 
 RECENT_ENDS_WINDOW = 10  # recent_ends looks at most this many times its limit of newest rows
 
@@ -523,6 +524,17 @@ class SQLiteShard(Shard):
     def seconds_until_due(self) -> float | None:
         with self._read() as conn:
             return conn.execute(Q["seconds_until_due"]).fetchone()[0]
+
+    def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
+        if items:
+            with self._write("record progress") as conn:
+                conn.executemany(Q["record_progress"], [(row_id, owner, attempt, text)
+                                                        for row_id, attempt, text in items])
+
+    def get_progress(self, row_id: int) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(Q["get_progress"], (row_id,)).fetchone()
+        return None if row is None else row[0]
 
     # -- cancellation ----------------------------------------------------------------
     def cancel(self, row_ids: Sequence[int]) -> tuple[list[int], list[int]]:

@@ -472,9 +472,10 @@ SELECT * FROM (
  ORDER BY run_after, id LIMIT ?3;
 
 -- name: get_task_detail
--- One task by its row id with its arguments (the task page); a removed one's tombstone is not a task.
+-- One task by its row id with its arguments and progress (the task page); a removed one's tombstone is not a task.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
-       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at, queue, args,
+       progress
   FROM mqs_tasks WHERE id = ?1 AND status <> 0;
 
 -- name: recent_ends
@@ -513,3 +514,11 @@ SELECT id, task_name, status, outcome, result, traceback, priority, attempts, ma
   FROM mqs_tasks INDEXED BY mqs_tasks_cancelled
  WHERE outcome = 7 AND id < ?1
  ORDER BY id DESC LIMIT ?2;
+
+-- name: record_progress
+-- Task ?1's progress (JSON ?4), from owner ?2 of its attempt ?3 while it runs (a late report of an ended or lost run is ignored).
+UPDATE mqs_tasks SET progress = ?4 WHERE id = ?1 AND status = 2 AND lease_owner = ?2 AND attempts = ?3;
+
+-- name: get_progress
+-- Task ?1's last reported progress (JSON), on the primary key.
+SELECT progress FROM mqs_tasks WHERE id = ?1 AND status <> 0;
