@@ -417,6 +417,11 @@ class MessageQueue:
         return {"location": self._engine.backend.location, "totals": totals, "outcomes": outcomes,
                 "queues": self.queue_depths(), "shards": shards}
 
+    def limits(self) -> dict[str, int]:
+        """The concurrency limits stored (declared by the workers of tasks with ``concurrency=``):
+        ``{task_name: most runs at once}``."""
+        return self._engine.shards[0].list_limits()
+
     def queue_depths(self) -> dict[str, dict[str, int]]:
         """Per named queue, every shard together: ``{"emails": {"queued": 3, "scheduled": 0,
         "running": 1}, ...}`` for every queue a task was ever sent to."""

@@ -222,6 +222,15 @@ class Consumer(ABC):
         those it no longer holds (ended, given back, or recovered and maybe claimed again)."""
 
     @abstractmethod
+    def declare_limits(self, limits: dict[str, int | None]) -> None:
+        """Concurrency limits by task name (None: no limit any more), in one transaction: the
+        claim statement leases no more of a name than its limit less its RUNNING rows."""
+
+    @abstractmethod
+    def list_limits(self) -> dict[str, int]:
+        ...
+
+    @abstractmethod
     def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
         """Store ``(row_id, attempt, progress JSON)`` of running tasks ``owner`` holds, in one
         transaction; a report of a run that ended or whose lease was lost is ignored."""

@@ -35,6 +35,7 @@ class TaskOptions:
     schedule: Schedule | None = None  # a periodic task's
     queue: str = DEFAULT_QUEUE  # where it is sent unless a send names another (core/queues.py)
     timeout: float | None = None  # seconds a run may take (None: Config.task_timeout, if set)
+    concurrency: int | None = None  # most runs at once, across every worker process (None: no limit)
     # unique tasks (core/unique.py): False, True (key from the name and every argument), or
     # the argument names the key is derived from; how long a key holds, and in which states
     unique: bool | tuple[str, ...] = False
@@ -109,6 +110,7 @@ def make_task_options(
     unique_states: tuple[str, ...] | None = None,
     queue: str = DEFAULT_QUEUE,
     timeout: float | timedelta | None = None,
+    concurrency: int | None = None,
     **periodic: Any,
 ) -> TaskOptions:
     """The one place decorator keywords become ``TaskOptions``. ``every=`` or ``cron=`` (and
@@ -119,7 +121,7 @@ def make_task_options(
     if unknown:
         raise TypeError(f"unknown task option(s) {', '.join(unknown)}; task options are use_cache, "
                         "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, "
-                        "queue, timeout, unique, unique_for, unique_states, and "
+                        "queue, timeout, concurrency, unique, unique_for, unique_states, and "
                         f"for periodic tasks {', '.join(sorted(SCHEDULE_OPTIONS))}")
     schedule = Schedule(**periodic) if periodic else None
     if schedule is not None and use_cache:
@@ -132,12 +134,16 @@ def make_task_options(
         given = "unique_for" if unique_for is not None else "unique_states"
         raise TypeError(f"{given}= applies to unique tasks: add unique=True (or unique=('arg', ...)) "
                         "to the decorator, or pass unique_key= and it at each send")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or concurrency < 1):
+        raise ValueError(f"concurrency={concurrency!r} must be an integer >= 1 (the most runs of the "
+                         "task at once, across every worker), or None for no limit")
     if not isinstance(retry_on, tuple):
         retry_on = (retry_on,)
     policy = RetryPolicy(max_retries=retries, backoff=retry_backoff, backoff_max=retry_backoff_max,
                          jitter=retry_jitter, retry_on=retry_on)
     return TaskOptions(use_cache=use_cache, retry=policy, name=name, schedule=schedule,
-                       queue=check_queue_name(queue), timeout=check_timeout(timeout),
+                       queue=check_queue_name(queue), timeout=check_timeout(timeout), concurrency=concurrency,
                        unique=unique, unique_for=seconds, unique_states=mask)
 
 

@@ -181,8 +181,11 @@ class Engine:
             else:
                 for request in requests:
                     task = self._prepare(request, now, cached)
-                    # a key always goes to the shard its hash names: that shard's index enforces it
+                    # a key always goes to the shard its hash names: that shard's index enforces
+                    # it; so does a task with a concurrency limit (its shard counts its runs)
                     key = task.unique_key
+                    if key is None and request.task_name in self._limited_names():
+                        key = request.task_name
                     shard = self.balancer.pick() if key is None else self.balancer.route(key)
                     batch = by_shard.setdefault(shard, [])
                     placed.append((shard, len(batch)))
@@ -235,6 +238,9 @@ class Engine:
             self._declared_queues.update((shard, queue) for queue in new)
             for worker in self.active_workers():
                 worker.queues_changed()
+
+    def _limited_names(self) -> frozenset[str]:
+        return frozenset(d.name for d in self.registry if d.options.concurrency is not None)
 
     def _run_inline(self, task_ids: Sequence[str]) -> None:
         """Immediate mode: run what was just sent (and what it sent, and its retries) in this
@@ -362,6 +368,7 @@ class Engine:
                 raise MessageQueueError("workers are already running on this queue object")
             self._ensure_node_locked()
             self._watch_storage()
+            self._declare_limits()
             workers = [Worker(self, ThreadExecutor(lane.threads), self.runner, lane.queues) for lane in lanes]
             self._workers = workers
             for worker in workers:
@@ -370,6 +377,14 @@ class Engine:
             self._cancel_watcher.start()
             self._start_scheduler()
         return lanes
+
+    def _declare_limits(self) -> None:
+        """Store the concurrency limits this process's tasks declare (and forget those of its
+        tasks that declare none), on every shard: each shard's claim statement enforces them."""
+        limits = {d.name: d.options.concurrency for d in self.registry}
+        if limits:
+            for shard in self.shards:
+                shard.declare_limits(limits)
 
     def _start_scheduler(self) -> None:
         """Every process that runs workers enqueues the periodic tasks its registry declares

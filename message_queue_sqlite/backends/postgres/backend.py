@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 
 QUERIES = load_queries(__package__)
 RETRY_DEADLINE_S = 30.0  # a call keeps retrying a lost server or a deadlock this long
+LIMITS_FRESH_S = 1.0  # whether concurrency limits exist is read again this often
 UNIQUE_ROUNDS = 100  # a unique send retries this often when its key's holder ended meanwhile
 _inherited: list[psycopg.Connection] = []  # connections a fork() child must never close or use
 
@@ -195,6 +196,8 @@ class PostgresShard(Shard):
         self._channel = {"channel": target.channel}
         self._closed = False
         self._unsettled: set[tuple[str, float]] = set()  # claims (owner, stamp) whose commit is unknown
+        self._limited = False  # concurrency limits exist (see _claims_are_limited)
+        self._limits_read_at = -LIMITS_FRESH_S
         self._last_stamp = 0.0
         self._id_floor = 0  # the largest row id an enqueue of this object got back
         self._writer = _Session(target, durability, "writer", open_schema(target, durability))
@@ -388,8 +391,16 @@ class PostgresShard(Shard):
             "callbacked": _int_array(callbacked), "queue": queue, **self._channel,
         }
         query = self._q["complete_and_claim"]
+        lock = self._q["lock_limits"] if limit > 0 and self._claims_are_limited() else None
 
         def body(conn: psycopg.Connection, broke: bool) -> tuple[set[int], list[list]]:
+            if lock is None:
+                return exchange(conn, broke)
+            with conn.transaction():  # the limits' row locks, then the claim in a new snapshot
+                conn.execute(lock)
+                return exchange(conn, broke)
+
+        def exchange(conn: psycopg.Connection, broke: bool) -> tuple[set[int], list[list]]:
             settled: list[int] = []
             if broke and completions:
                 # The last try may have committed: what it applied is no longer RUNNING, so the
@@ -416,6 +427,25 @@ class PostgresShard(Shard):
         claimed = [ClaimedTask(index, *r, queue=queue) for r in rows]
         claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return rejected, claimed
+
+    def declare_limits(self, limits: dict[str, int | None]) -> None:
+        params = {"limits": _json([[n, m] for n, m in limits.items() if m is not None]),
+                  "forget": [n for n, m in limits.items() if m is None]}
+        self._run("declare limits", lambda conn, _broke: conn.execute(self._q["declare_limits"], params))
+        self._limits_read_at = -LIMITS_FRESH_S  # read again at the next claim
+
+    def list_limits(self) -> dict[str, int]:
+        return dict(self._fetch("list limits", "list_limits"))
+
+    def _claims_are_limited(self) -> bool:
+        """Whether this schema has concurrency limits, read again at most once a second (a
+        limit another process declares is honoured by the claim statement at once; the
+        lock that makes its count exact under concurrent claims, within a second)."""
+        now = time.monotonic()
+        if now - self._limits_read_at >= LIMITS_FRESH_S:
+            self._limited = bool(self.list_limits())
+            self._limits_read_at = now
+        return self._limited
 
     def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
         if items:

@@ -70,7 +70,7 @@ SELECT id, unique_key FROM {schema}.mqs_tasks
  WHERE id > %(floor)s::bigint AND sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks of queue %(queue)s for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
+-- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks of queue %(queue)s (a task name with a concurrency limit: no more than its room, the limit less its RUNNING rows; lock_limits first makes that count exact) for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
 WITH batch AS MATERIALIZED (
     SELECT array_agg((e->>0)::bigint) AS ids, array_agg((e->>1)::integer) AS attempts,
            array_agg((e->>2)::integer) AS statuses, array_agg(e->>3) AS results,
@@ -108,14 +108,25 @@ promoted AS (
                    WHERE status = 6 AND run_after <= date_part('epoch', now())
                      FOR UPDATE SKIP LOCKED)
     RETURNING 1),
+room AS (
+    SELECT l.task_name, l.max_running - (SELECT count(*) FROM {schema}.mqs_tasks AS r
+                                          WHERE r.status = 2 AND r.task_name = l.task_name) AS n
+      FROM {schema}.mqs_limits AS l),
+candidates AS (
+    SELECT id, task_name, priority FROM {schema}.mqs_tasks
+     WHERE status = 1 AND queue = %(queue)s AND (cache_owner IS NULL OR cache_owner = %(owner)s)
+       AND task_name NOT IN (SELECT task_name FROM room WHERE n <= 0)
+     ORDER BY priority DESC, id LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED),
 claimed AS (
     UPDATE {schema}.mqs_tasks
        SET status = 2, lease_owner = %(owner)s, lease_expires = date_part('epoch', clock_timestamp()) + %(lease)s,
            attempts = attempts + 1, started_at = %(stamp)s
-     WHERE id IN (SELECT id FROM {schema}.mqs_tasks
-                   WHERE status = 1 AND queue = %(queue)s AND (cache_owner IS NULL OR cache_owner = %(owner)s)
-                   ORDER BY priority DESC, id LIMIT %(limit)s
-                     FOR UPDATE SKIP LOCKED)
+     WHERE id IN (SELECT id FROM (
+                      SELECT c.id, room.n AS room,
+                             row_number() OVER (PARTITION BY c.task_name ORDER BY c.priority DESC, c.id) AS nth
+                        FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name) AS ranked
+                   WHERE room IS NULL OR nth <= room)
     RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
               cache_owner, created_at, started_at, retries, slot, timeout),
 summary AS (
@@ -604,3 +615,20 @@ UPDATE {schema}.mqs_tasks AS t SET progress = e->>2
 -- name: get_progress
 -- A task's last reported progress (JSON), on the primary key.
 SELECT progress FROM {schema}.mqs_tasks WHERE id = %(row_id)s::bigint;
+
+-- name: lock_limits
+-- Before a claim, in its transaction, when concurrency limits exist: take their rows' locks, so that the claim's own statement (a new snapshot, after any other claimer committed) counts every RUNNING row of a limited task.
+SELECT count(*) FROM (SELECT 1 FROM {schema}.mqs_limits ORDER BY task_name FOR UPDATE) AS locked;
+
+-- name: declare_limits
+-- These tasks run at most max_running at once (JSON rows [name, max]); the names of ``forget`` have no limit any more.
+WITH declared AS (
+    INSERT INTO {schema}.mqs_limits (task_name, max_running)
+    SELECT e->>0, (e->>1)::integer FROM json_array_elements(%(limits)s::json) AS e
+    ON CONFLICT (task_name) DO UPDATE SET max_running = excluded.max_running
+    RETURNING 1)
+DELETE FROM {schema}.mqs_limits WHERE task_name = ANY(%(forget)s::text[]);
+
+-- name: list_limits
+-- The concurrency limits.
+SELECT task_name, max_running FROM {schema}.mqs_limits ORDER BY task_name;

@@ -525,6 +525,15 @@ class SQLiteShard(Shard):
         with self._read() as conn:
             return conn.execute(Q["seconds_until_due"]).fetchone()[0]
 
+    def declare_limits(self, limits: dict[str, int | None]) -> None:
+        with self._write("declare limits") as conn:  # (claims run under the same write lock: exact)
+            conn.executemany(Q["declare_limit"], [(n, m) for n, m in limits.items() if m is not None])
+            conn.executemany(Q["forget_limit"], [(n,) for n, m in limits.items() if m is None])
+
+    def list_limits(self) -> dict[str, int]:
+        with self._read() as conn:
+            return dict(conn.execute(Q["list_limits"]).fetchall())
+
     def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
         if items:
             with self._write("record progress") as conn:

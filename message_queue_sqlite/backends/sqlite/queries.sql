@@ -54,13 +54,25 @@ SELECT EXISTS (SELECT 1 FROM mqs_tasks
        EXISTS (SELECT 1 FROM mqs_tasks WHERE status = 6 AND run_after <= mqs_wall_now());
 
 -- name: claim_batch
--- Lease up to ?3 ready tasks of queue ?4 (best priority, then oldest, on the ready index) to owner ?1 for ?2 seconds; cached tasks only to their owner; each claim is a new attempt (the fencing token only grows).
+-- Lease up to ?3 ready tasks of queue ?4 (best priority, then oldest, on the ready index) to owner ?1 for ?2 seconds; cached tasks only to their owner; each claim is a new attempt (the fencing token only grows). A task name with a concurrency limit (mqs_limits) gets no more than its room (the limit less its RUNNING rows, counted on the running index): names with no room are skipped by the scan, and of the others at most their room is taken.
 UPDATE mqs_tasks
    SET status = 2, lease_owner = ?1, lease_expires = mqs_lease_now() + ?2, attempts = attempts + 1,
        started_at = mqs_wall_now()
- WHERE id IN (SELECT id FROM mqs_tasks
-               WHERE status = 1 AND queue = ?4 AND (cache_owner IS NULL OR cache_owner = ?1)
-               ORDER BY priority DESC, id LIMIT ?3)
+ WHERE id IN (
+    WITH room AS (
+        SELECT l.task_name, l.max_running - (SELECT count(*) FROM mqs_tasks AS r INDEXED BY mqs_tasks_running
+                                              WHERE r.status = 2 AND r.task_name = l.task_name) AS n
+          FROM mqs_limits AS l),
+    candidates AS (
+        SELECT id, task_name, priority FROM mqs_tasks
+         WHERE status = 1 AND queue = ?4 AND (cache_owner IS NULL OR cache_owner = ?1)
+           AND task_name NOT IN (SELECT task_name FROM room WHERE n <= 0)
+         ORDER BY priority DESC, id LIMIT ?3)
+    SELECT id FROM (
+        SELECT c.id, room.n AS room,
+               row_number() OVER (PARTITION BY c.task_name ORDER BY c.priority DESC, c.id) AS nth
+          FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name)
+     WHERE room IS NULL OR nth <= room)
 RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
           cache_owner, created_at, started_at, retries, slot, timeout;
 
@@ -522,3 +534,16 @@ UPDATE mqs_tasks SET progress = ?4 WHERE id = ?1 AND status = 2 AND lease_owner 
 -- name: get_progress
 -- Task ?1's last reported progress (JSON), on the primary key.
 SELECT progress FROM mqs_tasks WHERE id = ?1 AND status <> 0;
+
+-- name: declare_limit
+-- Task ?1 runs at most ?2 at once (a concurrency limit), on the primary key.
+INSERT INTO mqs_limits (task_name, max_running) VALUES (?1, ?2)
+ON CONFLICT (task_name) DO UPDATE SET max_running = excluded.max_running;
+
+-- name: forget_limit
+-- Task ?1 has no concurrency limit (any more).
+DELETE FROM mqs_limits WHERE task_name = ?1;
+
+-- name: list_limits
+-- The concurrency limits.
+SELECT task_name, max_running FROM mqs_limits ORDER BY task_name;
