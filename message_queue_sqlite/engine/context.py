@@ -72,16 +72,38 @@ class TaskContext:
             raise TaskCancelled(self.task_id, self.task_name, "stopped when asked, while running")
 
 
-_current: ContextVar[TaskContext | None] = ContextVar("message_queue_sqlite_current_task", default=None)
+class _Slot:
+    """What the worker sets around a run: the context is built the first time the task reads
+    it (most never do), so a run that does not look costs one small object."""
+
+    __slots__ = ("_make", "_context")
+
+    def __init__(self, make: Callable[[], TaskContext]):
+        self._make = make
+        self._context: TaskContext | None = None
+
+    def get(self) -> TaskContext:
+        if self._context is None:
+            self._context = self._make()
+        return self._context
 
 
-def enter(context: TaskContext) -> Token[TaskContext | None]:
-    """Make ``context`` the current task's (the worker calls this around the task)."""
-    return _current.set(context)
+_current: ContextVar[_Slot | None] = ContextVar("message_queue_sqlite_current_task", default=None)
 
 
-def leave(token: Token[TaskContext | None]) -> None:
+def enter(make: Callable[[], TaskContext]) -> Token[_Slot | None]:
+    """Make the context ``make()`` builds (when first read) the current task's: the worker
+    calls this around the task."""
+    return _current.set(_Slot(make))
+
+
+def leave(token: Token[_Slot | None]) -> None:
     _current.reset(token)
+
+
+def _context() -> TaskContext | None:
+    slot = _current.get()
+    return None if slot is None else slot.get()
 
 
 class CurrentTask:
@@ -93,10 +115,10 @@ class CurrentTask:
 
     def get(self) -> TaskContext | None:
         """The context, or None outside a task."""
-        return _current.get()
+        return _context()
 
     def __getattr__(self, name: str) -> Any:
-        context = _current.get()
+        context = _context()
         if context is None:
             raise RuntimeError(f"current_task.{name} was read outside a running task: it is set only "
                                "while a worker runs a task function (in that function's thread)")
@@ -106,7 +128,7 @@ class CurrentTask:
         return _current.get() is not None
 
     def __repr__(self) -> str:
-        context = _current.get()
+        context = _context()
         return f"current_task({context!r})" if context is not None else "current_task(<no task running>)"
 
 

@@ -52,6 +52,7 @@ class TaskRunner:
         self.clock = clock  # what runs are timed with (the engine's wall clock)
         self._default_timeout = default_timeout
         self._report_progress = report_progress
+        self._timeouts: dict[str, float | None] = {}  # by task name, once looked up
 
     def run(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
         return self.finish(claim, self.call(claim))
@@ -61,10 +62,15 @@ class TaskRunner:
         ``Config.task_timeout``; None: no limit."""
         if claim.timeout is not None:
             return claim.timeout
-        definition = self._registry.get(claim.task_name)
-        if definition is not None and definition.options.timeout is not None:
-            return definition.options.timeout
-        return self._default_timeout
+        try:
+            return self._timeouts[claim.task_name]  # a task's options never change once registered
+        except KeyError:
+            definition = self._registry.get(claim.task_name)
+            seconds = definition.options.timeout if definition is not None else None
+            seconds = self._default_timeout if seconds is None else seconds
+            if definition is not None:
+                self._timeouts[claim.task_name] = seconds
+            return seconds
 
     def call(self, claim: ClaimedTask, started: float | None = None) -> Run:
         """Run the task function, its context set and the ``before_run`` hooks fired first."""
@@ -79,7 +85,7 @@ class TaskRunner:
             hooks.fire(hooks.before_run, claim)
         token = None
         try:
-            token = context.enter(self._context(claim, definition, started))
+            token = context.enter(lambda: self._context(claim, definition, started))
             args, kwargs = decode_args(claim, self._cache)
             value = definition.func(*args, **kwargs)
             return Run(definition, True, value, None, started, self._clock())
