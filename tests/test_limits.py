@@ -126,3 +126,90 @@ def _peak(log: Path) -> tuple[int, set[str]]:
         running += 1 if kind else -1
         peak = max(peak, running)
     return peak, pids
+
+
+# -- rate limits -------------------------------------------------------------------------------
+def test_a_rate_limit_holds_per_window_and_defers_the_rest_once(make_queue):
+    mq = make_queue(workers=4)
+    ran: list[float] = []
+
+    @mq.task(rate="5/s")
+    def limited(n):
+        ran.append(mq.engine.shards[0].wall_now())
+
+    handles = mq.send_many([(limited, {"n": n}) for n in range(12)])
+    with mq.running():
+        for handle in handles:
+            handle.result(timeout=30)
+    windows: dict[int, int] = {}
+    for stamp in ran:
+        windows[int(stamp // 1)] = windows.get(int(stamp // 1), 0) + 1
+    assert max(windows.values()) <= 5 and len(windows) >= 3, windows
+    infos = mq.tasks(limit=100)
+    assert max(t.attempts for t in infos) <= 2  # deferred once at most: nothing loops
+    assert mq.stats()["outcomes"]["finished"] == 12
+
+
+@pytest.mark.parametrize("bad", ["100", "0/m", "5/w", "x/s", 5, "5/0s"])
+def test_a_bad_rate_is_refused_by_name(make_queue, bad):
+    mq = make_queue()
+    with pytest.raises(ValueError, match=r"rate=.* is not a rate"):
+        mq.task(rate=bad)
+
+
+RATE_APP = '''
+import os
+import time
+from message_queue_sqlite import MessageQueue
+
+mq = MessageQueue(os.environ["LIMIT_DIR"], workers=4, broker_url=os.environ.get("LIMIT_URL") or None)
+LOG = os.environ["LIMIT_LOG"]
+
+
+@mq.task(rate="10/s")
+def rated(n):
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{n} {mq.engine.shards[0].wall_now():.6f} {os.getpid()}\\n".encode())
+    finally:
+        os.close(fd)
+'''
+
+
+def test_two_worker_processes_hold_a_rate_limit_per_window(tmp_path, backend, broker_url):
+    """2 CLI worker processes x 4 threads, 35 runs of a task limited to 10 per second: counted
+    from the log the task writes (the backend's clock), no one-second window holds more than 10."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rate_app.py").write_text(RATE_APP)
+    log = tmp_path / "runs.log"
+    env = subprocess_env()
+    env.update(LIMIT_DIR=str(tmp_path / "q"), LIMIT_URL=broker_url or "", LIMIT_LOG=str(log))
+    workers = []
+    for number in range(2):
+        with open(tmp_path / f"worker-{number}.log", "w") as out:
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "message_queue_sqlite", "worker", "rate_app:mq"], cwd=app, env=env,
+                stdout=out, stderr=subprocess.STDOUT))
+    try:
+        with MessageQueue(str(tmp_path / "q"), broker_url=broker_url) as sender:
+            handles = sender.send_many([("rated", {"n": n}) for n in range(35)])
+            for handle in handles:
+                handle.result(timeout=120)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    windows: dict[int, int] = {}
+    pids = set()
+    for line in log.read_text().splitlines():
+        _n, stamp, pid = line.split()
+        windows[int(float(stamp) // 1)] = windows.get(int(float(stamp) // 1), 0) + 1
+        pids.add(pid)
+    counts = [windows[w] for w in sorted(windows)]
+    print(f"\n{backend}: 35 runs at rate 10/s over 2 worker processes: per-second counts {counts}")
+    assert sum(counts) == 35 and max(counts) <= 10, counts

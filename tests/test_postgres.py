@@ -74,7 +74,7 @@ def test_tables_live_in_the_url_schema_and_queues_in_two_schemas_are_separate(pg
             assert second.shards[0].count_waiting() == 0
             assert tables(admin, schema_of(pg_url)) == {"mqs_tasks", "mqs_nodes", "mqs_counts",
                                                         "mqs_count_deltas", "mqs_schedules", "mqs_queues",
-                                                        "mqs_limits", "mqs_schema_version"}
+                                                        "mqs_limits", "mqs_rates", "mqs_schema_version"}
             assert not tables(admin, "public") & {"mqs_tasks", "mqs_nodes"}
             assert first.location.endswith(f"?schema={schema_of(pg_url)}")
         finally:
@@ -657,7 +657,8 @@ SAMPLE_PARAMS = {"attempt": 1, "callbacked": [1], "channel": "c", "completions":
                  "row_id": 1, "sender": "s", "stamp": 1.0, "status": 3, "task_name": "t", "tasks": "[]",
                  "schedules": "[]", "expected": 1.0, "decided": 2.0, "next_slot": 3.0, "names": ["n"],
                  "unique_keys": ["k"], "queue": "default", "before": 100, "after_priority": 0, "after_id": 1,
-                 "after_run_after": 1.0, "since": 1.0, "items": "[]", "limits": "[]", "forget": ["n"]}
+                 "after_run_after": 1.0, "since": 1.0, "items": "[]", "limits": "[]", "forget": ["n"],
+                 "window": 1.0, "used": 1}
 
 
 PRIMARY_KEY_WALKS = {"list_recent", "list_ended_as"}  # newest first, ended by their LIMIT

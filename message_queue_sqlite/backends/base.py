@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
+from message_queue_sqlite.core.rates import Rate
 from message_queue_sqlite.core.status import TaskStatus
 
 
@@ -63,6 +64,7 @@ class ClaimedTask:
     retries: int  # retries used so far (completions that scheduled one), against max_retries
     slot: float | None = None  # a periodic task's slot (epoch seconds), else None
     timeout: float | None = None  # the send's own timeout, seconds (None: the task's, if any)
+    rate_slot: float | None = None  # the rate window it was deferred to (its place there is held)
     task_id: str = ""  # derived from shard and row; computed once, it is read on every hop
     # Set by the engine at claim time: the sender's callback waits in this very process, so
     # the outcome is handed over in memory and need not be looked up in storage.
@@ -229,6 +231,13 @@ class Consumer(ABC):
     @abstractmethod
     def list_limits(self) -> dict[str, int]:
         ...
+
+    @abstractmethod
+    def take_rate(self, claim: ClaimedTask, owner: str, rate: Rate) -> float | None:
+        """Admit one run of a rate-limited task, in one transaction (by the backend's clock,
+        under a lock on the task's window row): None, it runs now (a place in the current
+        window taken, or its reserved one); else the start of the window it was deferred to
+        (it is SCHEDULED until then, its place there held; no retry or crash counted)."""
 
     @abstractmethod
     def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, overload
 from message_queue_sqlite.core import unique as uniq
 from message_queue_sqlite.core.durations import check_timeout
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, check_queue_name
+from message_queue_sqlite.core.rates import Rate, parse_rate
 from message_queue_sqlite.core.retry import NO_RETRY, RetryPolicy
 from message_queue_sqlite.core.schedule import SCHEDULE_OPTIONS, Schedule
 
@@ -36,6 +37,7 @@ class TaskOptions:
     queue: str = DEFAULT_QUEUE  # where it is sent unless a send names another (core/queues.py)
     timeout: float | None = None  # seconds a run may take (None: Config.task_timeout, if set)
     concurrency: int | None = None  # most runs at once, across every worker process (None: no limit)
+    rate: Rate | None = None  # most runs per window, across every worker process (core/rates.py)
     # unique tasks (core/unique.py): False, True (key from the name and every argument), or
     # the argument names the key is derived from; how long a key holds, and in which states
     unique: bool | tuple[str, ...] = False
@@ -111,6 +113,7 @@ def make_task_options(
     queue: str = DEFAULT_QUEUE,
     timeout: float | timedelta | None = None,
     concurrency: int | None = None,
+    rate: str | None = None,
     **periodic: Any,
 ) -> TaskOptions:
     """The one place decorator keywords become ``TaskOptions``. ``every=`` or ``cron=`` (and
@@ -121,7 +124,7 @@ def make_task_options(
     if unknown:
         raise TypeError(f"unknown task option(s) {', '.join(unknown)}; task options are use_cache, "
                         "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, "
-                        "queue, timeout, concurrency, unique, unique_for, unique_states, and "
+                        "queue, timeout, concurrency, rate, unique, unique_for, unique_states, and "
                         f"for periodic tasks {', '.join(sorted(SCHEDULE_OPTIONS))}")
     schedule = Schedule(**periodic) if periodic else None
     if schedule is not None and use_cache:
@@ -144,6 +147,7 @@ def make_task_options(
                          jitter=retry_jitter, retry_on=retry_on)
     return TaskOptions(use_cache=use_cache, retry=policy, name=name, schedule=schedule,
                        queue=check_queue_name(queue), timeout=check_timeout(timeout), concurrency=concurrency,
+                       rate=parse_rate(rate),
                        unique=unique, unique_for=seconds, unique_states=mask)
 
 

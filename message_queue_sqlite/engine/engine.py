@@ -369,7 +369,9 @@ class Engine:
             self._ensure_node_locked()
             self._watch_storage()
             self._declare_limits()
-            workers = [Worker(self, ThreadExecutor(lane.threads), self.runner, lane.queues) for lane in lanes]
+            rates = {d.name: d.options.rate for d in self.registry if d.options.rate is not None}
+            workers = [Worker(self, ThreadExecutor(lane.threads), self.runner, lane.queues, rates)
+                       for lane in lanes]
             self._workers = workers
             for worker in workers:
                 worker.start()

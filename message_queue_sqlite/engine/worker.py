@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import ClaimedTask
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
+from message_queue_sqlite.core.rates import Rate
 from message_queue_sqlite.core.status import TaskStatus
 from message_queue_sqlite.engine import cancellation
 from message_queue_sqlite.engine.executors import Executor
@@ -45,11 +46,12 @@ SOURCES_FRESH_S = 1.0  # serving every queue: the stored list of queues is read 
 
 class Worker:
     def __init__(self, engine: Engine, executor: Executor, runner: TaskRunner,
-                 queues: tuple[str, ...] | None):
+                 queues: tuple[str, ...] | None, rates: dict[str, Rate] | None = None):
         self._engine = engine
         self.executor = executor
         self.runner = runner
         self.queues = queues  # None: every stored queue (re-read when idle, at least every second)
+        self.rates = rates or {}  # rate-limited tasks (core/rates.py): admitted before they run
         self._stored_sources: list[tuple[int, str]] = []
         self._sources_read_at = -SOURCES_FRESH_S
         self.ledger = ClaimLedger()
@@ -219,7 +221,10 @@ class Worker:
                 self._looked_empty_at = seen  # this look took everything there was
             if claims:
                 self._after_claim(claims)
-                return claims
+                claims = self._admit(claims) if self.rates else claims
+                if claims:
+                    return claims
+                continue  # every one of them waits for its rate window: look again
             self._flush()  # completions of shards not visited
             if not engine.bell.wait(seen, engine.idle_wait_timeout()):
                 self._looked_empty_at = -1  # timed out: something may be due, look again
@@ -263,6 +268,32 @@ class Worker:
                                     for queue in self._engine.shards[shard].list_queues()]
             self._sources_read_at = now
         return self._stored_sources
+
+    def _admit(self, claims: list[ClaimedTask]) -> list[ClaimedTask]:
+        """Claims of rate-limited tasks each take a place in their task's current window, or
+        are deferred to the first window with room (SCHEDULED until then: they leave this
+        worker); the others pass. A storage error lets the claim run (logged): a limit is
+        never a reason to lose or stall a task."""
+        engine = self._engine
+        admitted: list[ClaimedTask] = []
+        deferred: list[ClaimedTask] = []
+        for claim in claims:
+            rate = self.rates.get(claim.task_name)
+            if rate is None:
+                admitted.append(claim)
+                continue
+            try:
+                until = engine.shards[claim.shard].take_rate(claim, engine.node, rate)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("the rate limit of task %s (%s) could not be checked (%s); it runs",
+                            claim.task_name, claim.task_id, exc)
+                until = None
+            (admitted if until is None else deferred).append(claim)
+        if deferred:
+            self.ledger.released(deferred)
+            engine.dispatcher.released_locally(c.task_id for c in deferred if c.sender == engine.node)
+            engine.bell.ring()  # an idle worker's wait must end when the first of them is due
+        return admitted
 
     def _exchange(self, shard: int, limit: int, queue: str = DEFAULT_QUEUE) -> list[ClaimedTask]:
         """Record this shard's completions (and the callbacks that ran since) and claim up to

@@ -78,6 +78,7 @@ from message_queue_sqlite.backends.sql_files import listing_query, load_queries,
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import QueueStorageError
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
+from message_queue_sqlite.core.rates import Rate, admit
 from message_queue_sqlite.core.status import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -446,6 +447,28 @@ class PostgresShard(Shard):
             self._limited = bool(self.list_limits())
             self._limits_read_at = now
         return self._limited
+
+    def take_rate(self, claim: ClaimedTask, owner: str, rate: Rate) -> float | None:
+        name = {"task_name": claim.task_name}
+
+        def body(conn: psycopg.Connection, _broke: bool) -> float | None:
+            with conn.transaction():  # the window row's lock serializes every process's admissions
+                now = conn.execute(self._q["wall_now"]).fetchone()[0]
+                conn.execute(self._q["make_rate_window"], {**name, "window": 0.0})  # (0: none yet)
+                stored, used = conn.execute(self._q["lock_rate_window"], name).fetchone()
+                decision = admit(rate, now, stored, used, claim.rate_slot)
+                if decision is None:
+                    return None
+                conn.execute(self._q["set_rate_window"],
+                             {**name, "window": decision.window, "used": decision.used})
+                if decision.run_at is None:
+                    return None
+                conn.execute(self._q["defer_to_window"], {
+                    "row_id": claim.row_id, "attempt": claim.attempt, "owner": owner,
+                    "window": decision.run_at, **self._channel})
+                return decision.run_at
+
+        return self._run("rate limit", body)
 
     def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
         if items:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SCHEMA = "mqs"
 VERSION_TABLE = "mqs_schema_version"
 OUR_TABLES = frozenset({"mqs_tasks", "mqs_nodes", "mqs_counts", "mqs_count_deltas", "mqs_schedules",
-                        "mqs_queues", "mqs_limits", VERSION_TABLE})
+                        "mqs_queues", "mqs_limits", "mqs_rates", VERSION_TABLE})
 FIRST_TABLES = frozenset({"mqs_tasks", "mqs_nodes", VERSION_TABLE})  # every version has these
 MIGRATIONS = load_migrations(__package__)
 SCHEMA_VERSION = MIGRATIONS[-1][0]

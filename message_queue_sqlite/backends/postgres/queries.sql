@@ -128,7 +128,7 @@ claimed AS (
                         FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name) AS ranked
                    WHERE room IS NULL OR nth <= room)
     RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
-              cache_owner, created_at, started_at, retries, slot, timeout),
+              cache_owner, created_at, started_at, retries, slot, timeout, rate_slot),
 summary AS (
     SELECT a.ids, p.n,
            CASE WHEN a.ids IS NOT NULL OR p.n > 0
@@ -138,7 +138,7 @@ summary AS (
 SELECT s.ids, s.n, s.signal,
        (SELECT json_agg(json_build_array(id, task_name, args, priority, attempts, max_retries, retry, sender,
                                          notify, cache_owner, created_at, started_at, retries, slot,
-                                         timeout))
+                                         timeout, rate_slot))
           FROM claimed)
   FROM summary AS s;
 
@@ -632,3 +632,25 @@ DELETE FROM {schema}.mqs_limits WHERE task_name = ANY(%(forget)s::text[]);
 -- name: list_limits
 -- The concurrency limits.
 SELECT task_name, max_running FROM {schema}.mqs_limits ORDER BY task_name;
+
+-- name: make_rate_window
+-- A task's rate window row, made empty at the given window if it has none.
+INSERT INTO {schema}.mqs_rates (task_name, window_start, used) VALUES (%(task_name)s, %(window)s, 0)
+ON CONFLICT (task_name) DO NOTHING;
+
+-- name: lock_rate_window
+-- A task's rate window being filled and the runs it holds, locked for this transaction.
+SELECT window_start, used FROM {schema}.mqs_rates WHERE task_name = %(task_name)s FOR UPDATE;
+
+-- name: set_rate_window
+-- A task's rate window being filled, and the runs it holds.
+UPDATE {schema}.mqs_rates SET window_start = %(window)s, used = %(used)s WHERE task_name = %(task_name)s;
+
+-- name: defer_to_window
+-- The owner's claimed task waits for its rate window: SCHEDULED until then, its place kept (rate_slot); neither a retry nor a crash is counted; listeners are notified (a worker's next wake-up changed).
+WITH deferred AS (
+    UPDATE {schema}.mqs_tasks
+       SET status = 6, run_after = %(window)s, rate_slot = %(window)s, lease_owner = NULL, lease_expires = NULL
+     WHERE id = %(row_id)s::bigint AND attempts = %(attempt)s AND status = 2 AND lease_owner = %(owner)s
+    RETURNING 1)
+SELECT count(*), pg_notify(%(channel)s, '*') FROM deferred;

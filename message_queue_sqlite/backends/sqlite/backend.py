@@ -45,6 +45,7 @@ from message_queue_sqlite.backends.sqlite.connection import (
 from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
 from message_queue_sqlite.core.errors import QueueStorageError
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
+from message_queue_sqlite.core.rates import Rate, admit
 from message_queue_sqlite.core.status import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -446,7 +447,7 @@ class SQLiteShard(Shard):
     def _claimed(self, rows: list[tuple], queue: str) -> list[ClaimedTask]:
         index = self.index
         claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
-                               r[9], r[10], r[11], r[12], r[13], r[14], queue=queue) for r in rows]
+                               r[9], r[10], r[11], r[12], r[13], r[14], r[15], queue=queue) for r in rows]
         if len(claimed) > 1:
             claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return claimed
@@ -533,6 +534,22 @@ class SQLiteShard(Shard):
     def list_limits(self) -> dict[str, int]:
         with self._read() as conn:
             return dict(conn.execute(Q["list_limits"]).fetchall())
+
+    def take_rate(self, claim: ClaimedTask, owner: str, rate: Rate) -> float | None:
+        with self._write("rate limit") as conn:  # the write lock serializes every process's admissions
+            now = conn.execute(Q["wall_now"]).fetchone()[0]
+            row = conn.execute(Q["rate_window"], (claim.task_name,)).fetchone()
+            decision = admit(rate, now, row[0] if row else None, row[1] if row else 0, claim.rate_slot)
+            if decision is None:
+                return None
+            conn.execute(Q["set_rate_window"], (claim.task_name, decision.window, decision.used))
+            if decision.run_at is None:
+                return None
+            deferred = conn.execute(Q["defer_to_window"],
+                                    (claim.row_id, claim.attempt, owner, decision.run_at))
+            if deferred.rowcount:
+                _add_to_counts(conn, {SCHEDULED_KEY: 1})
+            return decision.run_at
 
     def record_progress(self, owner: str, items: Sequence[tuple[int, int, str]]) -> None:
         if items:

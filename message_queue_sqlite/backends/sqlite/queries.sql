@@ -74,7 +74,7 @@ UPDATE mqs_tasks
           FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name)
      WHERE room IS NULL OR nth <= room)
 RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
-          cache_owner, created_at, started_at, retries, slot, timeout;
+          cache_owner, created_at, started_at, retries, slot, timeout, rate_slot;
 
 -- name: complete
 -- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry ?7 seconds from now, which uses one retry) unless the lease was lost since (fenced by attempt and owner ?9); ?10 = 1: the sender got the outcome in memory, so it need not look for it (notify = 0).
@@ -547,3 +547,18 @@ DELETE FROM mqs_limits WHERE task_name = ?1;
 -- name: list_limits
 -- The concurrency limits.
 SELECT task_name, max_running FROM mqs_limits ORDER BY task_name;
+
+-- name: rate_window
+-- Task ?1's rate window being filled and the runs it holds (none yet: no row).
+SELECT window_start, used FROM mqs_rates WHERE task_name = ?1;
+
+-- name: set_rate_window
+-- Task ?1's rate window being filled is ?2, holding ?3 runs.
+INSERT INTO mqs_rates (task_name, window_start, used) VALUES (?1, ?2, ?3)
+ON CONFLICT (task_name) DO UPDATE SET window_start = excluded.window_start, used = excluded.used;
+
+-- name: defer_to_window
+-- Owner ?3's claimed task ?1 (attempt ?2) waits for its rate window ?4: SCHEDULED until then, its place kept (rate_slot); neither a retry nor a crash is counted.
+UPDATE mqs_tasks
+   SET status = 6, run_after = ?4, rate_slot = ?4, lease_owner = NULL, lease_expires = NULL
+ WHERE id = ?1 AND attempts = ?2 AND status = 2 AND lease_owner = ?3;
