@@ -1,4 +1,5 @@
-"""The proof that a periodic slot runs exactly once with no leader: three CLI worker processes
+"""The proof that a periodic slot is enqueued exactly once with no leader (and then runs at
+least once, like any task): three CLI worker processes
 serve one queue for over a minute (every=1 and a cron schedule every minute), one of them is
 killed with SIGKILL mid-run, then all stop for 10 s and one restarts: each missed-slot policy
 does what the README says. Every run is counted from a log the task itself appends to."""
@@ -60,12 +61,14 @@ SLOTS = 62  # of each every=1 schedule before the outage
 OUTAGE_S = 10.0
 
 
-def _runs(log: Path) -> dict[str, list[float]]:
+def _runs(log: Path, pid: int | None = None) -> dict[str, list[float]]:
+    """The slots each schedule's task logged, in log order (of one process's runs, with ``pid``)."""
     found: dict[str, list[float]] = defaultdict(list)
     if log.exists():
         for line in log.read_text().splitlines():
-            name, slot, _pid = line.split()
-            found[name].append(datetime.fromisoformat(slot).timestamp())
+            name, slot, by = line.split()
+            if pid is None or int(by) == pid:
+                found[name].append(datetime.fromisoformat(slot).timestamp())
     return found
 
 
@@ -100,7 +103,7 @@ def _contiguous(slots: list[float]) -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_three_worker_processes_run_each_slot_exactly_once_and_apply_the_missed_policies(
+def test_three_worker_processes_enqueue_each_slot_exactly_once_and_apply_the_missed_policies(
         tmp_path, backend, broker_url):
     app_dir = tmp_path / "app"
     app_dir.mkdir()
@@ -114,11 +117,11 @@ def test_three_worker_processes_run_each_slot_exactly_once_and_apply_the_missed_
     try:
         # a minute and more of slots with three schedulers racing for every one (counted from
         # the first run, however long the workers took to start); one killed halfway
-        wait_until(lambda: len(_runs(log)["latest"]) >= SLOTS / 2, timeout=SLOTS + 60,
+        wait_until(lambda: len(set(_runs(log)["latest"])) >= SLOTS / 2, timeout=SLOTS + 60,
                    what=lambda: f"half the run\n{_logs(app_dir)}")
         killed = workers[0]
         killed.kill()
-        wait_until(lambda: len(_runs(log)["latest"]) >= SLOTS and _runs(log)["minute"],
+        wait_until(lambda: len(set(_runs(log)["latest"])) >= SLOTS and _runs(log)["minute"],
                    timeout=SLOTS + 60,
                    what=lambda: f"a minute of slots, a minute slot included\n{_logs(app_dir)}")
         _stop(workers[1:])
@@ -143,13 +146,20 @@ def test_three_worker_processes_run_each_slot_exactly_once_and_apply_the_missed_
         _stop(workers)
 
     runs = _runs(log)
-    # Exactly once: no slot of any schedule ran twice, and every stored task ran.
+    # Exactly once per slot enqueued: one stored task per slot, and every one ran. A run is at
+    # least once, like any task's: a slot the SIGKILLed worker had started runs again after its
+    # lease expired, so a slot may show twice only if the killed worker ran it first.
+    killed_runs = _runs(log, pid=killed.pid)
     for name, slots in runs.items():
-        assert max(Counter(slots).values()) == 1, (name, Counter(slots).most_common(3))
-        assert stored[name] == len(slots), (name, stored[name], len(slots))
+        twice = [slot for slot, n in Counter(slots).items() if n > 1]
+        assert max(Counter(slots).values()) <= 2, (name, Counter(slots).most_common(3))
+        assert all(slot in killed_runs[name] for slot in twice), (name, twice, killed_runs[name][-3:])
+        assert len(twice) <= 2, (name, twice)  # it ran at most its 2 threads' worth when killed
+        assert stored[name] == len(set(slots)), (name, stored[name], len(set(slots)))
+    reruns = sum(len(slots) - len(set(slots)) for slots in runs.values())
     # The minute and more before the outage: every slot ran, none missing, through the kill (a
     # slot enqueued as the workers stopped waits, stored, and runs after the restart).
-    upto = {name: sorted(s for s in runs[name] if s <= before[name]) for name in before}
+    upto = {name: sorted({s for s in runs[name] if s <= before[name]}) for name in before}
     window = upto["latest"]
     assert window[-1] == before["latest"] and _contiguous(window), window
     assert len(window) >= SLOTS
@@ -158,7 +168,7 @@ def test_three_worker_processes_run_each_slot_exactly_once_and_apply_the_missed_
     assert ran_before["minute"] and all(s % 60 == 0 for s in runs["minute"])
     # After the outage: skip runs only slots due since the restart; latest one catch-up run for
     # the most recent missed slot, then every slot; all every missed slot, oldest first.
-    after = {name: sorted(s for s in runs[name] if s > before[name])
+    after = {name: sorted({s for s in runs[name] if s > before[name]})
              for name in ("latest", "skip", "catch_up")}
     assert _contiguous(after["skip"]) and after["skip"][0] > restarted_at, after["skip"][:3]
     assert after["skip"][0] - before["skip"] >= OUTAGE_S, (before["skip"], after["skip"][:3])
@@ -171,7 +181,8 @@ def test_three_worker_processes_run_each_slot_exactly_once_and_apply_the_missed_
     assert _contiguous(after["catch_up"]), after["catch_up"]
     assert len(after["catch_up"]) >= OUTAGE_S
     print(f"\n{backend}: slots before the outage {len(window)}, runs {sum(len(v) for v in runs.values())}, "
-          f"duplicates 0, missing 0; after the outage: skip from +{after['skip'][0] - before['skip']:.0f} s, "
+          f"slots enqueued twice 0, missing 0, runs again after the SIGKILL {reruns}; after the outage: "
+          f"skip from +{after['skip'][0] - before['skip']:.0f} s, "
           f"latest one catch-up then every slot, all {len(after['catch_up'])} runs from the first "
           "missed slot")
     assert os.path.exists(folder) or broker_url
