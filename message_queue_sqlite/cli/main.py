@@ -207,6 +207,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     worker.add_argument("--queues", type=_queues, default=None, metavar="SPEC",
                         help="the named queues to serve: 'a,b' (sharing the threads) or 'a=2,b=8' "
                              "(a lane of threads each); default '*': every queue")
+    worker.add_argument("--metrics-port", type=_integer(1, 65535), default=None, metavar="PORT",
+                        help="serve Prometheus metrics (this worker's runs, the stored queue) on "
+                             "http://HOST:PORT/metrics (the metrics extra)")
+    worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address for --metrics-port (default 127.0.0.1)")
     worker.add_argument("--visibility-timeout", type=_seconds(False), default=None, metavar="S",
                         help="lease length in seconds (default: the object's setting, or 30)")
     worker.add_argument("--drain-timeout", type=_seconds(True), default=None, metavar="S",
@@ -520,6 +525,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         what = f"package {target.spec}"
     threads = args.workers or queue.config.max_workers
     drain = queue.config.drain_timeout if args.drain_timeout is None else args.drain_timeout
+    metrics = _serve_metrics(queue, args) if args.metrics_port is not None else ""
     signals = _StopSignals(drain)
     signals.install()
     try:
@@ -528,7 +534,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SystemExit(f"{prog} worker: error: --queues {args.queues!r}: {exc}") from None
     signals.started(queue.engine.workers)
     print(f"worker: {what}, queue {_where(queue)}, {_lanes_in_words(lanes)}, "
-          f"tasks {queue.registry.get_all_task_names()} (pid {os.getpid()})", flush=True)
+          f"tasks {queue.registry.get_all_task_names()} (pid {os.getpid()}){metrics}", flush=True)
     signals.stop.wait()
     workers = signals.workers
     try:
@@ -573,6 +579,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for name, counts in stats["queues"].items():
             print(name.ljust(width) + "".join(str(counts[n]).rjust(11) for n in states))
     return 0
+
+
+def _serve_metrics(queue: MessageQueue, args: argparse.Namespace) -> str:
+    """Count this worker's runs with a metrics hook and serve them with the stored queue's
+    gauges; returns the banner's mention of where."""
+    try:
+        from message_queue_sqlite.contrib.metrics import QueueMetrics
+    except ImportError as exc:
+        raise CliError(f"--metrics-port: {exc}") from None
+    metrics = QueueMetrics(queue)
+    queue.add_hook(metrics)
+    try:
+        metrics.serve(args.metrics_port, args.metrics_host)
+    except OSError as exc:
+        raise CliError(f"--metrics-port {args.metrics_port}: cannot listen on "
+                       f"{args.metrics_host}:{args.metrics_port} ({exc.strerror or exc})") from None
+    return f", metrics on http://{args.metrics_host}:{args.metrics_port}/metrics"
 
 
 def _lanes_in_words(lanes: list[Lane]) -> str:

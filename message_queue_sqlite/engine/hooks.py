@@ -18,6 +18,8 @@ The points, in a task's order:
 - ``retry_scheduled(claim, run, delay)`` / ``failed(claim, run)``: what was decided.
 - ``after_commit(claims)``: these tasks' completions are committed.
 - ``callback_ran(outcome)``: the sender's callback ran for this outcome.
+- ``recovered(report)``: a housekeeping round found expired leases (a worker died): how many
+  tasks it requeued, failed (crash limit) or cancelled (a cancel was pending).
 """
 
 from __future__ import annotations
@@ -31,14 +33,14 @@ from typing import TYPE_CHECKING, Any
 from message_queue_sqlite.core.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from message_queue_sqlite.backends.base import ClaimedTask
+    from message_queue_sqlite.backends.base import ClaimedTask, RecoveryReport
     from message_queue_sqlite.core.outcome import TaskOutcome
     from message_queue_sqlite.core.registry import TaskDefinition
 
 log = logging.getLogger(__name__)
 
 POINTS = ("before_send", "after_send", "claimed", "before_run", "after_run", "retry_delay",
-          "retry_scheduled", "failed", "after_commit", "callback_ran")
+          "retry_scheduled", "failed", "after_commit", "callback_ran", "recovered")
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ class Hook:
     def failed(self, claim: ClaimedTask, run: Run) -> None: ...
     def after_commit(self, claims: Sequence[ClaimedTask]) -> None: ...
     def callback_ran(self, outcome: TaskOutcome) -> None: ...
+    def recovered(self, report: RecoveryReport) -> None: ...
 
 
 class Retries(Hook):

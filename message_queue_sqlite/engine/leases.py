@@ -75,9 +75,12 @@ class Housekeeper:
             shard.register_node(engine.node, pid, host, lease)
             self._renew(shard, workers, lease)
             report += shard.recover_expired(engine.config.crash_limit)
-        if report.requeued or report.failed:
-            log.warning("lease recovery: %d task(s) requeued, %d failed", report.requeued, report.failed)
+        if report.requeued or report.failed or report.cancelled:
+            log.warning("lease recovery: %d task(s) requeued, %d failed, %d cancelled", report.requeued,
+                        report.failed, report.cancelled)
             engine.storage_changed()  # requeued work for idle workers, outcomes for senders
+            if engine.hooks.recovered:
+                engine.hooks.fire(engine.hooks.recovered, report)
         mono = time.monotonic()
         retention = engine.config.retention
         if retention is not None and mono >= self._next_purge:

@@ -63,6 +63,7 @@ class Dashboard:
     """The state behind the routes: the queue, the mode, and the secret that signs cookies."""
 
     def __init__(self, mq: MessageQueue, read_only: bool, token: str | None):
+        self.metrics: Any = None  # the /metrics registry, made at the first scrape
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise ValueError(f"token={token!r}: give a non-empty string (or None for no token)")
         self.mq = mq
@@ -331,6 +332,19 @@ def nodes_page(request: Request) -> Response:
     return dash.render(request, "nodes.html", {"nodes": dash.mq.nodes()})
 
 
+def metrics_page(request: Request) -> Response:
+    """The stored queue's gauges in Prometheus' text format (the ``metrics`` extra); a worker's
+    run counters are on its own ``--metrics-port``."""
+    dash = _dash(request)
+    if dash.metrics is None:
+        try:
+            from message_queue_sqlite.contrib.metrics import QueueMetrics
+        except ImportError as exc:
+            raise HTTPException(404, f"{exc}") from exc
+        dash.metrics = QueueMetrics(dash.mq)
+    return Response(dash.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 # -- actions ---------------------------------------------------------------------------------
 def _local(request: Request, candidate: str) -> str | None:
     """``candidate`` if it is a path of this app (under its mount point), else None: a form's
@@ -485,6 +499,7 @@ def create_app(mq: MessageQueue, *, read_only: bool = False, token: str | None =
         Route("/actions/delete", bulk_delete, methods=["POST"], name="bulk_delete"),
         Route("/schedules", schedules_page, name="schedules"),
         Route("/nodes", nodes_page, name="nodes"),
+        Route("/metrics", metrics_page, name="metrics"),
         Route("/login", login, methods=["GET", "POST"], name="login"),
         Route("/logout", logout, methods=["POST"], name="logout"),
         Mount("/static", StaticFiles(packages=[(PACKAGE, "static")]), name="static"),
