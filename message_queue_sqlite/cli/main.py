@@ -1,5 +1,5 @@
-"""The command line: ``worker``, ``stats``, ``failed``, ``retry``, ``purge``, ``cancel``, ``schedules``,
-``dashboard`` and ``demo``; ``--help`` on each.
+"""The command line: ``worker``, ``stats``, ``top``, ``failed``, ``retry``, ``purge``, ``cancel``,
+``schedules``, ``dashboard`` and ``demo``; ``--help`` on each.
 
 It is the first thing many users meet, so every refusal names what the user typed (``--path``,
 ``--workers``, not the ``Config`` field behind it) and says what to type instead; a worker
@@ -227,6 +227,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                       "\"totals\" per stored status, and \"shards\"")]))
     _add_location(stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
+
+    top = command("top", "the overview, refreshed in place (q quits)",
+                  "How tasks stand, refreshed in place every --interval seconds: the counts,\n"
+                  "throughput, each queue, and the running tasks with their progress. q or Ctrl+C\n"
+                  "quits. Read from storage, so it shows what every worker process does.",
+                  _examples(prog, [("top --path q", "refresh every second"),
+                                   ("top --path q --interval 0.5", "twice a second"),
+                                   ("top --path q --once", "one frame, printed (for scripts)")]))
+    _add_location(top)
+    top.add_argument("--interval", type=_seconds(False), default=1.0, metavar="S",
+                     help="seconds between frames (default: %(default)s)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
 
     failed = command("failed", "list failed tasks (the dead-letter view)",
                      "List failed tasks, newest first, with their errors; the last line says how\n"
@@ -629,6 +641,13 @@ def _stats_in_words(counts: dict[str, int]) -> str:
             f"callback ran for {counts['callback_ran']} of them. {waiting}")
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from message_queue_sqlite.cli.top import run_top
+
+    with _open(args) as queue:
+        return run_top(queue, _where(queue), args.interval, args.once)
+
+
 def cmd_failed(args: argparse.Namespace) -> int:
     with _open(args) as queue:
         # one more than shown tells whether the list is complete, without counting them all
@@ -833,8 +852,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "worker": cmd_worker, "stats": cmd_stats, "failed": cmd_failed, "retry": cmd_retry, "purge": cmd_purge,
-    "cancel": cmd_cancel, "schedules": cmd_schedules, "dashboard": cmd_dashboard, "demo": _demo}
+    "worker": cmd_worker, "stats": cmd_stats, "top": cmd_top, "failed": cmd_failed, "retry": cmd_retry,
+    "purge": cmd_purge, "cancel": cmd_cancel, "schedules": cmd_schedules, "dashboard": cmd_dashboard,
+    "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
