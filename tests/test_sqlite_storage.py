@@ -510,7 +510,7 @@ def test_a_plain_send_stores_the_same_row_as_the_full_statement_would(tmp_path):
         [plain] = shard.enqueue([task])
         conn = shard._connection()
         conn.execute(Q["enqueue"], (task.task_name, task.args, task.priority, task.sender, 1, None, 0,
-                                    None, 0.0, task.created_at, task.queue, task.timeout))
+                                    None, 0.0, task.created_at, task.queue, task.timeout, task.headers))
         full = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         rows = [conn.execute("SELECT * FROM mqs_tasks WHERE id = ?", (row_id,)).fetchone()[1:]
                 for row_id in (plain, full)]

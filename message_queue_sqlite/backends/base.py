@@ -14,6 +14,7 @@ can then neither take a live lease nor shorten its own.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class NewTask:
     unique_for: float | None = None
     queue: str = DEFAULT_QUEUE  # the named queue it waits in (core/queues.py)
     timeout: float | None = None  # the send's own limit on a run, seconds (None: the task's, if any)
+    headers: str | None = None  # JSON object of strings the sender's hooks attached (None: none)
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: the worker keeps sets of them
@@ -65,12 +67,17 @@ class ClaimedTask:
     slot: float | None = None  # a periodic task's slot (epoch seconds), else None
     timeout: float | None = None  # the send's own timeout, seconds (None: the task's, if any)
     rate_slot: float | None = None  # the rate window it was deferred to (its place there is held)
+    headers: str | None = None  # JSON object of strings its sender's hooks attached (None: none)
     task_id: str = ""  # derived from shard and row; computed once, it is read on every hop
     # Set by the engine at claim time: the sender's callback waits in this very process, so
     # the outcome is handed over in memory and need not be looked up in storage.
     callback_here: bool = False
     queue: str = DEFAULT_QUEUE  # the queue it was claimed from
     cancel_requested: bool = False  # set by the worker when storage asks it to stop this run
+
+    def header_values(self) -> dict[str, str]:
+        """The headers its sender's hooks attached (``SendRequest.headers``), as a dict."""
+        return json.loads(self.headers) if self.headers else {}
 
     def __post_init__(self) -> None:
         self.task_id = format_task_id(self.shard, self.row_id)

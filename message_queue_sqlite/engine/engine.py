@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import itertools
+import json
 import logging
 import math
 import os
@@ -75,6 +76,9 @@ class SendRequest:
     duplicate: bool = False
     queue: str | None = None  # the named queue; None: the task's own (@task(queue=)), else default
     timeout: float | None = None  # seconds a run may take; None: the task's own, else the worker's
+    # string pairs stored with the task for the worker's hooks (a trace context, say); a
+    # ``before_send`` hook may add to them
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 NO_DUPLICATES: frozenset[int] = frozenset()
@@ -314,7 +318,7 @@ class Engine:
         task = NewTask(name, payload, priority, self.node, request.callback is not None,
                        self.node if cached else None, max_retries, retry_json,
                        float(delay) if delay else 0.0, now, queue=queue,
-                       timeout=check_timeout(request.timeout))
+                       timeout=check_timeout(request.timeout), headers=_headers_json(name, request.headers))
         if (request.unique_key is not None or request.unique_for is not None
                 or request.unique_states is not None
                 or (definition is not None and definition.options.unique)):
@@ -571,6 +575,16 @@ def _close_at_exit() -> None:
             engine.close()
         except Exception:
             log.exception("closing the queue at exit failed")
+
+
+def _headers_json(task_name: str, headers: dict[str, str]) -> str | None:
+    """A send's headers as stored: None for none; else a JSON object of strings."""
+    if not headers:
+        return None
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in headers.items()):
+        raise TypeError(f"headers of task {task_name!r} must be a dict of str to str, got {headers!r}")
+    return json.dumps(headers, sort_keys=True, separators=(",", ":"))
 
 
 def _for_each_engine(action: Callable[[Engine], None], what: str) -> None:

@@ -290,8 +290,8 @@ class PostgresShard(Shard):
             return []
         now = tasks[0].created_at
         rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
-                 t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout]
-                for t in tasks]
+                 t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout,
+                 t.headers] for t in tasks]
         params = {"tasks": _json(rows), **self._channel}
         # every id returned before this call is below this batch's (the sequence only grows): a
         # committed batch is found above it, on the primary key
@@ -352,8 +352,8 @@ class PostgresShard(Shard):
             rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
                      t.max_retries, t.retry, float(t.delay), float(t.created_at), t.unique_key,
                      t.unique_states if t.unique_key is not None else 0,
-                     None if t.unique_for is None else float(t.unique_for), t.queue, t.timeout]
-                    for t in tasks]
+                     None if t.unique_for is None else float(t.unique_for), t.queue, t.timeout,
+                     t.headers] for t in tasks]
             with conn.transaction():
                 conn.execute(self._q["release_expired_unique"], {"unique_keys": keys})
                 stored = conn.execute(self._q["enqueue_unique"],

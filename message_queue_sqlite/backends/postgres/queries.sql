@@ -15,14 +15,14 @@
 -- statement waited for first does not shorten the period.
 
 -- name: enqueue
--- Store a batch of new tasks (JSON rows, field 10 the queue, 11 the timeout or null; a delay > 0, in seconds, schedules a task that long from now) in batch order, so their ids (from the sequence, increasing) follow it; returns the ids in that order and notifies listeners at commit.
+-- Store a batch of new tasks (JSON rows, field 10 the queue, 11 the timeout or null, 12 the headers or null; a delay > 0, in seconds, schedules a task that long from now) in batch order, so their ids (from the sequence, increasing) follow it; returns the ids in that order and notifies listeners at commit.
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
-                                    max_retries, retry, run_after, created_at, queue, timeout)
+                                    max_retries, retry, run_after, created_at, queue, timeout, headers)
     SELECT e->>0, e->>1, (e->>2)::bigint, CASE WHEN (e->>8)::float8 > 0 THEN 6 ELSE 1 END, e->>3,
            (e->>4)::boolean, e->>5, (e->>6)::bigint, e->>7,
            CASE WHEN (e->>8)::float8 > 0 THEN date_part('epoch', clock_timestamp()) + (e->>8)::float8 ELSE 0 END,
-           (e->>9)::float8, e->>10, (e->>11)::float8
+           (e->>9)::float8, e->>10, (e->>11)::float8, e->>12
       FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
      ORDER BY b.n
     RETURNING id)
@@ -30,17 +30,17 @@ SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
   FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
 
 -- name: enqueue_unique
--- As enqueue, for a batch in which tasks may carry a unique key (JSON rows, fields 10-12: key, states bitmask, unique_for seconds or null; 13: the queue; 14: the timeout or null): a task whose key a stored task holds, or an earlier row of this batch, is not stored (ON CONFLICT DO NOTHING on the unique index; a concurrent insert of the key waits for the other transaction, then conflicts). Returns the stored rows as one JSON array of [id, unique key] in id order (= batch order), and notifies listeners at commit if any was stored.
+-- As enqueue, for a batch in which tasks may carry a unique key (JSON rows, fields 10-12: key, states bitmask, unique_for seconds or null; 13: the queue; 14: the timeout or null; 15: the headers or null): a task whose key a stored task holds, or an earlier row of this batch, is not stored (ON CONFLICT DO NOTHING on the unique index; a concurrent insert of the key waits for the other transaction, then conflicts). Returns the stored rows as one JSON array of [id, unique key] in id order (= batch order), and notifies listeners at commit if any was stored.
 WITH inserted AS (
     INSERT INTO {schema}.mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
                                     max_retries, retry, run_after, created_at,
-                                    unique_key, unique_states, unique_until, queue, timeout)
+                                    unique_key, unique_states, unique_until, queue, timeout, headers)
     SELECT e->>0, e->>1, (e->>2)::bigint, CASE WHEN (e->>8)::float8 > 0 THEN 6 ELSE 1 END, e->>3,
            (e->>4)::boolean, e->>5, (e->>6)::bigint, e->>7,
            CASE WHEN (e->>8)::float8 > 0 THEN date_part('epoch', clock_timestamp()) + (e->>8)::float8 ELSE 0 END,
            (e->>9)::float8, e->>10, (e->>11)::integer,
            CASE WHEN e->>12 IS NOT NULL THEN date_part('epoch', clock_timestamp()) + (e->>12)::float8 END,
-           e->>13, (e->>14)::float8
+           e->>13, (e->>14)::float8, e->>15
       FROM json_array_elements(%(tasks)s::json) WITH ORDINALITY AS b (e, n)
      ORDER BY b.n
     ON CONFLICT (unique_key)
@@ -128,7 +128,7 @@ claimed AS (
                         FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name) AS ranked
                    WHERE room IS NULL OR nth <= room)
     RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
-              cache_owner, created_at, started_at, retries, slot, timeout, rate_slot),
+              cache_owner, created_at, started_at, retries, slot, timeout, rate_slot, headers),
 summary AS (
     SELECT a.ids, p.n,
            CASE WHEN a.ids IS NOT NULL OR p.n > 0
@@ -138,7 +138,7 @@ summary AS (
 SELECT s.ids, s.n, s.signal,
        (SELECT json_agg(json_build_array(id, task_name, args, priority, attempts, max_retries, retry, sender,
                                          notify, cache_owner, created_at, started_at, retries, slot,
-                                         timeout, rate_slot))
+                                         timeout, rate_slot, headers))
           FROM claimed)
   FROM summary AS s;
 

@@ -367,14 +367,15 @@ class SQLiteShard(Shard):
         if not tasks:
             return []
         if all(t.cache_owner is None and not t.max_retries and t.retry is None and not t.delay
-               and t.timeout is None for t in tasks):
+               and t.timeout is None and t.headers is None for t in tasks):
             sql = Q["enqueue_plain"]
             rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at, t.queue)
                     for t in tasks]
         else:
             sql = Q["enqueue"]
             rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
-                     t.max_retries, t.retry, t.delay, t.created_at, t.queue, t.timeout) for t in tasks]
+                     t.max_retries, t.retry, t.delay, t.created_at, t.queue, t.timeout, t.headers)
+                    for t in tasks]
         self._sent_here = True
         delayed = sum(1 for t in tasks if t.delay > 0)  # stored SCHEDULED: counted; ready is not
         if len(rows) == 1 and not delayed:  # its own write transaction: no BEGIN/COMMIT round
@@ -405,7 +406,7 @@ class SQLiteShard(Shard):
                     t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
                     t.max_retries, t.retry, t.delay, t.created_at, t.unique_key,
                     t.unique_states if t.unique_key is not None else 0, t.unique_for, t.queue,
-                    t.timeout))
+                    t.timeout, t.headers))
                 if cursor.rowcount == 1:
                     sent.append((cursor.lastrowid, False))
                     delayed += t.delay > 0
@@ -447,7 +448,8 @@ class SQLiteShard(Shard):
     def _claimed(self, rows: list[tuple], queue: str) -> list[ClaimedTask]:
         index = self.index
         claimed = [ClaimedTask(index, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]),
-                               r[9], r[10], r[11], r[12], r[13], r[14], r[15], queue=queue) for r in rows]
+                               r[9], r[10], r[11], r[12], r[13], r[14], r[15], r[16], queue=queue)
+                   for r in rows]
         if len(claimed) > 1:
             claimed.sort(key=lambda c: (-c.priority, c.row_id))
         return claimed

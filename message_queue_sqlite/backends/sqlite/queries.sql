@@ -5,25 +5,25 @@
 -- end stamps), each read once per statement after it took the write lock (clock.py).
 
 -- name: enqueue
--- Store one new task in queue ?11 with timeout ?12 (executemany for a batch); a delay ?9 > 0 (seconds) schedules it that long from now.
+-- Store one new task in queue ?11 with timeout ?12 and headers ?13 (executemany for a batch); a delay ?9 > 0 (seconds) schedules it that long from now.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
-                       max_retries, retry, run_after, created_at, queue, timeout)
+                       max_retries, retry, run_after, created_at, queue, timeout, headers)
 VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
-        CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10, ?11, ?12);
+        CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10, ?11, ?12, ?13);
 
 -- name: enqueue_plain
--- Store one new ready task in queue ?7 with no cached arguments, retries, delay or timeout of its own (most sends): the other columns keep their defaults, and five fewer values to bind cost 2 µs less per row.
+-- Store one new ready task in queue ?7 with no cached arguments, retries, delay, timeout or headers of its own (most sends): the other columns keep their defaults, and five fewer values to bind cost 2 µs less per row.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, created_at, queue)
 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7);
 
 -- name: enqueue_unique
--- Store one new task (in queue ?14, with timeout ?15) holding unique key ?11 in the states of bitmask ?12 for ?13 seconds from now (NULL: no limit), unless a stored task holds that key: then nothing is stored (changes() = 0) and no row id is used.
+-- Store one new task (in queue ?14, with timeout ?15 and headers ?16) holding unique key ?11 in the states of bitmask ?12 for ?13 seconds from now (NULL: no limit), unless a stored task holds that key: then nothing is stored (changes() = 0) and no row id is used.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
                        max_retries, retry, run_after, created_at, unique_key, unique_states, unique_until,
-                       queue, timeout)
+                       queue, timeout, headers)
 VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
         CASE WHEN ?9 > 0 THEN mqs_wall_now() + ?9 ELSE 0 END, ?10, ?11, ?12,
-        CASE WHEN ?13 IS NOT NULL THEN mqs_wall_now() + ?13 END, ?14, ?15)
+        CASE WHEN ?13 IS NOT NULL THEN mqs_wall_now() + ?13 END, ?14, ?15, ?16)
 ON CONFLICT (unique_key)
    WHERE unique_key IS NOT NULL AND ((unique_states >> coalesce(outcome, status)) & 1) = 1
 DO NOTHING;
@@ -74,7 +74,7 @@ UPDATE mqs_tasks
           FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name)
      WHERE room IS NULL OR nth <= room)
 RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
-          cache_owner, created_at, started_at, retries, slot, timeout, rate_slot;
+          cache_owner, created_at, started_at, retries, slot, timeout, rate_slot, headers;
 
 -- name: complete
 -- End one attempt (FINISHED/FAILED, or SCHEDULED for a retry ?7 seconds from now, which uses one retry) unless the lease was lost since (fenced by attempt and owner ?9); ?10 = 1: the sender got the outcome in memory, so it need not look for it (notify = 0).
