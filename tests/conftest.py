@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -224,6 +226,33 @@ def app_package(tmp_path: Path) -> Callable[[dict[str, str]], str]:
     for name in created:
         for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
             del sys.modules[module]
+
+
+def start_cli_worker(app_dir: Path, target: str, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """``mqs worker TARGET ARGS`` run from ``app_dir``, its output in ``app_dir/worker-N.log``
+    (a pipe nobody reads would fill and stop it), shown by ``worker_logs`` when a test fails."""
+    number = len(list(app_dir.glob("worker-*.log")))
+    with open(app_dir / f"worker-{number}.log", "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "message_queue_sqlite", "worker", target, *args],
+                                cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def worker_logs(app_dir: Path) -> str:
+    return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}"
+                     for path in sorted(app_dir.glob("worker-*.log")))
+
+
+def stop_processes(workers: list[subprocess.Popen], timeout: float = 60) -> None:
+    """SIGTERM each one still running (a graceful stop), then wait; kill what does not end."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def subprocess_env() -> dict[str, str]:

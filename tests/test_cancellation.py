@@ -5,7 +5,6 @@ CLI worker processes draining, no cancelled task starts after the cancel returne
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env, wait_until
+from conftest import start_cli_worker, stop_processes, subprocess_env, wait_until
 
 from message_queue_sqlite import MessageQueue, TaskCancelled, TaskStatus, current_task
 
@@ -198,25 +197,7 @@ def _workers(tmp_path: Path, broker_url: str | None, count: int) -> tuple[list[s
     log = tmp_path / "runs.log"
     env = subprocess_env()
     env.update(CANCEL_DIR=str(tmp_path / "q"), CANCEL_URL=broker_url or "", CANCEL_LOG=str(log))
-    workers = []
-    for number in range(count):
-        with open(tmp_path / f"worker-{number}.log", "w") as out:
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "message_queue_sqlite", "worker", "cancel_app:mq"], cwd=app, env=env,
-                stdout=out, stderr=subprocess.STDOUT))
-    return workers, log, env
-
-
-def _stop(workers: list[subprocess.Popen]) -> None:
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in workers:
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    return [start_cli_worker(app, "cancel_app:mq", env) for _ in range(count)], log, env
 
 
 def _runs(log: Path) -> dict[int, float]:
@@ -256,7 +237,7 @@ def test_no_cancelled_task_starts_after_the_cancel_returned_while_workers_drain(
               f"{len(cancelled)} cancelled before starting, {1000 - len(cancelled)} had started or "
               f"ended; started after the cancel returned: {len(late)}")
     finally:
-        _stop(workers)
+        stop_processes(workers)
 
 
 def test_a_cancel_pending_when_its_worker_dies_ends_cancelled(tmp_path, backend, broker_url):
@@ -276,7 +257,7 @@ def test_a_cancel_pending_when_its_worker_dies_ends_cancelled(tmp_path, backend,
             wait_until(recovered, timeout=30, what="the expired lease to be recovered as CANCELLED")
             assert "its worker died with the cancel pending" in sender.tasks()[0].error
     finally:
-        _stop(workers)
+        stop_processes(workers)
 
 
 def test_mqs_cancel_by_id_and_by_name(tmp_path):

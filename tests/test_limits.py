@@ -4,15 +4,12 @@ are not held back; bad values are refused by name."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env, wait_until
+from conftest import start_cli_worker, stop_processes, subprocess_env, wait_until
 
 from message_queue_sqlite import MessageQueue
 
@@ -86,12 +83,7 @@ def test_three_worker_processes_hold_a_limit_of_two(tmp_path, backend, broker_ur
     log = tmp_path / "runs.log"
     env = subprocess_env()
     env.update(LIMIT_DIR=str(tmp_path / "q"), LIMIT_URL=broker_url or "", LIMIT_LOG=str(log))
-    workers = []
-    for number in range(3):
-        with open(tmp_path / f"worker-{number}.log", "w") as out:
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "message_queue_sqlite", "worker", "limit_app:mq"], cwd=app, env=env,
-                stdout=out, stderr=subprocess.STDOUT))
+    workers = [start_cli_worker(app, "limit_app:mq", env) for _ in range(3)]
     try:
         with MessageQueue(str(tmp_path / "q"), broker_url=broker_url) as sender:
             # the limit is the workers' declaration: wait until it is stored, then send
@@ -101,13 +93,7 @@ def test_three_worker_processes_hold_a_limit_of_two(tmp_path, backend, broker_ur
             for handle in handles:
                 handle.result(timeout=120)
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_processes(workers)
     peak, pids = _peak(log)
     print(f"\n{backend}: 60 runs limited to 2 over 3 worker processes x 4 threads: at most {peak} at once "
           f"(ran in {len(pids)} process(es))")
@@ -185,25 +171,14 @@ def test_two_worker_processes_hold_a_rate_limit_per_window(tmp_path, backend, br
     log = tmp_path / "runs.log"
     env = subprocess_env()
     env.update(LIMIT_DIR=str(tmp_path / "q"), LIMIT_URL=broker_url or "", LIMIT_LOG=str(log))
-    workers = []
-    for number in range(2):
-        with open(tmp_path / f"worker-{number}.log", "w") as out:
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "message_queue_sqlite", "worker", "rate_app:mq"], cwd=app, env=env,
-                stdout=out, stderr=subprocess.STDOUT))
+    workers = [start_cli_worker(app, "rate_app:mq", env) for _ in range(2)]
     try:
         with MessageQueue(str(tmp_path / "q"), broker_url=broker_url) as sender:
             handles = sender.send_many([("rated", {"n": n}) for n in range(35)])
             for handle in handles:
                 handle.result(timeout=120)
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_processes(workers)
     windows: dict[int, int] = {}
     pids = set()
     for line in log.read_text().splitlines():

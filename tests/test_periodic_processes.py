@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env, wait_until
+from conftest import start_cli_worker, stop_processes, subprocess_env, wait_until, worker_logs
 
 from message_queue_sqlite import MessageQueue
 
@@ -73,29 +72,7 @@ def _runs(log: Path, pid: int | None = None) -> dict[str, list[float]]:
 
 
 def _worker(app_dir: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A CLI worker whose output goes to a file of its own (a pipe nobody reads would fill and
-    stop it), shown by ``_logs`` when something fails."""
-    number = len(list(app_dir.glob("worker-*.log")))
-    with open(app_dir / f"worker-{number}.log", "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "message_queue_sqlite", "worker", "periodic_app:mq"],
-                                cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _logs(app_dir: Path) -> str:
-    return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}"
-                     for path in sorted(app_dir.glob("worker-*.log")))
-
-
-def _stop(workers: list[subprocess.Popen]) -> None:
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-    for worker in workers:
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    return start_cli_worker(app_dir, "periodic_app:mq", env)
 
 
 def _contiguous(slots: list[float]) -> bool:
@@ -118,14 +95,14 @@ def test_three_worker_processes_enqueue_each_slot_exactly_once_and_apply_the_mis
         # a minute and more of slots with three schedulers racing for every one (counted from
         # the first run, however long the workers took to start); one killed halfway
         wait_until(lambda: len(set(_runs(log)["latest"])) >= SLOTS / 2, timeout=SLOTS + 60,
-                   what=lambda: f"half the run\n{_logs(app_dir)}")
+                   what=lambda: f"half the run\n{worker_logs(app_dir)}")
         killed = workers[0]
         killed.kill()
         wait_until(lambda: len(set(_runs(log)["latest"])) >= SLOTS and _runs(log)["minute"],
                    timeout=SLOTS + 60,
-                   what=lambda: f"a minute of slots, a minute slot included\n{_logs(app_dir)}")
-        _stop(workers[1:])
-        assert all(w.returncode == 0 for w in workers[1:]), _logs(app_dir)
+                   what=lambda: f"a minute of slots, a minute slot included\n{worker_logs(app_dir)}")
+        stop_processes(workers[1:])
+        assert all(w.returncode == 0 for w in workers[1:]), worker_logs(app_dir)
         with MessageQueue(folder, broker_url=broker_url) as mq:
             before = {s.name: s.last_slot for s in mq.schedules()}
         ran_before = _runs(log)
@@ -138,12 +115,13 @@ def test_three_worker_processes_enqueue_each_slot_exactly_once_and_apply_the_mis
         wait_until(lambda: all(len([s for s in _runs(log)[name] if s > restarted_at]) >= 3
                                for name in ("latest", "skip", "catch_up")),
                    timeout=60,
-                   what=lambda: f"three on-time runs of each schedule after the restart\n{_logs(app_dir)}")
-        _stop(workers[-1:])
+                   what=lambda: "three on-time runs of each schedule after the restart\n"
+                                + worker_logs(app_dir))
+        stop_processes(workers[-1:])
         with MessageQueue(folder, broker_url=broker_url) as mq:
             stored = Counter((t.task_name) for t in mq.tasks(limit=100_000))
     finally:
-        _stop(workers)
+        stop_processes(workers)
 
     runs = _runs(log)
     # Exactly once per slot enqueued: one stored task per slot, and every one ran. A run is at

@@ -5,15 +5,13 @@ refused with its value named and nothing stored."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
-from conftest import subprocess_env, wait_until
+from conftest import start_cli_worker, stop_processes, subprocess_env, wait_until, worker_logs
 
 from message_queue_sqlite import MessageQueue, TaskStatus
 from message_queue_sqlite.core.queues import Lane, parse_queues, plan_lanes
@@ -292,16 +290,6 @@ def report(n):
 '''
 
 
-def _cli_worker(app_dir: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    with open(app_dir / f"worker-{len(list(app_dir.glob('worker-*.log')))}.log", "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "message_queue_sqlite", "worker", "queues_app:mq",
-                                 *args], cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _logs(app_dir: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(app_dir.glob("worker-*.log")))
-
-
 def test_two_cli_workers_on_different_queues_each_run_only_their_own(tmp_path, backend, broker_url):
     app_dir = tmp_path / "app"
     app_dir.mkdir()
@@ -309,29 +297,23 @@ def test_two_cli_workers_on_different_queues_each_run_only_their_own(tmp_path, b
     env = subprocess_env()
     env.update(QUEUES_DIR=str(tmp_path / "q"), QUEUES_URL=broker_url or "")
     sender = MessageQueue(str(tmp_path / "q"), broker_url=broker_url)  # sends by name and queue
-    workers = [_cli_worker(app_dir, env, "--queues", "emails"),
-               _cli_worker(app_dir, env, "--queues", "reports=3")]
+    workers = [start_cli_worker(app_dir, "queues_app:mq", env, "--queues", "emails"),
+               start_cli_worker(app_dir, "queues_app:mq", env, "--queues", "reports=3")]
     try:
         handles = [*sender.send_many([("email", {"n": n}) for n in range(40)], queue="emails"),
                    *sender.send_many([("report", {"n": n}) for n in range(40)], queue="reports")]
         results = [h.result(timeout=60) for h in handles]
         pids = {queue: {pid for q, pid in results if q == queue} for queue in ("emails", "reports")}
-        assert len(pids["emails"]) == 1 and len(pids["reports"]) == 1, (pids, _logs(app_dir))
+        assert len(pids["emails"]) == 1 and len(pids["reports"]) == 1, (pids, worker_logs(app_dir))
         assert pids["emails"] == {workers[0].pid} and pids["reports"] == {workers[1].pid}
         wait_until(lambda: all("thread" in p.read_text() for p in app_dir.glob("worker-*.log")),
                    what="both workers' banners")
-        banners = _logs(app_dir)
+        banners = worker_logs(app_dir)
         assert "serving emails (2 threads)" in banners and "serving reports (3 threads)" in banners
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_processes(workers)
         sender.close()
-    assert [w.returncode for w in workers] == [0, 0], _logs(app_dir)
+    assert [w.returncode for w in workers] == [0, 0], worker_logs(app_dir)
 
 
 def test_the_cli_refuses_a_bad_queues_spec_and_shows_queues_in_stats(tmp_path):
