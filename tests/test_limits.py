@@ -58,10 +58,10 @@ mq = MessageQueue(os.environ["LIMIT_DIR"], workers=4, broker_url=os.environ.get(
 LOG = os.environ["LIMIT_LOG"]
 
 
-def _log(event, n):
+def _log(event, n, stamp=None):
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, f"{event} {n} {time.time():.6f} {os.getpid()}\\n".encode())
+        os.write(fd, f"{event} {n} {time.time() if stamp is None else stamp:.6f} {os.getpid()}\\n".encode())
     finally:
         os.close(fd)
 
@@ -71,6 +71,11 @@ def limited(n):
     _log("start", n)
     time.sleep(0.02)
     _log("end", n)
+
+
+@mq.task(rate="10/s")
+def rated(n):
+    _log("ran", n, mq.engine.shards[0].wall_now())  # by the backend's clock, as the windows are
 '''
 
 
@@ -143,23 +148,7 @@ def test_a_bad_rate_is_refused_by_name(make_queue, bad):
         mq.task(rate=bad)
 
 
-RATE_APP = '''
-import os
-import time
-from message_queue_sqlite import MessageQueue
 
-mq = MessageQueue(os.environ["LIMIT_DIR"], workers=4, broker_url=os.environ.get("LIMIT_URL") or None)
-LOG = os.environ["LIMIT_LOG"]
-
-
-@mq.task(rate="10/s")
-def rated(n):
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, f"{n} {mq.engine.shards[0].wall_now():.6f} {os.getpid()}\\n".encode())
-    finally:
-        os.close(fd)
-'''
 
 
 def test_two_worker_processes_hold_a_rate_limit_per_window(tmp_path, backend, broker_url):
@@ -167,11 +156,11 @@ def test_two_worker_processes_hold_a_rate_limit_per_window(tmp_path, backend, br
     from the log the task writes (the backend's clock), no one-second window holds more than 10."""
     app = tmp_path / "app"
     app.mkdir()
-    (app / "rate_app.py").write_text(RATE_APP)
+    (app / "limit_app.py").write_text(APP)
     log = tmp_path / "runs.log"
     env = subprocess_env()
     env.update(LIMIT_DIR=str(tmp_path / "q"), LIMIT_URL=broker_url or "", LIMIT_LOG=str(log))
-    workers = [start_cli_worker(app, "rate_app:mq", env) for _ in range(2)]
+    workers = [start_cli_worker(app, "limit_app:mq", env) for _ in range(2)]
     try:
         with MessageQueue(str(tmp_path / "q"), broker_url=broker_url) as sender:
             handles = sender.send_many([("rated", {"n": n}) for n in range(35)])
@@ -182,7 +171,7 @@ def test_two_worker_processes_hold_a_rate_limit_per_window(tmp_path, backend, br
     windows: dict[int, int] = {}
     pids = set()
     for line in log.read_text().splitlines():
-        _n, stamp, pid = line.split()
+        _event, _n, stamp, pid = line.split()
         windows[int(float(stamp) // 1)] = windows.get(int(float(stamp) // 1), 0) + 1
         pids.add(pid)
     counts = [windows[w] for w in sorted(windows)]
