@@ -4,6 +4,7 @@ are not held back; bad values are refused by name."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -79,16 +80,21 @@ def rated(n):
 '''
 
 
-def test_three_worker_processes_hold_a_limit_of_two(tmp_path, backend, broker_url):
-    """3 CLI worker processes x 4 threads, 60 runs of a task limited to 2: the most running at
-    once, replayed from the log the task writes (start and end times), is 2."""
+def _start_workers(tmp_path: Path, broker_url: str | None, count: int) -> tuple[list[subprocess.Popen], Path]:
+    """``count`` CLI workers of APP on this test's queue; returns them and the log the tasks write."""
     app = tmp_path / "app"
     app.mkdir()
     (app / "limit_app.py").write_text(APP)
     log = tmp_path / "runs.log"
     env = subprocess_env()
     env.update(LIMIT_DIR=str(tmp_path / "q"), LIMIT_URL=broker_url or "", LIMIT_LOG=str(log))
-    workers = [start_cli_worker(app, "limit_app:mq", env) for _ in range(3)]
+    return [start_cli_worker(app, "limit_app:mq", env) for _ in range(count)], log
+
+
+def test_three_worker_processes_hold_a_limit_of_two(tmp_path, backend, broker_url):
+    """3 CLI worker processes x 4 threads, 60 runs of a task limited to 2: the most running at
+    once, replayed from the log the task writes (start and end times), is 2."""
+    workers, log = _start_workers(tmp_path, broker_url, 3)
     try:
         with MessageQueue(str(tmp_path / "q"), broker_url=broker_url) as sender:
             # the limit is the workers' declaration: wait until it is stored, then send
@@ -154,13 +160,7 @@ def test_a_bad_rate_is_refused_by_name(make_queue, bad):
 def test_two_worker_processes_hold_a_rate_limit_per_window(tmp_path, backend, broker_url):
     """2 CLI worker processes x 4 threads, 35 runs of a task limited to 10 per second: counted
     from the log the task writes (the backend's clock), no one-second window holds more than 10."""
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "limit_app.py").write_text(APP)
-    log = tmp_path / "runs.log"
-    env = subprocess_env()
-    env.update(LIMIT_DIR=str(tmp_path / "q"), LIMIT_URL=broker_url or "", LIMIT_LOG=str(log))
-    workers = [start_cli_worker(app, "limit_app:mq", env) for _ in range(2)]
+    workers, log = _start_workers(tmp_path, broker_url, 2)
     try:
         with MessageQueue(str(tmp_path / "q"), broker_url=broker_url) as sender:
             handles = sender.send_many([("rated", {"n": n}) for n in range(35)])
