@@ -154,10 +154,11 @@ class Worker:
             self._engine.shards[shard].cancel_seen(self._engine.node, items)
 
     # -- claiming --------------------------------------------------------------------
-    def claim_for(self, executor: Executor, idle: int, avg_task_s: float) -> int:
-        """Claim for ``executor`` (``idle`` of its slots free) from the shards in rotation until
-        something comes, else wait for a ring; returns how many claims it was given. On a
-        storage error: log, back off, return 0 (the caller comes back)."""
+    def claim_for(self, idle: int, avg_task_s: float) -> int:
+        """Claim for this worker's executor (an executor that has ``idle`` slots free calls it)
+        from the shards in rotation until something comes, else wait for a ring; returns how
+        many claims it was given. On a storage error: log, back off, return 0 (the caller
+        comes back)."""
         try:
             claims = self._claim_more(self._claim_limit(idle, avg_task_s))
             self._failures = 0
@@ -169,7 +170,7 @@ class Worker:
             return 0
         if not claims:
             return 0
-        if not executor.submit(claims):  # stop() began during the claim: these never start here
+        if not self.executor.submit(claims):  # stop() began during the claim: these never start here
             self.give_back(claims)
             return 0
         return len(claims)

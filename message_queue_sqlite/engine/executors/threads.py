@@ -1,22 +1,7 @@
-"""Executors: what runs the claims a worker leased.
+"""The thread executor: N threads run plain functions from one buffer, best priority first.
 
-The worker claims, leases and records; an executor only runs. The contract:
-
-- ``start(worker)``, then ``submit(claims)`` for claims already in the worker's ledger;
-- each submitted claim ends exactly once: ``worker.record([...])`` with its completion, or
-  it comes back from ``stop_claiming()`` (never started) or ``unfinished()`` (still running
-  at the end of a stop), for the worker to give back;
-- ``free_slots()``: how many more claims it could start now, which bounds what the worker
-  claims for it, so a task never sits prefetched here while another process is idle.
-
-An executor whose own threads go idle may claim for itself (``ThreadExecutor`` does: the
-idle thread that finds the buffer empty runs the claim round, so a task goes from the
-claim to its run without a hand-off between threads). The completion is reported through
-the worker rather than a Future object per task: one allocation and one lock less per task
-on the hot path.
-
-``ThreadExecutor`` is the first executor; an event-loop executor for ``async def`` tasks and a
-process executor plug in here without touching claiming, leasing or completion.
+The idle thread that finds the buffer empty runs the worker's claim round, so a task goes
+from the claim to its run without a hand-off between threads.
 
 Timeouts (``ThreadExecutor``): a run with a timeout is watched by one watchdog thread per
 executor. At the deadline the watchdog records the run as failed with ``TaskTimeout`` (retried
@@ -36,12 +21,12 @@ import sys
 import threading
 import time
 import traceback
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import ClaimedTask
 from message_queue_sqlite.core.errors import TaskTimeout
+from message_queue_sqlite.engine.executors.base import Executor, run_order
 from message_queue_sqlite.engine.ledger import Finished
 
 if TYPE_CHECKING:
@@ -73,51 +58,6 @@ def _interrupt(thread: threading.Thread) -> None:
 def _stack_of(thread: threading.Thread) -> str | None:
     frame = sys._current_frames().get(thread.ident or -1)
     return "".join(traceback.format_stack(frame)) if frame is not None else None
-
-
-def _run_order(claim: ClaimedTask) -> tuple[int, int, int]:
-    """Best priority first, then send order (the buffer is sorted on the reverse of this)."""
-    return (-claim.priority, claim.shard, claim.row_id)
-
-
-class Executor(ABC):
-    slots: int
-
-    @abstractmethod
-    def start(self, worker: Worker) -> None:
-        ...
-
-    @abstractmethod
-    def submit(self, claims: list[ClaimedTask]) -> bool:
-        """Queue claims to run; False (nothing taken) when stopping: the caller gives them back."""
-
-    @abstractmethod
-    def free_slots(self) -> int:
-        ...
-
-    @abstractmethod
-    def stop_claiming(self) -> list[ClaimedTask]:
-        """Start no more claims; return those submitted that never started."""
-
-    @abstractmethod
-    def wait(self, deadline: float, hurry: threading.Event) -> bool:
-        """Wait until every run ended (True), the monotonic ``deadline`` passed or ``hurry`` is
-        set (False)."""
-
-    @abstractmethod
-    def unfinished(self) -> list[ClaimedTask]:
-        """Claims still running (after ``wait`` gave up): the worker gives their leases back."""
-
-    @abstractmethod
-    def discard(self, claims: list[ClaimedTask]) -> None:
-        """Never start these (their leases were lost); one already running runs on."""
-
-    def cancel(self, claims: list[ClaimedTask]) -> list[ClaimedTask]:
-        """Their cancel was asked for: the ones not started never start and are returned (the
-        worker records them CANCELLED); the running ones are flagged, for the task to see."""
-        for claim in claims:
-            claim.cancel_requested = True
-        return []
 
 
 class ThreadExecutor(Executor):
@@ -159,7 +99,7 @@ class ThreadExecutor(Executor):
             if self._stopping:
                 return False
             self._buffer.extend(claims)  # claims come in run order: sorting is one pass
-            self._buffer.sort(key=_run_order, reverse=True)
+            self._buffer.sort(key=run_order, reverse=True)
             self._cv.notify(len(claims))
         return True
 
@@ -310,7 +250,7 @@ class ThreadExecutor(Executor):
                     self._cv.wait()
             got = 0
             try:
-                got = worker.claim_for(self, idle, self._avg_task_s)
+                got = worker.claim_for(idle, self._avg_task_s)
             finally:
                 with self._cv_mutex:
                     self._claiming = False
@@ -403,44 +343,3 @@ class ThreadExecutor(Executor):
             log.exception("recording what a dead worker thread held failed; those leases expire "
                           "and the tasks are recovered")
             worker.ledger.released(taken)
-
-
-class InlineExecutor(Executor):
-    """Runs each claim at once in the thread that submits it: immediate mode (``immediate=True``),
-    where a send runs its task before it returns, with the same outcomes, callbacks and errors
-    as a worker's, for tests and scripts."""
-
-    slots = 1
-
-    def __init__(self) -> None:
-        self._worker: Worker | None = None
-
-    def start(self, worker: Worker) -> None:
-        self._worker = worker
-
-    def submit(self, claims: list[ClaimedTask]) -> bool:
-        worker = self._worker
-        assert worker is not None
-        for index, claim in enumerate(claims):
-            try:
-                completion, outcome = worker.runner.run(claim)
-            except BaseException:  # (run is total; this is an interrupt such as Ctrl-C)
-                worker.give_back(claims[index:])
-                raise
-            worker.record([Finished(claim, completion, outcome)], flush_hint=True)
-        return True
-
-    def free_slots(self) -> int:
-        return 1
-
-    def stop_claiming(self) -> list[ClaimedTask]:
-        return []
-
-    def wait(self, deadline: float, hurry: threading.Event) -> bool:
-        return True
-
-    def unfinished(self) -> list[ClaimedTask]:
-        return []
-
-    def discard(self, claims: list[ClaimedTask]) -> None:
-        """Nothing waits here: a claim runs as it is submitted."""
