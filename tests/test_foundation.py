@@ -27,7 +27,7 @@ class _BadMessage(Exception):
 
 
 def _alive_workers(mq: MessageQueue) -> int:
-    return mq.engine.worker.executor.alive
+    return mq.engine.worker.executor.threads.alive
 
 
 # -- runs are total: a task can never take its worker thread down ---------------------
@@ -96,7 +96,7 @@ def test_a_worker_thread_killed_by_a_bug_is_replaced_and_its_claim_runs_again(ma
     with mq.running():
         handles = [mq.send(job, {"i": i}) for i in range(5)]
         assert sorted(h.result(timeout=20) for h in handles) == list(range(5))
-        executor = mq.engine.worker.executor
+        executor = mq.engine.worker.executor.threads
         assert executor.replaced == 1
         wait_until(lambda: executor.alive == 2, what="the replacement thread")
     assert not mq.tasks(status=TaskStatus.RUNNING)
@@ -359,15 +359,6 @@ def test_a_delay_that_is_not_a_finite_number_of_seconds_is_refused(make_queue, d
     with pytest.raises(ValueError, match=rf"delay={delay!r}.*finite number of seconds"):
         mq.send("t", {}, delay=delay)
     assert sum(mq.stats()["totals"].values()) == 0
-
-
-def test_an_async_task_is_refused_at_registration(queue_dir):
-    with MessageQueue(queue_dir) as mq:
-        with pytest.raises(TypeError, match="'fetch'.*async def.*not supported yet"):
-            @mq.task
-            async def fetch(url):
-                return url
-        assert "fetch" not in mq.registry
 
 
 # -- the ledger and renewal ------------------------------------------------------------

@@ -34,7 +34,9 @@ from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.engine import cancellation
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
-from message_queue_sqlite.engine.executors import InlineExecutor, ThreadExecutor
+from message_queue_sqlite.engine.executors import Executor, InlineExecutor, ThreadExecutor
+from message_queue_sqlite.engine.executors.event_loop import EventLoopExecutor
+from message_queue_sqlite.engine.executors.routing import RoutingExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
 from message_queue_sqlite.engine.progress import ProgressWriter
@@ -374,8 +376,7 @@ class Engine:
             self._watch_storage()
             self._declare_limits()
             rates = {d.name: d.options.rate for d in self.registry if d.options.rate is not None}
-            workers = [Worker(self, ThreadExecutor(lane.threads), self.runner, lane.queues, rates)
-                       for lane in lanes]
+            workers = [Worker(self, self._executor(lane), self.runner, lane.queues, rates) for lane in lanes]
             self._workers = workers
             for worker in workers:
                 worker.start()
@@ -383,6 +384,13 @@ class Engine:
             self._cancel_watcher.start()
             self._start_scheduler()
         return lanes
+
+    def _executor(self, lane: Lane) -> Executor:
+        """A lane's executor: its threads for plain functions, and, made at the first claim that
+        needs one, an event loop for ``async def`` tasks (engine/executors/)."""
+        config = self.config
+        return RoutingExecutor(ThreadExecutor(lane.threads), self.runner.kind_of,
+                               {"async": lambda: EventLoopExecutor(config.async_concurrency)})
 
     def _declare_limits(self) -> None:
         """Store the concurrency limits this process's tasks declare (and forget those of its

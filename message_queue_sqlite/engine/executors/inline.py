@@ -1,12 +1,19 @@
-"""Immediate mode's executor: each claim runs in the thread that sends it."""
+"""Immediate mode's executor: each claim runs in the thread that sends it.
+
+An ``async def`` task runs there too, on an event loop of its own for the run (in a helper
+thread when the sending thread is itself inside a running loop, as ``await mq.asend`` is).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import TYPE_CHECKING
 
-from message_queue_sqlite.backends.base import ClaimedTask
+from message_queue_sqlite.backends.base import ClaimedTask, Completion
+from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.engine.executors.base import Executor
+from message_queue_sqlite.engine.hooks import Run
 from message_queue_sqlite.engine.ledger import Finished
 
 if TYPE_CHECKING:
@@ -31,7 +38,7 @@ class InlineExecutor(Executor):
         assert worker is not None
         for index, claim in enumerate(claims):
             try:
-                completion, outcome = worker.runner.run(claim)
+                completion, outcome = self._run(worker, claim)
             except BaseException:  # (run is total; this is an interrupt such as Ctrl-C)
                 worker.give_back(claims[index:])
                 raise
@@ -40,6 +47,22 @@ class InlineExecutor(Executor):
 
     def free_slots(self) -> int:
         return 1
+
+    @staticmethod
+    def _run(worker: Worker, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
+        runner = worker.runner
+        if runner.kind_of(claim) != "async":
+            return runner.run(claim)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: the usual case
+            return runner.finish(claim, asyncio.run(runner.acall(claim)))
+        box: list[Run] = []
+        helper = threading.Thread(target=lambda: box.append(asyncio.run(runner.acall(claim))),
+                                  name="mqs-immediate-async")
+        helper.start()
+        helper.join()
+        return runner.finish(claim, box[0])
 
     def stop_claiming(self) -> list[ClaimedTask]:
         return []
