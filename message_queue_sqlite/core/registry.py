@@ -213,6 +213,11 @@ class TaskRegistry:
             raise ValueError(f"task {task_name!r} is an 'async def' function: it runs on the worker's "
                              f"event loop, so executor={opts.executor!r} does not apply; make it a plain "
                              "function to run it in a child process")
+        if opts.executor == "process" and "<locals>" in getattr(func, "__qualname__", "<locals>"):
+            raise ValueError(f"task {task_name!r} uses executor='process', but its function "
+                             f"{getattr(func, '__qualname__', func)!r} is not defined at module level: a "
+                             "child process finds it by module and name, so define it at the top level "
+                             "of an importable module")
         existing = self._tasks.get(task_name)
         if existing is not None:
             if existing.func is func:

@@ -36,6 +36,7 @@ from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
 from message_queue_sqlite.engine.executors import Executor, InlineExecutor, ThreadExecutor
 from message_queue_sqlite.engine.executors.event_loop import EventLoopExecutor
+from message_queue_sqlite.engine.executors.processes import ProcessExecutor
 from message_queue_sqlite.engine.executors.routing import RoutingExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
@@ -387,10 +388,12 @@ class Engine:
 
     def _executor(self, lane: Lane) -> Executor:
         """A lane's executor: its threads for plain functions, and, made at the first claim that
-        needs one, an event loop for ``async def`` tasks (engine/executors/)."""
+        needs one, an event loop for ``async def`` tasks and child processes for
+        ``executor="process"`` ones (engine/executors/)."""
         config = self.config
-        return RoutingExecutor(ThreadExecutor(lane.threads), self.runner.kind_of,
-                               {"async": lambda: EventLoopExecutor(config.async_concurrency)})
+        return RoutingExecutor(ThreadExecutor(lane.threads), self.runner.kind_of, {
+            "async": lambda: EventLoopExecutor(config.async_concurrency),
+            "process": lambda: ProcessExecutor(config.processes or os.cpu_count() or 1)})
 
     def _declare_limits(self) -> None:
         """Store the concurrency limits this process's tasks declare (and forget those of its

@@ -62,6 +62,11 @@ class TaskRunner:
     def run(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
         return self.finish(claim, self.call(claim))
 
+    def report_progress(self, claim: ClaimedTask, progress: TaskProgress) -> None:
+        """A run's progress, reported from where it runs (the process executor's children)."""
+        if self._report_progress is not None:
+            self._report_progress(claim, progress)
+
     def timeout_of(self, claim: ClaimedTask) -> float | None:
         """Seconds this claim's run may take: its send's, else its task's, else the worker's
         ``Config.task_timeout``; None: no limit."""
@@ -90,9 +95,9 @@ class TaskRunner:
             kind = self._kinds[claim.task_name] = definition.kind
             return kind
 
-    def _begin(self, claim: ClaimedTask, started: float) -> TaskDefinition | Run:
-        """The start shared by ``call`` and ``acall``: the task looked up (or, when it is not
-        registered here, a run that ended at once), the ``before_run`` hooks fired."""
+    def begin(self, claim: ClaimedTask, started: float) -> TaskDefinition | Run:
+        """The start shared by ``call``, ``acall`` and the process executor: the task looked up
+        (or, when it is not registered here, a run that ended at once), ``before_run`` fired."""
         definition = self._registry.get(claim.task_name)
         if definition is None:
             error = LookupError(f"no task named {claim.task_name!r} is registered in this worker; "
@@ -106,12 +111,12 @@ class TaskRunner:
     def call(self, claim: ClaimedTask, started: float | None = None) -> Run:
         """Run the task function, its context set and the ``before_run`` hooks fired first."""
         started = self._clock() if started is None else started
-        definition = self._begin(claim, started)
+        definition = self.begin(claim, started)
         if isinstance(definition, Run):
             return definition
         token = None
         try:
-            token = context.enter(lambda: self._context(claim, definition, started))
+            token = context.enter(lambda: self.context_of(claim, definition, started))
             args, kwargs = decode_args(claim, self._cache)
             value = definition.func(*args, **kwargs)
             return Run(definition, True, value, None, started, self._clock())
@@ -127,12 +132,12 @@ class TaskRunner:
         worker giving it back) ends it with ``asyncio.CancelledError`` as the run's error, for
         the executor to name."""
         started = self._clock() if started is None else started
-        definition = self._begin(claim, started)
+        definition = self.begin(claim, started)
         if isinstance(definition, Run):
             return definition
         token = None
         try:
-            token = context.enter(lambda: self._context(claim, definition, started))
+            token = context.enter(lambda: self.context_of(claim, definition, started))
             args, kwargs = decode_args(claim, self._cache)
             value = definition.func(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -146,7 +151,8 @@ class TaskRunner:
             if token is not None:
                 context.leave(token)
 
-    def _context(self, claim: ClaimedTask, definition: TaskDefinition, started: float) -> TaskContext:
+    def context_of(self, claim: ClaimedTask, definition: TaskDefinition, started: float) -> TaskContext:
+        """What ``current_task`` shows the run (built when the task first reads it)."""
         schedule = definition.options.schedule
         timeout = self.timeout_of(claim)
         return TaskContext(

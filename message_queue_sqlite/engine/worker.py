@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import ClaimedTask
@@ -154,13 +154,19 @@ class Worker:
             self._engine.shards[shard].cancel_seen(self._engine.node, items)
 
     # -- claiming --------------------------------------------------------------------
-    def claim_for(self, idle: int, avg_task_s: float) -> int:
+    def wake_claimers(self) -> None:
+        """End the storage wait of claim rounds in progress (an executor was handed claims
+        while its own claimer waited): they look again, then hand over what they have."""
+        self._engine.bell.ring()
+
+    def claim_for(self, idle: int, avg_task_s: float, handed_over: Callable[[], bool] | None = None) -> int:
         """Claim for this worker's executor (an executor that has ``idle`` slots free calls it)
         from the shards in rotation until something comes, else wait for a ring; returns how
-        many claims it was given. On a storage error: log, back off, return 0 (the caller
-        comes back)."""
+        many claims it was given; 0 as soon as ``handed_over()`` is true (the executor was given
+        claims another executor's round took: see ``wake_claimers``). On a storage error: log,
+        back off, return 0 (the caller comes back)."""
         try:
-            claims = self._claim_more(self._claim_limit(idle, avg_task_s))
+            claims = self._claim_more(self._claim_limit(idle, avg_task_s), handed_over)
             self._failures = 0
         except Exception as exc:  # noqa: BLE001
             self._failures += 1
@@ -196,9 +202,11 @@ class Worker:
         per_slot = max(1, int(TARGET_BATCH_S / max(avg_task_s, 1e-6)))
         return max(1, min(self._engine.config.prefetch, max(idle, 1) * per_slot))
 
-    def _claim_more(self, limit: int) -> list[ClaimedTask]:
+    def _claim_more(self, limit: int, handed_over: Callable[[], bool] | None = None) -> list[ClaimedTask]:
         engine = self._engine
         while not self.stopping:
+            if handed_over is not None and handed_over():
+                return []
             seen = engine.bell.generation
             sources = self._sources()
             claims: list[ClaimedTask] = []

@@ -21,11 +21,13 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from message_queue_sqlite.backends.base import ClaimedTask
+from message_queue_sqlite.backends.base import ClaimedTask, Completion
 from message_queue_sqlite.core.errors import TaskTimeout
+from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.engine.executors.base import Executor, run_order
 from message_queue_sqlite.engine.ledger import Finished
 
@@ -65,6 +67,9 @@ class ThreadExecutor(Executor):
     the buffer empty claims more for all (one at a time); a thread that dies by a bug of
     ours is replaced, and the claims it held are recorded or given back."""
 
+    thread_name = "mqs-worker"
+    watches_timeouts = True  # a run with a timeout is watched (the subclass ProcessExecutor stops its own)
+
     def __init__(self, threads: int):
         self.slots = threads
         # entered through the lock itself: a with statement on a C lock releases it whatever
@@ -74,6 +79,7 @@ class ThreadExecutor(Executor):
         self._buffer: list[ClaimedTask] = []  # submitted, not started: the next to run is last
         self._running: set[ClaimedTask] = set()
         self._claiming = False
+        self._claimer: threading.Thread | None = None  # the thread in the claim round, while one is
         self._stopping = False
         self._avg_task_s = 0.01
         self._threads: list[threading.Thread] = []
@@ -101,6 +107,11 @@ class ThreadExecutor(Executor):
             self._buffer.extend(claims)  # claims come in run order: sorting is one pass
             self._buffer.sort(key=run_order, reverse=True)
             self._cv.notify(len(claims))
+            # claimed by another executor's claim round (the worker routes by kind) while this
+            # one's claimer waits for storage: with every thread claiming or busy, wake it
+            foreign = self._claiming and self._claimer is not threading.current_thread()
+        if foreign and self._worker is not None:
+            self._worker.wake_claimers()
         return True
 
     def free_slots(self) -> int:
@@ -153,7 +164,7 @@ class ThreadExecutor(Executor):
     # -- threads ---------------------------------------------------------------------
     def _spawn(self) -> None:
         number, self._numbers = self._numbers, self._numbers + 1
-        thread = threading.Thread(target=self._guarded_work, name=f"mqs-worker-{number}", daemon=True)
+        thread = threading.Thread(target=self._guarded_work, name=f"{self.thread_name}-{number}", daemon=True)
         with self._cv_mutex:
             self._threads.append(thread)
         thread.start()
@@ -190,14 +201,14 @@ class ThreadExecutor(Executor):
     def _loop(self, taken: list[ClaimedTask], done: list[Finished]) -> None:
         worker = self._worker
         assert worker is not None
-        run = worker.runner.run
+        run = self._run_function(worker)
         while True:
             taken[:] = self._next_claims(worker)
             if not taken:
                 return
             started = time.perf_counter()
             done.clear()
-            if len(taken) == 1 and worker.runner.timeout_of(taken[0]) is not None:  # (watched: alone)
+            if self.watches_timeouts and len(taken) == 1 and worker.runner.timeout_of(taken[0]) is not None:
                 finished = self._run_watched(worker, taken[0])
                 if finished is None:
                     return  # its deadline passed first: recorded by the watchdog; this thread is replaced
@@ -223,6 +234,10 @@ class ThreadExecutor(Executor):
                 worker.give_back(unstarted)
             taken.clear()
 
+    def _run_function(self, worker: Worker) -> Callable[[ClaimedTask], tuple[Completion, TaskOutcome | None]]:
+        """What this thread runs each claim with (``ProcessExecutor``: in this thread's child)."""
+        return worker.runner.run
+
     def _next_claims(self, worker: Worker) -> list[ClaimedTask]:
         """Some claims from the buffer: one when tasks are slow (spread them over threads),
         a few when they take microseconds (fewer lock round trips per task); with the
@@ -245,23 +260,29 @@ class ThreadExecutor(Executor):
                         return claims
                     if not self._claiming:
                         self._claiming = True
+                        self._claimer = threading.current_thread()
                         idle = self.slots - len(self._running)
                         break
                     self._cv.wait()
             got = 0
             try:
-                got = worker.claim_for(idle, self._avg_task_s)
+                got = worker.claim_for(idle, self._avg_task_s, self._has_buffered)
             finally:
                 with self._cv_mutex:
                     self._claiming = False
                     # as many threads as there are new claims: one may become the next claimer
                     self._cv.notify(max(1, got))
 
+    def _has_buffered(self) -> bool:
+        return bool(self._buffer)
+
     # -- timeouts --------------------------------------------------------------------
     def _watch_first(self, worker: Worker, claims: list[ClaimedTask]) -> list[ClaimedTask]:
         """Of claims just taken from the buffer (under the lock): a run with a timeout goes
         alone, under watch from now; the others, up to the first such, go as a batch (the
         rest return to the buffer)."""
+        if not self.watches_timeouts:
+            return claims
         timeout_of = worker.runner.timeout_of
         for position, claim in enumerate(claims):
             seconds = timeout_of(claim)
