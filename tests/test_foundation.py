@@ -365,9 +365,10 @@ def test_a_delay_that_is_not_a_finite_number_of_seconds_is_refused(make_queue, d
 
 def test_a_prefetched_claim_whose_lease_was_taken_over_is_never_started_here(tmp_path):
     """SQLite, a fake lease clock: while the one worker thread runs a long task, a second task
-    waits in its buffer; its lease expires (the worker stalled), another process takes it over.
-    The renewal learns the lease is lost: the claim leaves the ledger and never runs here."""
-    from conftest import FakeClock, use_clock
+    waits in its buffer (prefetched: tasks were measured short); its lease expires (the worker
+    stalled), another process takes it over. The renewal learns the lease is lost: the claim
+    leaves the ledger and never runs here."""
+    from conftest import FakeClock, measure_tasks_short, use_clock
 
     clock = FakeClock()
     folder = str(tmp_path / "q")
@@ -388,9 +389,9 @@ def test_a_prefetched_claim_whose_lease_was_taken_over_is_never_started_here(tmp
             ran.append("here")
             return "here"
 
-        first = mq.send(hold)
-        waiting = mq.send(second)
         mq.start()
+        measure_tasks_short(mq)  # a claim now takes more than the one free slot
+        first, waiting = mq.send_many([(hold, {}), (second, {})])  # one commit: claimed together
         assert entered.wait(10)
         worker = mq.engine.worker
         wait_until(lambda: len(worker.ledger) == 2, what="both claims in the ledger")
@@ -410,3 +411,27 @@ def test_a_prefetched_claim_whose_lease_was_taken_over_is_never_started_here(tmp
     finally:
         mq.close()
         other.close()
+
+
+def test_a_fresh_worker_leases_no_more_than_its_free_slots(make_queue):
+    """Issue 17, finding 10 (celery #4537): a worker that has not measured its tasks yet claims
+    one per free thread, so slow tasks never sit prefetched while another worker is idle."""
+    mq = make_queue(workers=1)
+    entered, release = threading.Event(), threading.Event()
+
+    @mq.task
+    def slow(n):
+        entered.set()
+        release.wait(30)
+        return n
+
+    handles = mq.send_many([(slow, {"n": n}) for n in range(3)])
+    mq.start()
+    try:
+        assert entered.wait(10)
+        statuses = sorted(mq.engine.find(h.task_id).status for h in handles)
+        assert statuses == [TaskStatus.NOT_STARTED, TaskStatus.NOT_STARTED, TaskStatus.RUNNING]
+        assert len(mq.engine.worker.ledger) == 1
+    finally:
+        release.set()
+        mq.stop()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from message_queue_sqlite.api.queue import MessageQueue, TaskInfo
 from message_queue_sqlite.backends.base import OUTCOME_NAMES
 from message_queue_sqlite.backends.sqlite import existing_shard_count, folder_mistake
+from message_queue_sqlite.cli.supervisor import NODE_FLAG, Supervisor
 from message_queue_sqlite.cli.target import Target, load_target
 from message_queue_sqlite.core.config import BROKER_URL_ENV, Config
 from message_queue_sqlite.core.errors import MessageQueueError
@@ -205,6 +206,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_location(worker, worker=True)
     worker.add_argument("--workers", type=_integer(1), default=None, metavar="N",
                         help="worker threads (default: the object's workers, or 5 for a package)")
+    worker.add_argument("--processes", type=_integer(1), default=None, metavar="N",
+                        help="run N worker processes under a supervisor (each with its threads and "
+                             "event loop: CPU-bound tasks use every core); one that dies has its "
+                             "tasks recovered at once and is replaced (default: one process)")
+    worker.add_argument(NODE_FLAG, default=None, help=argparse.SUPPRESS)  # given by the supervisor
     worker.add_argument("--async-concurrency", type=_integer(1), default=None, metavar="N",
                         help="async def tasks run at once on the worker's event loop, apart from "
                              "its threads (default: the object's async_concurrency, or 100)")
@@ -542,6 +548,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     else:
         queue = _package_queue(args, target, prog)
         what = f"package {target.spec}"
+    if args.processes is not None and args.processes > 1:
+        return Supervisor(queue, sys.argv[1:] if args.argv is None else args.argv, args.processes,
+                          args.metrics_port).run()
+    if args.node_id is not None:
+        queue.engine.assume_node(args.node_id)
     threads = args.workers or queue.config.max_workers
     drain = queue.config.drain_timeout if args.drain_timeout is None else args.drain_timeout
     metrics = _serve_metrics(queue, args) if args.metrics_port is not None else ""
@@ -870,6 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = program_name()
     args = build_parser(prog).parse_args(argv)
     args.prog = prog
+    args.argv = None if argv is None else list(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -54,6 +55,7 @@ BACKPRESSURE_WAIT_S = 30.0  # a send waits this long for pending callbacks to ma
 CACHE_WORKER_GRACE_S = 2.0  # a cache-mode send with no worker started by then is warned about
 INLINE_WAIT_S = 30.0  # immediate mode: how long a send waits for its task run by another thread
 PRIORITY_RANGE = (-(2**63), 2**63 - 1)  # what both backends store (SQLite INTEGER, PostgreSQL BIGINT)
+NODE_ID = re.compile(r"[0-9a-f]{16}")  # what uuid4().hex[:16] makes
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # closed at exit, reset in a forked child
 
 
@@ -102,11 +104,11 @@ class Engine:
         self._fresh_process_state()
         _open_engines.add(self)
 
-    def _fresh_process_state(self) -> None:
+    def _fresh_process_state(self, node: str | None = None) -> None:
         """Everything that belongs to one process: the node id, locks, threads and the
         callbacks waiting here. Set at creation, and again in a child after ``fork()``,
         where the parent's threads do not exist and its locks may be held forever."""
-        self.node = uuid.uuid4().hex[:16]
+        self.node = node or uuid.uuid4().hex[:16]
         self.bell = Bell()
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
                                             lambda: bool(self._workers), self.hooks)
@@ -134,6 +136,17 @@ class Engine:
         self.cache.clear()
         self.backend.after_fork_in_child()
         self._fresh_process_state()
+
+    def assume_node(self, node: str) -> None:
+        """Take the node id ``node`` (the lease owner of everything this object claims), given
+        by a supervisor that made this process, so that when the process dies the supervisor
+        can expire its leases at once. Only before this object sent or ran anything."""
+        if not NODE_ID.fullmatch(node):
+            raise ValueError(f"node id {node!r} must be 16 lowercase hex digits")
+        with self._lock:
+            if self._node_registered or self._workers:
+                raise MessageQueueError("a node id can only be given before the queue object is used")
+        self._fresh_process_state(node)
 
     # -- sending ---------------------------------------------------------------------
     def send(self, request: SendRequest) -> str:

@@ -159,7 +159,8 @@ class Worker:
         while its own claimer waited): they look again, then hand over what they have."""
         self._engine.bell.ring()
 
-    def claim_for(self, idle: int, avg_task_s: float, handed_over: Callable[[], bool] | None = None) -> int:
+    def claim_for(self, idle: int, avg_task_s: float | None,
+                  handed_over: Callable[[], bool] | None = None) -> int:
         """Claim for this worker's executor (an executor that has ``idle`` slots free calls it)
         from the shards in rotation until something comes, else wait for a ring; returns how
         many claims it was given; 0 as soon as ``handed_over()`` is true (the executor was given
@@ -198,7 +199,12 @@ class Worker:
             self.executor.submit(claims)
             ran += len(claims)
 
-    def _claim_limit(self, idle: int, avg_task_s: float) -> int:
+    def _claim_limit(self, idle: int, avg_task_s: float | None) -> int:
+        """One claim per free slot; more per slot (a prefetch) only for tasks measured shorter
+        than the target batch, so a fresh worker never takes work another process could start
+        now (celery #4537's complaint)."""
+        if avg_task_s is None:
+            return max(1, min(self._engine.config.prefetch, idle))
         per_slot = max(1, int(TARGET_BATCH_S / max(avg_task_s, 1e-6)))
         return max(1, min(self._engine.config.prefetch, max(idle, 1) * per_slot))
 

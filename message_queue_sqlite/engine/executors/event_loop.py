@@ -51,7 +51,6 @@ class EventLoopExecutor(Executor):
         self._recording = 0  # runs the recorder took and is handing to the worker
         self._stopping = False
         self._abandoned = False  # given back after the drain: late ends are dropped
-        self._avg_task_s = 0.01
         self._loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
         self._worker: Worker | None = None
@@ -169,11 +168,9 @@ class EventLoopExecutor(Executor):
         timer = None
         if seconds is not None:
             timer = self._loop.call_later(seconds, self._time_out, claim)
-        began = time.perf_counter()
         run = await runner.acall(claim)
         if timer is not None:
             timer.cancel()
-        self._avg_task_s += (time.perf_counter() - began - self._avg_task_s) * 0.05
         with self._mutex:
             why = self._why.pop(claim, None)
             del self._running[claim]
@@ -223,7 +220,7 @@ class EventLoopExecutor(Executor):
                     return
                 idle = self.slots - len(self._running)
             try:
-                worker.claim_for(idle, self._avg_task_s)
+                worker.claim_for(idle, None)  # (no prefetch beyond the free slots: there are many)
             except Exception:  # noqa: BLE001 - a bug of ours: logged; the next round goes on
                 log.exception("the event loop executor's claim round failed")
 

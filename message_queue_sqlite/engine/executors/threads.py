@@ -49,6 +49,9 @@ class _Watched:
     thread: threading.Thread
 
 
+WITHDRAWN = Finished(None, None, None)  # type: ignore[arg-type]  # a run withdrawn before it started
+
+
 def _interrupt(thread: threading.Thread) -> None:
     """Raise ``TaskTimeout`` in ``thread`` at its next bytecode (best effort: a thread blocked
     in C code gets it only when it returns to Python)."""
@@ -77,11 +80,12 @@ class ThreadExecutor(Executor):
         self._cv_mutex = threading.Lock()
         self._cv = threading.Condition(self._cv_mutex)
         self._buffer: list[ClaimedTask] = []  # submitted, not started: the next to run is last
-        self._running: set[ClaimedTask] = set()
+        self._running: set[ClaimedTask] = set()  # taken by a thread (a batch of them, maybe)
+        self._taken: set[ClaimedTask] = set()  # of those, not started yet
         self._claiming = False
         self._claimer: threading.Thread | None = None  # the thread in the claim round, while one is
         self._stopping = False
-        self._avg_task_s = 0.01
+        self._avg_task_s: float | None = None  # a run's length, once measured
         self._threads: list[threading.Thread] = []
         self._exited = 0
         self._numbers = 0
@@ -146,16 +150,19 @@ class ThreadExecutor(Executor):
         gone = {id(claim) for claim in claims}
         with self._cv_mutex:
             self._buffer = [claim for claim in self._buffer if id(claim) not in gone]
+            self._taken.difference_update(claims)
 
     def cancel(self, claims: list[ClaimedTask]) -> list[ClaimedTask]:
         wanted = {id(claim) for claim in claims}
-        with self._cv_mutex:  # a thread takes a claim from the buffer under this lock: decided here
+        with self._cv_mutex:  # a thread starts a claim under this lock: decided here
             unstarted = [claim for claim in self._buffer if id(claim) in wanted]
             if unstarted:
                 self._buffer = [claim for claim in self._buffer if id(claim) not in wanted]
+            withdrawn = [claim for claim in claims if claim in self._taken]  # in a thread's batch
+            self._taken.difference_update(withdrawn)
             for claim in claims:
                 claim.cancel_requested = True
-        return unstarted
+        return unstarted + withdrawn
 
     @property
     def alive(self) -> int:
@@ -212,15 +219,15 @@ class ThreadExecutor(Executor):
                 finished = self._run_watched(worker, taken[0])
                 if finished is None:
                     return  # its deadline passed first: recorded by the watchdog; this thread is replaced
-                done.append(finished)
-            for claim in taken[len(done):]:
-                if self._stopping and done:
-                    break  # the rest never start: given back below
-                completion, outcome = run(claim)
-                done.append(Finished(claim, completion, outcome))
-            took = (time.perf_counter() - started) / len(done)
-            self._avg_task_s += (took - self._avg_task_s) * 0.05
-            unstarted = taken[len(done):]
+                if finished is not WITHDRAWN:
+                    done.append(finished)
+                stop_at = 1
+            else:
+                stop_at = self._run_batch(worker, run, taken, done)
+            took = (time.perf_counter() - started) / max(1, len(done))
+            avg = self._avg_task_s
+            self._avg_task_s = took if avg is None else avg + (took - avg) * 0.05
+            unstarted = taken[stop_at:]
             with self._cv_mutex:
                 running = self._running
                 for claim in taken:
@@ -233,6 +240,27 @@ class ThreadExecutor(Executor):
             if unstarted:
                 worker.give_back(unstarted)
             taken.clear()
+
+    def _run_batch(self, worker: Worker, run: Callable[[ClaimedTask], tuple[Completion, TaskOutcome | None]],
+                   taken: list[ClaimedTask], done: list[Finished]) -> int:
+        """Run the claims of a batch this thread took, in order; returns where it stopped (the
+        rest never start: a stop began). A claim is checked just before it starts, as in the
+        buffer: one whose lease was taken over never starts here, one whose cancel was asked
+        for ends CANCELLED without starting."""
+        taken_not_started = self._taken
+        for position in range(len(done), len(taken)):
+            claim = taken[position]
+            with self._cv_mutex:  # (cancel and discard decide under it too: one of them wins)
+                if self._stopping and done:
+                    for rest in taken[position:]:
+                        taken_not_started.discard(rest)
+                    return position
+                if claim not in taken_not_started:
+                    continue  # withdrawn: cancelled (recorded by the worker) or its lease was lost
+                taken_not_started.discard(claim)
+            completion, outcome = run(claim)
+            done.append(Finished(claim, completion, outcome))
+        return len(taken)
 
     def _run_function(self, worker: Worker) -> Callable[[ClaimedTask], tuple[Completion, TaskOutcome | None]]:
         """What this thread runs each claim with (``ProcessExecutor``: in this thread's child)."""
@@ -249,7 +277,7 @@ class ThreadExecutor(Executor):
                         return []
                     if self._buffer:
                         take = 1
-                        if self._avg_task_s < SHORT_TASK_S:
+                        if self._avg_task_s is not None and self._avg_task_s < SHORT_TASK_S:
                             take = max(1, min(16, len(self._buffer) // self.slots))
                         buffer = self._buffer
                         claims = buffer[-take:]
@@ -257,6 +285,7 @@ class ThreadExecutor(Executor):
                         claims.reverse()
                         claims = self._watch_first(worker, claims)
                         self._running.update(claims)
+                        self._taken.update(claims)
                         return claims
                     if not self._claiming:
                         self._claiming = True
@@ -303,9 +332,14 @@ class ThreadExecutor(Executor):
 
     def _run_watched(self, worker: Worker, claim: ClaimedTask) -> Finished | None:
         """Run a claim that has a deadline; None if the deadline won (the watchdog recorded it)."""
-        watched = self._watched.get(claim)
-        if watched is None:  # its deadline passed before it started (the watchdog recorded it)
-            return None
+        with self._cv_mutex:
+            watched = self._watched.get(claim)
+            if watched is None:  # its deadline passed before it started (the watchdog recorded it)
+                return None
+            if claim not in self._taken:  # withdrawn before it started (see _run_batch)
+                del self._watched[claim]
+                return WITHDRAWN
+            self._taken.discard(claim)
         run = worker.runner.call(claim, watched.started)
         with self._cv_mutex:
             if self._watched.pop(claim, None) is None:
