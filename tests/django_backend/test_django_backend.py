@@ -1,0 +1,155 @@
+"""Django's Tasks framework on this queue, end to end, on SQLite and on PostgreSQL: a view
+enqueues, a worker process (``manage.py mqs_worker``) runs, and the results come back
+through Django's own API (``get_result``/``aget_result``). Runs in the Django venv
+(``make test-django``); skipped where Django 6 is not installed (the main suite's 3.11)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("django", minversion="6.0", reason="the Django backend's tests need Django 6 "
+                    "(Python >= 3.12): run them with `make test-django`")
+
+from conftest import stop_processes, wait_until  # noqa: E402
+from djproject import logs, settings_for, setup_django, start_worker, write_project  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_project(tmp_path_factory.mktemp("djproject"))
+    setup_django(root)
+    return root
+
+
+@pytest.fixture
+def location(backend: str, broker_url: str | None, tmp_path: Path) -> str:
+    return broker_url if broker_url is not None else str(tmp_path / "queue")
+
+
+@pytest.fixture
+def dj(project: Path, location: str) -> Iterator[SimpleNamespace]:
+    """Django's TASKS pointed at this test's store; the store closed before it is dropped."""
+    from django.tasks import default_task_backend
+    from django.test import override_settings
+
+    from message_queue_sqlite.contrib.django.backend import close_all
+
+    with override_settings(TASKS=settings_for(location)):
+        import shop.tasks
+
+        yield SimpleNamespace(tasks=shop.tasks, backend=default_task_backend)
+        close_all()
+
+
+def test_view_enqueues_a_worker_process_runs_django_reads_back(dj: SimpleNamespace, project: Path,
+                                                                location: str, tmp_path: Path) -> None:
+    from django.tasks import TaskResultStatus
+    from django.test import Client
+    from django.utils import timezone
+
+    tasks, get = dj.tasks, dj.backend.get_result
+    client = Client()
+    # Everything is sent before the one-thread worker starts, so the priorities decide the order.
+    response = client.get("/add/", {"a": 2, "b": 3})
+    assert response.status_code == 200, response.content
+    added = response.json()
+    assert added["status"] == "READY"
+    order_log = tmp_path / "order.log"
+    for priority in (-100, 0, 50, 100):
+        tasks.record.using(priority=priority).enqueue(str(order_log), priority)
+    run_after = timezone.now() + timedelta(seconds=2)
+    deferred = tasks.record.using(run_after=run_after).enqueue(str(tmp_path / "deferred.log"), "deferred")
+    failing = tasks.fail.enqueue("boom")
+    flaky = tasks.flaky.enqueue()
+    email = tasks.send_email.enqueue("ada@example.com")
+
+    async def send_async() -> str:
+        return (await tasks.double.aenqueue(21)).id
+
+    doubled_id = asyncio.run(send_async())
+    assert get(added["id"]).status == TaskResultStatus.READY
+    assert get(deferred.id).task.run_after is not None
+
+    worker = start_worker(project, tmp_path, location, "--workers", "1")
+    try:
+        ids = [added["id"], failing.id, flaky.id, email.id, doubled_id]
+        ended = (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
+        wait_until(lambda: all(get(i).status in ended for i in ids), timeout=30,
+                   what=lambda: f"the tasks to end; worker log:\n{logs(tmp_path)}")
+        if timezone.now() < run_after:  # everything else ran while the deferred one waited
+            assert get(deferred.id).status == TaskResultStatus.READY
+
+        # the view's task, read back through a view and through the API
+        assert client.get(f"/result/{added['id']}/").json() == {"status": "SUCCESSFUL", "return_value": 5}
+        result = get(added["id"])
+        assert result.return_value == 5 and result.args == [2] and result.kwargs == {"b": 3}
+        assert result.enqueued_at <= result.started_at <= result.finished_at
+        assert result.attempts == 1 and result.is_finished and not result.errors
+        assert result.task == tasks.add
+
+        # a failing task: FAILED with its error (after the one retry of TASK_OPTIONS)
+        failed = tasks.fail.get_result(failing.id)
+        assert failed.status == TaskResultStatus.FAILED and failed.attempts == 2
+        assert failed.errors[-1].exception_class is ValueError
+        assert failed.errors[-1].traceback.endswith("ValueError: boom\n"), failed.errors[-1].traceback
+        with pytest.raises(ValueError, match="Task failed"):
+            _ = failed.return_value
+
+        # takes_context: the context's attempt and result, on the retry
+        retried = get(flaky.id)
+        assert retried.status == TaskResultStatus.SUCCESSFUL, retried.errors
+        assert retried.return_value == {"attempt": 2, "id": flaky.id, "status": "RUNNING"}
+        assert retried.attempts == 2
+
+        # a named queue, and an async task sent and read with the async API
+        assert get(email.id).return_value == "sent to ada@example.com"
+        assert get(email.id).task.queue_name == "emails"
+
+        async def read_async() -> object:
+            return await tasks.double.aget_result(doubled_id)
+
+        doubled = asyncio.run(read_async())
+        assert doubled.status == TaskResultStatus.SUCCESSFUL and doubled.return_value == 42
+
+        # priorities: higher first
+        assert order_log.read_text().split() == ["100", "50", "0", "-100"]
+
+        # run_after: not started before its time
+        wait_until(lambda: get(deferred.id).status == TaskResultStatus.SUCCESSFUL, timeout=20,
+                   what=lambda: f"the deferred task; worker log:\n{logs(tmp_path)}")
+        assert get(deferred.id).started_at >= run_after
+
+        # Django's task signals fired in the worker (its LOGGING shows django.tasks)
+        text = logs(tmp_path, tail=None)
+        assert f"Task id={added['id']} path=shop.tasks.add state=RUNNING" in text
+        assert f"Task id={added['id']} path=shop.tasks.add state=SUCCESSFUL" in text
+        assert f"Task id={failing.id} path=shop.tasks.fail state=FAILED" in text
+    finally:
+        stop_processes([worker])
+    assert worker.returncode == 0, logs(tmp_path)
+    assert "mqs_worker: stopped" in logs(tmp_path)
+
+
+def test_worker_serves_only_the_queues_it_is_told(dj: SimpleNamespace, project: Path, location: str,
+                                                  tmp_path: Path) -> None:
+    """``--queues emails`` runs the emails queue's task and leaves the default one waiting."""
+    from django.tasks import TaskResultStatus
+
+    waiting = dj.tasks.add.enqueue(1, 2)
+    email = dj.tasks.send_email.enqueue("grace@example.com")
+    worker = start_worker(project, tmp_path, location, "--queues", "emails")
+    try:
+        wait_until(lambda: dj.backend.get_result(email.id).status == TaskResultStatus.SUCCESSFUL, timeout=20,
+                   what=lambda: f"the email task; worker log:\n{logs(tmp_path)}")
+        assert dj.backend.get_result(waiting.id).status == TaskResultStatus.READY
+        wait_until(lambda: "serving emails (2 threads)" in logs(tmp_path), timeout=10,
+                   what=lambda: f"the worker's banner; worker log:\n{logs(tmp_path)}")
+    finally:
+        stop_processes([worker])
+    assert worker.returncode == 0, logs(tmp_path)
