@@ -9,9 +9,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from conftest import subprocess_env
 
 SETTINGS = '''
@@ -237,3 +240,31 @@ def settings_for(location: str, **kwargs: Any) -> dict[str, Any]:
     from proj.settings import tasks_setting
 
     return tasks_setting(location, **kwargs)
+
+
+# -- fixtures (imported by the test modules under these names; used as project, location, dj)
+@pytest.fixture(scope="session", name="project")
+def project_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_project(tmp_path_factory.mktemp("djproject"))
+    setup_django(root)
+    return root
+
+
+@pytest.fixture(name="location")
+def location_fixture(backend: str, broker_url: str | None, tmp_path: Path) -> str:
+    return broker_url if broker_url is not None else str(tmp_path / "queue")
+
+
+@pytest.fixture(name="dj")
+def dj_fixture(project: Path, location: str) -> Iterator[SimpleNamespace]:
+    """Django's TASKS pointed at this test's store; the store closed before it is dropped."""
+    from django.tasks import default_task_backend
+    from django.test import override_settings
+
+    from message_queue_sqlite.contrib.django.backend import close_all
+
+    with override_settings(TASKS=settings_for(location)):
+        import shop.tasks
+
+        yield SimpleNamespace(tasks=shop.tasks, backend=default_task_backend)
+        close_all()

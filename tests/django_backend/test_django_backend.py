@@ -6,7 +6,6 @@ through Django's own API (``get_result``/``aget_result``). Runs in the Django ve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,34 +16,7 @@ pytest.importorskip("django", minversion="6.0", reason="the Django backend's tes
                     "(Python >= 3.12): run them with `make test-django`")
 
 from conftest import stop_processes, wait_until  # noqa: E402
-from djproject import logs, settings_for, setup_django, start_worker, write_project  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_project(tmp_path_factory.mktemp("djproject"))
-    setup_django(root)
-    return root
-
-
-@pytest.fixture
-def location(backend: str, broker_url: str | None, tmp_path: Path) -> str:
-    return broker_url if broker_url is not None else str(tmp_path / "queue")
-
-
-@pytest.fixture
-def dj(project: Path, location: str) -> Iterator[SimpleNamespace]:
-    """Django's TASKS pointed at this test's store; the store closed before it is dropped."""
-    from django.tasks import default_task_backend
-    from django.test import override_settings
-
-    from message_queue_sqlite.contrib.django.backend import close_all
-
-    with override_settings(TASKS=settings_for(location)):
-        import shop.tasks
-
-        yield SimpleNamespace(tasks=shop.tasks, backend=default_task_backend)
-        close_all()
+from djproject import dj_fixture, location_fixture, logs, project_fixture, start_worker  # noqa: E402, F401
 
 
 def test_view_enqueues_a_worker_process_runs_django_reads_back(dj: SimpleNamespace, project: Path,
