@@ -116,7 +116,9 @@ def flaky(context):
     """Fails its first attempt; the retry (TASK_OPTIONS retries=1) returns what it was told."""
     if context.attempt == 1:
         raise RuntimeError("the first attempt fails")
-    return {"attempt": context.attempt, "id": context.task_result.id, "status": context.task_result.status}
+    result = context.task_result
+    return {"attempt": context.attempt, "id": result.id, "status": result.status,
+            "workers": result.worker_ids}
 
 
 @task(queue_name="emails")

@@ -76,7 +76,12 @@ def test_view_enqueues_a_worker_process_runs_django_reads_back(dj: SimpleNamespa
         # takes_context: the context's attempt and result, on the retry
         retried = get(flaky.id)
         assert retried.status == TaskResultStatus.SUCCESSFUL, retried.errors
-        assert retried.return_value == {"attempt": 2, "id": flaky.id, "status": "RUNNING"}
+        context = retried.return_value
+        assert {k: context[k] for k in ("attempt", "id", "status")} == {"attempt": 2, "id": flaky.id,
+                                                                       "status": "RUNNING"}
+        # one worker id per attempt: the running one's is known (its lease), the earlier one's not
+        assert context["workers"][0] == "unknown", context
+        assert context["workers"][1] not in ("unknown", "") and len(context["workers"]) == 2, context
         assert retried.attempts == 2
 
         # a named queue, and an async task sent and read with the async API

@@ -90,11 +90,15 @@ class DjangoTaskRegistry(TaskRegistry):
     def __init__(self, resolve: Callable[[str], bool]):
         super().__init__()
         self._resolve = resolve
+        self._refused: set[str] = set()  # names that are no Django task of this backend: asked once
 
     def get(self, name: str) -> Any:
         found = super().get(name)
-        if found is None and self._resolve(name):
-            found = super().get(name)
+        if found is None and name not in self._refused:
+            if self._resolve(name):
+                found = super().get(name)
+            else:
+                self._refused.add(name)
         return found
 
 
