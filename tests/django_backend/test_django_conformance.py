@@ -247,3 +247,18 @@ def test_bad_options_are_refused_naming_them(project: Any, location: str) -> Non
     for changes, message in cases:
         with pytest.raises(InvalidTaskBackend, match=message):
             backend_with(**changes)
+
+
+def test_worker_command_refuses_what_it_cannot_serve(dj: SimpleNamespace, location: str) -> None:
+    from django.core.management import CommandError, call_command
+    from django.test import override_settings
+
+    with pytest.raises(CommandError, match="--backend 'nope'"):
+        call_command("mqs_worker", backend="nope")
+    with pytest.raises(CommandError, match="--workers 0 is invalid"):
+        call_command("mqs_worker", workers=0)
+    with pytest.raises(CommandError, match=r"--queues 'a=x'.*thread count"):
+        call_command("mqs_worker", queues="a=x")
+    immediate = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    with override_settings(TASKS=immediate), pytest.raises(CommandError, match="ImmediateBackend"):
+        call_command("mqs_worker")
