@@ -243,6 +243,8 @@ def test_bad_options_are_refused_naming_them(project: Any, location: str) -> Non
         ({"OPTIONS": {"BROKER_URL": "mysql://x/y"}}, r"'mysql://x/y' is not a postgresql:// URL"),
         ({"OPTIONS": {**options, "SETTINGS": {"visiblity_timeout": 3}}}, "visiblity_timeout"),
         ({"QUEUES": ["default", "two words"]}, r"QUEUES.*'two words' is not a queue name"),
+        ({"OPTIONS": {**options, "TASK_OPTIONS": {"queue": "x"}}}, r"TASK_OPTIONS'\] cannot set \['queue'\]"),
+        ({"OPTIONS": {**options, "TASK_OPTIONS": {"retries": 1, "concurrency": 0}}}, "concurrency=0"),
     ]
     for changes, message in cases:
         with pytest.raises(InvalidTaskBackend, match=message):
@@ -262,3 +264,13 @@ def test_worker_command_refuses_what_it_cannot_serve(dj: SimpleNamespace, locati
     immediate = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
     with override_settings(TASKS=immediate), pytest.raises(CommandError, match="ImmediateBackend"):
         call_command("mqs_worker")
+
+
+def test_system_check_warns_when_the_app_is_missing(dj: SimpleNamespace) -> None:
+    from django.test import override_settings
+
+    assert dj.backend.check() == []
+    with override_settings(INSTALLED_APPS=["shop"]):
+        found = dj.backend.check()
+    assert [message.id for message in found] == ["message_queue_sqlite.W001"]
+    assert "not in INSTALLED_APPS" in found[0].msg

@@ -34,6 +34,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
+from django.core import checks
 from django.db import close_old_connections
 from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
@@ -47,9 +48,14 @@ from django.utils.module_loading import autodiscover_modules, import_string
 from message_queue_sqlite import Config, MessageQueue, TaskCancelled, TaskRegistry, TaskStatus, current_task
 from message_queue_sqlite.api.queue import TaskInfo
 from message_queue_sqlite.core.queues import check_queue_name
+from message_queue_sqlite.core.registry import make_task_options
 from message_queue_sqlite.serialization import loads_call
 
+APP = "message_queue_sqlite.contrib.django"
 OPTION_KEYS = ("PATH", "BROKER_URL", "WORKERS", "SHARDS", "SETTINGS", "TASK_OPTIONS", "TASK_MODULES")
+# What TASK_OPTIONS may give every Django task (the rest is Django's to say, or cannot apply).
+TASK_OPTION_KEYS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "retry_on", "timeout",
+                    "concurrency", "rate", "unique", "unique_for", "unique_states")
 # Worker ids Django lists per attempt: the store keeps the worker of the running attempt
 # only (its lease), so earlier (and ended) attempts show this instead.
 UNKNOWN_WORKER = "unknown"
@@ -132,7 +138,7 @@ class TaskBackend(BaseTaskBackend):
             except ValueError as exc:
                 raise InvalidTaskBackend(f"TASKS[{alias!r}]['QUEUES']: {exc}") from None
         self._config = self._make_config()
-        self._task_options = dict(self.options.get("TASK_OPTIONS") or {})
+        self._task_options = self._check_task_options()
         self._key = (alias, repr(dataclasses.asdict(self._config)), repr(sorted(self._task_options.items())))
 
     # -- the store ----------------------------------------------------------------------
@@ -159,6 +165,23 @@ class TaskBackend(BaseTaskBackend):
         except (TypeError, ValueError) as exc:
             raise InvalidTaskBackend(f"{where}: {exc}") from None
 
+    def _check_task_options(self) -> dict[str, Any]:
+        """TASK_OPTIONS, checked now as ``@mq.task`` would check them. Options that would
+        take a task's identity or placement from Django (its name, its queue) or keep it from
+        a worker process (cache mode) or make it periodic are refused."""
+        where = f"TASKS[{self.alias!r}]['OPTIONS']['TASK_OPTIONS']"
+        given = self.options.get("TASK_OPTIONS") or {}
+        if not isinstance(given, Mapping):
+            raise InvalidTaskBackend(f"{where} must be a dict of @mq.task options, got {given!r}")
+        refused = sorted(set(given) - set(TASK_OPTION_KEYS))
+        if refused:
+            raise InvalidTaskBackend(f"{where} cannot set {refused}; it takes {', '.join(TASK_OPTION_KEYS)}")
+        try:
+            make_task_options(**given)
+        except (TypeError, ValueError) as exc:
+            raise InvalidTaskBackend(f"{where}: {exc}") from None
+        return dict(given)
+
     @property
     def queue(self) -> MessageQueue:
         """This process's queue object for these settings, opened on first use."""
@@ -178,6 +201,18 @@ class TaskBackend(BaseTaskBackend):
             queue = _OPEN.pop(self._key, None)
         if queue is not None:
             queue.close()
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        """A warning when the app is not installed: tasks are sent, but ``manage.py
+        mqs_worker``, which runs them, does not exist then."""
+        found = list(super().check(**kwargs))
+        if not apps.is_installed(APP):
+            found.append(checks.Warning(
+                f"TASKS[{self.alias!r}] uses {APP}.TaskBackend, but {APP!r} is not in INSTALLED_APPS: "
+                "tasks are stored, and nothing here can run them",
+                hint=f"add {APP!r} to INSTALLED_APPS to get `manage.py mqs_worker`",
+                obj=self, id="message_queue_sqlite.W001"))
+        return found
 
     # -- validation -----------------------------------------------------------------------
     def validate_task(self, task: Task) -> None:
