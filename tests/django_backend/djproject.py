@@ -133,6 +133,18 @@ async def double(x):
 
 
 @task()
+def wait_for_file(path, seconds):
+    """Runs until ``path`` exists (or ``seconds`` passed): a task that is running when told."""
+    import os
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(path)
+
+
+@task()
 def noop_task(*args, **kwargs):
     return None
 

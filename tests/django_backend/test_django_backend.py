@@ -130,3 +130,37 @@ def test_worker_serves_only_the_queues_it_is_told(dj: SimpleNamespace, project: 
     finally:
         stop_processes([worker])
     assert worker.returncode == 0, logs(tmp_path)
+
+
+def test_sigterm_lets_the_running_task_finish_a_second_gives_it_back(dj: SimpleNamespace, project: Path,
+                                                                      location: str, tmp_path: Path) -> None:
+    from django.tasks import TaskResultStatus
+
+    get = dj.backend.get_result
+    release = tmp_path / "release"
+    running = dj.tasks.wait_for_file.enqueue(str(release), 60)
+    worker = start_worker(project, tmp_path, location, "--workers", "1")
+    try:
+        wait_until(lambda: get(running.id).status == TaskResultStatus.RUNNING, timeout=20,
+                   what=lambda: f"the task to run; worker log:\n{logs(tmp_path)}")
+        worker.terminate()  # SIGTERM: no new claims; the running task may finish
+        wait_until(lambda: "stopping gracefully" in logs(tmp_path), timeout=10, what=lambda: logs(tmp_path))
+        release.write_text("go")
+        assert worker.wait(timeout=20) == 0, logs(tmp_path)
+        finished = get(running.id)
+        assert finished.status == TaskResultStatus.SUCCESSFUL and finished.return_value is True
+
+        release.unlink()
+        again = dj.tasks.wait_for_file.enqueue(str(release), 60)
+        worker = start_worker(project, tmp_path, location, "--workers", "1")
+        wait_until(lambda: get(again.id).status == TaskResultStatus.RUNNING, timeout=20,
+                   what=lambda: f"the second task to run; worker log:\n{logs(tmp_path)}")
+        worker.terminate()
+        wait_until(lambda: logs(tmp_path).count("stopping gracefully") == 2, timeout=10,
+                   what=lambda: logs(tmp_path))
+        worker.terminate()  # a second SIGTERM: the running task is given back, to run again
+        # (well within the 10 s drain timeout of the settings: the second signal cut it short)
+        assert worker.wait(timeout=5) == 3, logs(tmp_path)
+        assert get(again.id).status == TaskResultStatus.READY, logs(tmp_path)
+    finally:
+        stop_processes([worker])

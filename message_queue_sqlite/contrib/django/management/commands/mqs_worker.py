@@ -2,8 +2,8 @@
 
 Django is set up by ``manage.py`` (settings, apps, models), so tasks can use the ORM; each
 run gets fresh database connections. The first SIGTERM or SIGINT stops claiming and lets
-running tasks finish (up to the drain timeout); a second gives them back at once (they run
-again in another worker or at the next start).
+running tasks finish (up to the drain timeout), and exits 0; a second gives them back at
+once (they run again in another worker or at the next start) and exits 3.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from django.tasks.exceptions import InvalidTaskBackend
 from message_queue_sqlite.contrib.django.backend import TaskBackend
 
 log = logging.getLogger("message_queue_sqlite.contrib.django")
+EXIT_GIVEN_BACK = 3  # as `mqs worker`'s: stopped with running tasks given back unfinished
 
 
 class Command(BaseCommand):
@@ -60,6 +61,7 @@ class Command(BaseCommand):
         drain = queue.config.drain_timeout if drain is None else drain
         stop = threading.Event()
         signals = 0
+        started: list[Any] = []  # the lanes' workers, kept at start: a stop takes them off the queue
 
         def on_signal(signum: int, _frame: Any) -> None:
             nonlocal signals
@@ -71,7 +73,7 @@ class Command(BaseCommand):
                 stop.set()
                 return
             log.warning("%s again: giving the running tasks back now; they will run again", name)
-            for worker in queue.engine.workers:  # the CLI's second-signal path
+            for worker in started:  # as `mqs worker` does on a second signal
                 worker.hurry()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -80,6 +82,10 @@ class Command(BaseCommand):
                 lanes = queue.start(workers=workers or queue.config.max_workers, queues=queues)
             except (TypeError, ValueError) as exc:
                 raise CommandError(f"--queues {queues!r}: {exc}") from None
+            started.extend(queue.engine.workers)
+            if signals > 1:  # a second signal came while the workers started
+                for worker in started:
+                    worker.hurry()
             served = ", ".join(("every queue" if lane.queues is None else ",".join(lane.queues))
                                + f" ({lane.threads} threads)" for lane in lanes)
             self.stdout.write(f"mqs_worker: backend {alias!r}, queue {queue.stats()['location']}, "
@@ -91,4 +97,8 @@ class Command(BaseCommand):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             backend.close()
+        if signals > 1:
+            self.stderr.write("mqs_worker: stopped early by a second signal: tasks still running were "
+                              f"given back and will run again (exit code {EXIT_GIVEN_BACK})")
+            raise SystemExit(EXIT_GIVEN_BACK)
         self.stdout.write("mqs_worker: stopped")
