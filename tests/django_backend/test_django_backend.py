@@ -101,6 +101,7 @@ def test_view_enqueues_a_worker_process_runs_django_reads_back(dj: SimpleNamespa
         wait_until(lambda: get(deferred.id).status == TaskResultStatus.SUCCESSFUL, timeout=20,
                    what=lambda: f"the deferred task; worker log:\n{logs(tmp_path)}")
         assert get(deferred.id).started_at >= run_after
+        assert get(deferred.id).task == tasks.record  # run_after is kept only while it waits
 
         # Django's task signals fired in the worker (its LOGGING shows django.tasks)
         text = logs(tmp_path, tail=None)

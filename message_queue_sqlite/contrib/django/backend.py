@@ -422,8 +422,8 @@ class TaskBackend(BaseTaskBackend):
         changes: dict[str, Any] = {"priority": min(TASK_MAX_PRIORITY, max(TASK_MIN_PRIORITY, info.priority)),
                                    "queue_name": info.queue}
         waiting = info.status in (TaskStatus.NOT_STARTED, TaskStatus.SCHEDULED)
-        if waiting and info.attempts == 0 and info.run_after > info.created_at:
-            changes["run_after"] = _datetime(info.run_after)
+        due = waiting and info.attempts == 0 and info.run_after > info.created_at
+        changes["run_after"] = _datetime(info.run_after) if due else None
         if all(getattr(task, key) == value for key, value in changes.items()):
             return task
         try:
