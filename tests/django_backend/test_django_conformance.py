@@ -274,3 +274,16 @@ def test_system_check_warns_when_the_app_is_missing(dj: SimpleNamespace) -> None
         found = dj.backend.check()
     assert [message.id for message in found] == ["message_queue_sqlite.W001"]
     assert "not in INSTALLED_APPS" in found[0].msg
+
+
+def test_without_time_zones_times_are_naive_local(dj: SimpleNamespace) -> None:
+    """USE_TZ = False: run_after may be naive (local time, as Django's times then are), and
+    the result's times come back naive."""
+    from django.test import override_settings
+
+    with override_settings(USE_TZ=False):
+        due = datetime.now() + timedelta(minutes=5)
+        result = dj.tasks.noop_task.using(run_after=due).enqueue()
+        read = dj.backend.get_result(result.id)
+    assert read.enqueued_at.tzinfo is None and read.task.run_after.tzinfo is None
+    assert abs(read.task.run_after - due) < timedelta(seconds=1)
