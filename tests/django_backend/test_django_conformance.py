@@ -287,3 +287,26 @@ def test_without_time_zones_times_are_naive_local(dj: SimpleNamespace) -> None:
         read = dj.backend.get_result(result.id)
     assert read.enqueued_at.tzinfo is None and read.task.run_after.tzinfo is None
     assert abs(read.task.run_after - due) < timedelta(seconds=1)
+
+
+def test_immediate_mode_runs_at_enqueue_and_keeps_the_results(project: Any, location: str) -> None:
+    """SETTINGS {"immediate": True} (the queue's immediate mode, in memory): like Django's
+    ImmediateBackend, each enqueue runs its task before it returns, and get_result works."""
+    import shop.tasks
+    from django.tasks import TaskResultStatus, default_task_backend
+    from django.test import override_settings
+
+    from message_queue_sqlite.contrib.django.backend import close_all
+
+    setting = settings_for(location)
+    setting["default"]["OPTIONS"]["SETTINGS"] = {"immediate": True}
+    with override_settings(TASKS=setting):
+        try:
+            result = shop.tasks.add.enqueue(2, 3)
+            assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 5
+            failed = shop.tasks.fail.enqueue("at once")
+            assert failed.status == TaskResultStatus.FAILED
+            assert failed.errors[0].exception_class is ValueError
+            assert default_task_backend.get_result(result.id) == result
+        finally:
+            close_all()

@@ -233,10 +233,11 @@ class TaskBackend(BaseTaskBackend):
 
     # -- sending --------------------------------------------------------------------------
     def enqueue(self, task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> TaskResult:
-        """Store the task (committed when this returns) and return its READY result. The
-        arguments go through Django's JSON normalization first, so what the worker gets is
-        what ``result.args``/``result.kwargs`` show; one that JSON cannot carry raises
-        TypeError and nothing is stored."""
+        """Store the task (committed when this returns) and return its result as stored: READY,
+        unless a worker was quicker (or the queue is ``immediate``, which ran it). The arguments
+        go through Django's JSON normalization first, so what the worker gets is what
+        ``result.args``/``result.kwargs`` show; one that JSON cannot carry raises TypeError and
+        nothing is stored."""
         self.validate_task(task)
         result = TaskResult(task=task, id="", status=TaskResultStatus.READY, enqueued_at=None,
                             started_at=None, finished_at=None, last_attempted_at=None,
@@ -246,9 +247,11 @@ class TaskBackend(BaseTaskBackend):
         name = self._register(task)
         handle = queue.send(name, result.kwargs, args=result.args, priority=int(task.priority),
                             queue=task.queue_name, **self._when(task.run_after))
-        info = queue.task_info(handle.task_id)
         object.__setattr__(result, "id", handle.task_id)
-        object.__setattr__(result, "enqueued_at", _datetime(info.created_at if info else time.time()))
+        object.__setattr__(result, "enqueued_at", _datetime(time.time()))
+        info = queue.task_info(handle.task_id)
+        if info is not None:  # as stored: what get_result() reads (already run in immediate mode)
+            result = self._to_result(info, task, exact=True)
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -380,10 +383,13 @@ class TaskBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         return self._to_result(info)
 
-    def _to_result(self, info: TaskInfo, task: Task | None = None) -> TaskResult:
+    def _to_result(self, info: TaskInfo, task: Task | None = None, exact: bool = False) -> TaskResult:
+        """The stored task as Django's result; ``task`` (found from the name if None) is taken
+        as stored (priority, queue, due time), or as it is with ``exact``."""
         if task is None:
             task = self._task_of(info)
-        task = self._as_sent(task, info)
+        if not exact:
+            task = self._as_sent(task, info)
         args, kwargs = loads_call(info.arguments) if info.arguments else ((), {})
         errors = []
         if info.error is not None:  # a failure, or the last failed attempt of one to be retried
