@@ -72,7 +72,13 @@ from message_queue_sqlite.backends.base import (
     Shard,
     TaskRecord,
 )
-from message_queue_sqlite.backends.postgres.connection import Target, connect, open_schema
+from message_queue_sqlite.backends.postgres.connection import (
+    IO_TIMEOUT_S,
+    QueueConnection,
+    Target,
+    connect,
+    open_schema,
+)
 from message_queue_sqlite.backends.postgres.notify import ChangeListener
 from message_queue_sqlite.backends.sql_files import listing_query, load_queries, page_query
 from message_queue_sqlite.core.config import Config
@@ -85,6 +91,10 @@ log = logging.getLogger(__name__)
 
 QUERIES = load_queries(__package__)
 RETRY_DEADLINE_S = 30.0  # a call keeps retrying a lost server or a deadlock this long
+WORK_RETRY_S = 5.0  # any other call this long (its caller retries it: a worker's loop, the housekeeper)
+BREAKER_S = 1.0  # during an outage, a call that is not a send fails at once this soon after a failed attempt
+MIN_ATTEMPT_S = 2.0  # the shortest attempt (libpq's connect_timeout cannot be below 2 s)
+CALL_BOUND_S = RETRY_DEADLINE_S + MIN_ATTEMPT_S  # the longest any call (a send) can take: README
 LIMITS_FRESH_S = 1.0  # whether concurrency limits exist is read again this often
 UNIQUE_ROUNDS = 100  # a unique send retries this often when its key's holder ended meanwhile
 _inherited: list[psycopg.Connection] = []  # connections a fork() child must never close or use
@@ -148,7 +158,7 @@ class _Session:
     """One connection of a shard and the lock its users take turns on."""
 
     def __init__(self, target: Target, durability: str, role: str,
-                 conn: psycopg.Connection | None = None):
+                 conn: QueueConnection | None = None):
         self.target = target
         self.durability = durability
         self.role = role
@@ -156,14 +166,14 @@ class _Session:
         self.pid = os.getpid()
         self.conn = conn
 
-    def connection(self) -> psycopg.Connection:
+    def connection(self, timeout: float | None = None) -> QueueConnection:
         if self.pid != os.getpid():  # forked: the parent's connection is not ours to use
             if self.conn is not None:
                 _inherited.append(self.conn)
             self.conn = None
             self.pid = os.getpid()
         if self.conn is None:  # opened on first use, reopened after a break
-            self.conn = connect(self.target, self.durability)
+            self.conn = connect(self.target, self.durability, timeout)
         return self.conn
 
     @property
@@ -197,6 +207,9 @@ class PostgresShard(Shard):
         self._channel = {"channel": target.channel}
         self._closed = False
         self._unsettled: set[tuple[str, float]] = set()  # claims (owner, stamp) whose commit is unknown
+        self._down_since: float | None = None  # monotonic start of an outage (None: reachable)
+        self._failed_at = 0.0  # monotonic time of the last failed attempt
+        self._gave_up_broken = False  # a write gave up on a broken connection: its commit is unknown
         self._limited = False  # concurrency limits exist (see _claims_are_limited)
         self._limits_read_at = -LIMITS_FRESH_S
         self._last_stamp = 0.0
@@ -222,23 +235,51 @@ class PostgresShard(Shard):
         return self._writer.backend_pid
 
     def _run(self, what: str, body: Callable[[psycopg.Connection, bool], T],
-             on_break: Callable[[], None] | None = None, read: bool = False) -> T:
+             on_break: Callable[[], None] | None = None, read: bool = False, send: bool = False) -> T:
         """Run ``body(conn, broke)`` on the writer (or reader) session, under its lock. A
         rolled-back transaction (deadlock, serialization failure) is retried; so is a broken
         connection, on a new one, with ``broke`` True (the last try may have committed)
-        after ``on_break`` ran."""
+        after ``on_break`` ran. ``broke`` is also True on the first try after a call that
+        gave up on a broken connection: what that call left unconfirmed is looked up first.
+
+        Bounded (issue 17, finding 6): a send gives up ``RETRY_DEADLINE_S`` after it began,
+        any other call (a worker's exchange, a renewal, a lookup: their callers retry them
+        anyway) after ``WORK_RETRY_S``; while the server has been unreachable since an
+        earlier call, the window is counted from the start of the outage instead, so during
+        a long outage a send makes one attempt and fails, and another call fails at once
+        when an attempt failed within ``BREAKER_S`` (a stopping worker gives its leases back,
+        or gives up on them, within its drain timeout, not after a window per call). Each
+        attempt's connect and every wait for a reply are capped by what is left of the
+        window (at least ``MIN_ATTEMPT_S``), so a send ends within ``CALL_BOUND_S``."""
         session = self._reader if read else self._writer
         backoff = Backoff(first=0.005, cap=1.0, deadline_s=RETRY_DEADLINE_S)
-        broke = False
+        window = RETRY_DEADLINE_S if send else WORK_RETRY_S
         with session.lock:
+            broke = self._gave_up_broken and not read
+            began = time.monotonic()
+            down = self._down_since
+            deadline = (began if down is None else min(began, down)) + window
+            if not send and down is not None and began - self._failed_at < BREAKER_S and began >= deadline:
+                raise QueueStorageError(
+                    f"{what} on {self.name}: PostgreSQL at {self._target.location} unreachable for "
+                    f"{began - down:.1f} s (the last attempt, {began - self._failed_at:.1f} s ago, failed); "
+                    "not tried again yet")
             while True:
                 if self._closed:
                     raise QueueStorageError(f"shard {self.name} is closed")
+                attempt_s = max(MIN_ATTEMPT_S, deadline - time.monotonic())
                 try:
-                    conn = session.connection()
+                    conn = session.connection(attempt_s)
+                    conn.io_timeout = min(IO_TIMEOUT_S, attempt_s)
                     if self._unsettled and not read:
                         self._settle(conn)
-                    return body(conn, broke)
+                    result = body(conn, broke)
+                    if not read:
+                        self._gave_up_broken = False
+                    if self._down_since is not None:
+                        log.warning("%s: PostgreSQL at %s reachable again", self.name, self._target.location)
+                        self._down_since = None
+                    return result
                 except psycopg.errors.TransactionRollback as exc:  # class 40: deadlock, serialization
                     problem: psycopg.Error = exc
                     log.debug("%s on %s rolled back (%s); retrying", what, self.name, exc)
@@ -250,6 +291,9 @@ class PostgresShard(Shard):
                     if on_break is not None:
                         on_break()
                     problem = exc
+                    self._failed_at = time.monotonic()
+                    if self._down_since is None:
+                        self._down_since = began
                     log.warning("%s on %s: connection to %s lost (%s); reconnecting",
                                 what, self.name, self._target.location, str(exc).strip())
                 except psycopg.Error as exc:
@@ -261,10 +305,16 @@ class PostgresShard(Shard):
                     if on_break is not None:
                         on_break()
                     raise
-                if backoff.expired:
-                    raise QueueStorageError(f"{what} on {self.name}: PostgreSQL at "
-                                            f"{self._target.location} still failing after "
-                                            f"{RETRY_DEADLINE_S:.0f} s ({problem})") from problem
+                if backoff.expired or time.monotonic() + backoff.delay >= deadline:
+                    spent = time.monotonic() - began
+                    if broke and not read:
+                        self._gave_up_broken = True
+                    state = "unreachable" if broke else "still failing"
+                    raise QueueStorageError(
+                        f"{what} on {self.name}: PostgreSQL at {self._target.location} {state}; gave up "
+                        f"after {spent:.1f} s (a {'send' if send else 'call'} retries for at most "
+                        f"{window:g} s from the start of an outage; last error: "
+                        f"{str(problem).strip()})") from problem
                 backoff.wait()
 
     def _settle(self, conn: psycopg.Connection) -> None:
@@ -307,7 +357,7 @@ class PostgresShard(Shard):
             # one statement (an implicit transaction): committed when it returns
             return list(conn.execute(self._q["enqueue"], params).fetchone()[0])
 
-        ids = self._run("enqueue", body)
+        ids = self._run("enqueue", body, send=True)
         self._id_floor = max(self._id_floor, ids[-1])
         return ids
 
@@ -323,7 +373,7 @@ class PostgresShard(Shard):
         for _ in range(UNIQUE_ROUNDS):
             batch = [tasks[i] for i in todo]
             answers = self._run("enqueue", lambda conn, broke, batch=batch: self._enqueue_unique_round(
-                conn, broke, batch))
+                conn, broke, batch), send=True)
             again = []
             for i, answer in zip(todo, answers, strict=True):
                 if answer is None:

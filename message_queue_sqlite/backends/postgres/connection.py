@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import psycopg
@@ -31,17 +33,63 @@ FIRST_TABLES = frozenset({"mqs_tasks", "mqs_nodes", VERSION_TABLE})  # every ver
 MIGRATIONS = load_migrations(__package__)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Network timeouts (issue 17, finding 6). Without them a blackholed network or a stopped
+# server held a call for 15 minutes and more: TCP only gives up after its retransmissions
+# (~15 min) and an idle connection's dead peer is never noticed. Every bound here is the
+# queue's, on every connection it opens (a connection string that sets one keeps its own):
+# - connect_timeout: a connection attempt (TCP and the server's handshake) gives up after it;
+# - keepalives: an idle connection (the listener's) whose peer vanished breaks after
+#   idle + interval * count = 5 + 2 * 3 = 11 s;
+# - tcp_user_timeout: data left unacknowledged this long (ms) breaks the connection (a
+#   partition while a statement is sent or its reply awaited);
+# - IO_TIMEOUT_S (client side, see QueueConnection): a reply not received in this long breaks
+#   the connection, whatever TCP says: a peer that acknowledges but never answers (a
+#   stopped server, a proxy or middlebox that blackholes) is noticed too;
+# - statement_timeout / lock_timeout / idle_in_transaction_session_timeout (server side,
+#   queue sessions): every queue statement is short (milliseconds), so one that runs or
+#   waits for a lock far longer is cancelled by the server before the client gives up on it,
+#   and a transaction whose client vanished mid-way frees its row locks.
+CONNECT_TIMEOUT_S = 5
+TCP_USER_TIMEOUT_MS = 10_000
+STATEMENT_TIMEOUT_S = 10.0
+LOCK_TIMEOUT_S = 5.0
+IDLE_IN_TRANSACTION_TIMEOUT_S = 15.0
+IO_TIMEOUT_S = STATEMENT_TIMEOUT_S + 2.0  # the server's cancel, and its reply, arrive first
+MIGRATE_TIMEOUT_S = 300.0  # a migration may build indexes on a large table: its own bound
 # Defaults added to the connection string unless it sets them: a name that shows in
-# pg_stat_activity, a bounded connect, and TCP keepalives so a dead server or network
-# is noticed by an idle (listening) connection within about a minute.
+# pg_stat_activity and the network bounds above.
 CONNECT_DEFAULTS = {
     "application_name": "message_queue_sqlite",
-    "connect_timeout": "10",
+    "connect_timeout": str(CONNECT_TIMEOUT_S),
     "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
     "keepalives_count": "3",
+    "tcp_user_timeout": str(TCP_USER_TIMEOUT_MS),
 }
+
+
+class NetworkTimeout(psycopg.OperationalError):
+    """No reply from the server within the connection's ``io_timeout``: the connection was
+    closed (its state is unknown), so callers reconnect as after any break."""
+
+
+class QueueConnection(psycopg.Connection):
+    """A psycopg connection whose every wait for the server is bounded by ``io_timeout``
+    seconds (None: unbounded). psycopg's own waits have no bound; TCP's take ~15 minutes."""
+
+    io_timeout: float | None = IO_TIMEOUT_S
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        bound = self.io_timeout if timeout is None else timeout
+        try:
+            return super().wait(gen, interval=interval, timeout=bound)
+        except psycopg.errors._WaitTimeout:
+            if timeout is not None:  # psycopg's own bounded wait (a cancel): its handling
+                raise
+            self.pgconn.finish()  # mid-statement, state unknown: never reused
+            raise NetworkTimeout(f"no reply from PostgreSQL within {bound:g} s (the network or the "
+                                 "server is not answering); the connection was closed") from None
 
 
 class Target:
@@ -108,13 +156,20 @@ SYNCHRONOUS_COMMIT = {"normal": "off", "full": "on"}
 # on their index) carries the cost the settings above add, far above jit_above_cost: the
 # server then spent 260 ms compiling a 0.1 ms query. These statements are all short: no JIT.
 SESSION_SETTINGS = ("SET enable_sort = off; SET enable_hashjoin = off; SET enable_mergejoin = off; "
-                    "SET jit = off; SET extra_float_digits = 1")
+                    "SET jit = off; SET extra_float_digits = 1; "
+                    f"SET statement_timeout = {int(STATEMENT_TIMEOUT_S * 1000)}; "
+                    f"SET lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}; "
+                    f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)}")
 
 
-def connect(target: Target, durability: str | None = None) -> psycopg.Connection:
+def connect(target: Target, durability: str | None = None,
+            timeout: float | None = None) -> QueueConnection:
     """A new autocommit connection. With a durability it is a queue session: its
-    ``synchronous_commit`` and planner settings are set (the listener needs neither)."""
-    conn = psycopg.connect(target.conninfo, autocommit=True)
+    ``synchronous_commit``, timeouts and planner settings are set (the listener needs none).
+    ``timeout`` (seconds) bounds this attempt below ``connect_timeout`` (libpq's minimum: 2 s),
+    so a call near the end of its retry window does not overrun it."""
+    extra = {} if timeout is None else {"connect_timeout": max(2, min(CONNECT_TIMEOUT_S, math.ceil(timeout)))}
+    conn = QueueConnection.connect(target.conninfo, autocommit=True, **extra)
     try:
         if durability is not None:
             conn.execute(f"SET synchronous_commit = {SYNCHRONOUS_COMMIT[durability]}; {SESSION_SETTINGS}")
@@ -124,7 +179,7 @@ def connect(target: Target, durability: str | None = None) -> psycopg.Connection
     return conn
 
 
-def open_schema(target: Target, durability: str = "normal") -> psycopg.Connection:
+def open_schema(target: Target, durability: str = "normal") -> QueueConnection:
     """A connection to a verified, migrated schema (the first connection of a backend)."""
     try:
         conn = connect(target, durability)
@@ -177,12 +232,24 @@ def _inspect(conn: psycopg.Connection, target: Target) -> tuple[bool, int]:
     return exists, version
 
 
-def migrate(conn: psycopg.Connection, target: Target) -> None:
+def migrate(conn: QueueConnection, target: Target) -> None:
     """Create or upgrade the schema; a no-op read when it is current."""
     _exists, version = _inspect(conn, target)
     if version == SCHEMA_VERSION:
         return
+    conn.io_timeout = MIGRATE_TIMEOUT_S
+    try:
+        _migrate(conn, target)
+    finally:
+        conn.io_timeout = IO_TIMEOUT_S
+
+
+def _migrate(conn: QueueConnection, target: Target) -> None:
+    """The migration transaction, under the advisory lock (another opener may hold it while it
+    migrates: waited for up to MIGRATE_TIMEOUT_S, as are the DDL statements)."""
     with conn.transaction():
+        conn.execute(f"SET LOCAL statement_timeout = {int(MIGRATE_TIMEOUT_S * 1000)}; "
+                     "SET LOCAL lock_timeout = 0")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (target.lock_key,))
         exists, version = _inspect(conn, target)  # another opener may have migrated meanwhile
         if version == SCHEMA_VERSION:

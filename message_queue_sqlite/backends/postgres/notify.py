@@ -6,7 +6,10 @@ completions, release, requeue, lease recovery, orphaned cache-mode tasks) calls
 object's own writer session are skipped (its engine already rang its own bell) unless
 their payload is ``*`` (a retry was scheduled: its idle workers must recompute their
 wake-up time). The thread waits on the listening socket (and a pipe that ``close``
-writes to) with ``poll``, so it costs nothing while idle. If the connection breaks it
+writes to) with ``poll``, so it costs nothing while idle; after PING_AFTER_S of silence it pings, and
+a ping unanswered within PING_TIMEOUT_S breaks the connection (a dead server or network is
+noticed within 10 s, even behind something that acknowledges TCP but never answers, and
+logged). If the connection breaks it
 reconnects with back-off, calling ``on_change`` after each attempt (a slow poll while
 PostgreSQL is away) and once more when listening again, since notifications sent
 meanwhile are lost.
@@ -28,7 +31,8 @@ from message_queue_sqlite.backends.postgres.connection import Target, connect
 
 log = logging.getLogger(__name__)
 
-PING_AFTER_S = 30.0  # a silent connection is checked this often (keepalives also watch it)
+PING_AFTER_S = 5.0  # a silent connection is checked this often (keepalives also watch it)
+PING_TIMEOUT_S = 5.0  # a ping unanswered this long: the connection is dead (a blackhole ACKs, never answers)
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 
@@ -54,6 +58,7 @@ class ChangeListener:
             conn: psycopg.Connection | None = None
             try:
                 conn = connect(self._target)
+                conn.io_timeout = PING_TIMEOUT_S
                 conn.add_notify_handler(  # those read during a ping
                     lambda n: self._notify() if self._relevant(n.pid, n.payload) else None)
                 conn.execute(f'LISTEN "{self._target.channel}"')
