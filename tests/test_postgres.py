@@ -651,7 +651,7 @@ def test_notifications_name_their_writer_and_flag_scheduled_retries(pg_url):
         backend.close()
 
 
-SAMPLE_PARAMS = {"attempt": 1, "callbacked": [1], "channel": "c", "completions": "[]",
+SAMPLE_PARAMS = {"attempt": 1, "max_bytes": 1 << 26, "callbacked": [1], "channel": "c", "completions": "[]",
                  "crash_limit": 3, "created_at": 1.0, "floor": 1, "host": "h", "lease": 30.0,
                  "limit": 10, "name": "n", "node": "n", "owner": "o", "pid": 1, "retention": 60.0,
                  "row_id": 1, "sender": "s", "stamp": 1.0, "status": 3, "task_name": "t", "tasks": "[]",

@@ -96,6 +96,15 @@ BREAKER_S = 1.0  # during an outage, a call that is not a send fails at once thi
 MIN_ATTEMPT_S = 2.0  # the shortest attempt (libpq's connect_timeout cannot be below 2 s)
 CALL_BOUND_S = RETRY_DEADLINE_S + MIN_ATTEMPT_S  # the longest any call (a send) can take: README
 LIMITS_FRESH_S = 1.0  # whether concurrency limits exist is read again this often
+# Large arguments (issue 17, finding 7). A claim returns its rows as one json_agg, and
+# PostgreSQL caps any value at 1 GiB: twelve 100 MiB arguments made every claim fail ("out of
+# memory ... Cannot enlarge string buffer") and the tasks waited forever. A claim takes
+# arguments of at most CLAIM_MAX_BYTES in all (always at least one task), and a send refuses
+# a task whose arguments exceed MAX_ARGS_BYTES: escaped as a JSON string inside the claim's
+# reply it may double (quotes, backslashes), and alone it must still fit under 1 GiB.
+CLAIM_MAX_BYTES = 64 * 1024 * 1024
+MAX_ARGS_BYTES = 256 * 1024 * 1024
+ENQUEUE_CHUNK_BYTES = 128 * 1024 * 1024  # a batch's JSON parameter is also one value: chunked past this
 UNIQUE_ROUNDS = 100  # a unique send retries this often when its key's holder ended meanwhile
 _inherited: list[psycopg.Connection] = []  # connections a fork() child must never close or use
 
@@ -147,6 +156,35 @@ def _text(value: str | None) -> str | None:
 
 def _json(rows: list) -> str:
     return _encode(rows)
+
+
+def _args_bytes(tasks: Sequence[NewTask]) -> list[int]:
+    """The stored size (UTF-8 bytes) of each task's arguments; raises ValueError, naming the size
+    and the limit, for arguments no claim could ever return (see MAX_ARGS_BYTES)."""
+    sizes = []
+    for task in tasks:
+        args = task.args or ""
+        size = len(args) if len(args) * 4 <= MAX_ARGS_BYTES else len(args.encode("utf-8", "surrogatepass"))
+        if size > MAX_ARGS_BYTES:
+            raise ValueError(
+                f"the arguments of task {task.task_name!r} are {size:,} bytes as JSON, above the PostgreSQL "
+                f"backend's limit of {MAX_ARGS_BYTES:,} bytes per task (a claim returns them inside one "
+                "value, which PostgreSQL caps at 1 GiB); pass a reference (a path, a key, a URL) instead")
+        sizes.append(size)
+    return sizes
+
+
+def _chunks(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of a batch, each with at most ``limit`` bytes of arguments (one task
+    at least): the batch's JSON parameter is one value too."""
+    ranges, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > limit:
+            ranges.append((start, i))
+            start, total = i, 0
+        total += size
+    ranges.append((start, len(sizes)))
+    return ranges
 
 
 def _int_array(values: Sequence[int]) -> str:
@@ -338,11 +376,12 @@ class PostgresShard(Shard):
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
         if not tasks:
             return []
+        chunks = _chunks(_args_bytes(tasks), ENQUEUE_CHUNK_BYTES)
         now = tasks[0].created_at
         rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
                  t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout,
                  t.headers] for t in tasks]
-        params = {"tasks": _json(rows), **self._channel}
+        params = [{"tasks": _json(rows[start:end]), **self._channel} for start, end in chunks]
         # every id returned before this call is below this batch's (the sequence only grows): a
         # committed batch is found above it, on the primary key
         batch = {"sender": tasks[0].sender, "created_at": float(tasks[0].created_at),
@@ -354,8 +393,10 @@ class PostgresShard(Shard):
                 found = [r[0] for r in conn.execute(self._q["find_batch"], batch)]
                 if len(found) == len(tasks):
                     return found
-            # one statement (an implicit transaction): committed when it returns
-            return list(conn.execute(self._q["enqueue"], params).fetchone()[0])
+            if len(params) == 1:  # one statement (an implicit transaction): committed when it returns
+                return list(conn.execute(self._q["enqueue"], params[0]).fetchone()[0])
+            with conn.transaction():  # a batch too large for one value: chunks, one transaction
+                return [i for chunk in params for i in conn.execute(self._q["enqueue"], chunk).fetchone()[0]]
 
         ids = self._run("enqueue", body, send=True)
         self._id_floor = max(self._id_floor, ids[-1])
@@ -368,6 +409,7 @@ class PostgresShard(Shard):
         concurrent sender that won is committed by then). A holder can end between the two
         (its key then free): those tasks go again in another round, so a send never returns
         a duplicate of a task that no longer holds its key."""
+        _args_bytes(tasks)  # refused before anything is sent (a unique batch is one statement)
         sent: list[tuple[int, bool] | None] = [None] * len(tasks)
         todo = list(range(len(tasks)))
         for _ in range(UNIQUE_ROUNDS):
@@ -439,7 +481,8 @@ class PostgresShard(Shard):
                                    float(c.ended_at), float(c.retry_in), float(c.started_at), c.handed_over]
                                   for c in completions]),
             "owner": owner, "lease": float(lease_seconds), "stamp": stamp, "limit": max(limit, 0),
-            "callbacked": _int_array(callbacked), "queue": queue, **self._channel,
+            "callbacked": _int_array(callbacked), "queue": queue, "max_bytes": CLAIM_MAX_BYTES,
+            **self._channel,
         }
         query = self._q["complete_and_claim"]
         lock = self._q["lock_limits"] if limit > 0 and self._claims_are_limited() else None
@@ -460,7 +503,7 @@ class PostgresShard(Shard):
                     "row_id": _int_array([c.row_id for c in completions]),
                     "attempt": _int_array([c.attempt for c in completions]), "owner": owner,
                 }).fetchone()[0]
-            applied, promoted, _signal, claims = conn.execute(query, params).fetchone()
+            applied, promoted, _signal, claims, _durable = conn.execute(query, params).fetchone()
             claims = claims or []
             if promoted and len(claims) < limit:
                 # tasks just became ready (scheduled, now due): claim them in a second statement

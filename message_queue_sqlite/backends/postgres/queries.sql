@@ -70,7 +70,7 @@ SELECT id, unique_key FROM {schema}.mqs_tasks
  WHERE id > %(floor)s::bigint AND sender = %(sender)s AND created_at = %(created_at)s ORDER BY id;
 
 -- name: complete_and_claim
--- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks of queue %(queue)s (a task name with a concurrency limit: no more than its room, the limit less its RUNNING rows; lock_limits first makes that count exact) for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
+-- One statement, so one transaction and one round trip: end a batch of attempts of owner's leases unless the lease was lost since (fenced by owner and attempt; one handed over to its sender in memory also clears notify; a retry is due retry_in seconds from now and uses one retry; lease_owner stays on the row, so that a replay after a lost reply can tell its own completions, see completions_settled), mark CALLBACKED the rows whose callback ran (ended earlier, so disjoint from the batch), make due scheduled tasks ready (now(): a comparison), and lease up to %(limit)s ready tasks of queue %(queue)s (a task name with a concurrency limit: no more than its room, the limit less its RUNNING rows; lock_limits first makes that count exact) for %(lease)s seconds from clock_timestamp() (after whatever the completions waited for), stamped started_at = %(stamp)s (the client's, unique per claim: how an unconfirmed claim is found again), each a new attempt (best priority, then oldest; cached ones only to their owner; rows another claimer holds are skipped), and no more than %(max_bytes)s bytes of arguments in all, counted in claim order, but always the first (with any empty ones before it) (octet_length reads the stored size, never the value; issue 17, finding 7: the claimed rows come back as one json_agg, which PostgreSQL caps at 1 GiB, so a few huge arguments made every claim fail). The three touch disjoint rows (status 2, 6, 1 in the statement's snapshot), so tasks promoted here are claimable from the next statement on. The batch is first folded into ONE row of arrays (MATERIALIZED): whatever plan the always-stale statistics suggest, it is parsed once and each completed row finds its values by position, never by re-reading the batch. Listeners are notified once when a completion applied or a task became ready (payload '*': also the writer's own process, its workers' next wake-up time changed). One row comes back: applied completion ids, promoted count, and the claimed tasks as one JSON array of positional rows (cheap to read: no per-row decoding). A transaction that claimed commits durably whatever the session's durability (set_config(..., true): synchronous_commit = on until this commit; issue 17, finding 3): a claim lost in a server crash would hand the same attempt number, the fencing token, out again, so a stale completion of the lost claim could pass the fence; completions alone keep the session's setting (one lost in a crash leaves its row RUNNING under a lease nobody renews: it expires and is recovered). With nothing to complete and nothing ready it writes nothing: no row lock, no transaction id, no WAL.
 WITH batch AS MATERIALIZED (
     SELECT array_agg((e->>0)::bigint) AS ids, array_agg((e->>1)::integer) AS attempts,
            array_agg((e->>2)::integer) AS statuses, array_agg(e->>3) AS results,
@@ -113,7 +113,7 @@ room AS (
                                           WHERE r.status = 2 AND r.task_name = l.task_name) AS n
       FROM {schema}.mqs_limits AS l),
 candidates AS (
-    SELECT id, task_name, priority FROM {schema}.mqs_tasks
+    SELECT id, task_name, priority, coalesce(octet_length(args), 0) AS size FROM {schema}.mqs_tasks
      WHERE status = 1 AND queue = %(queue)s AND (cache_owner IS NULL OR cache_owner = %(owner)s)
        AND task_name NOT IN (SELECT task_name FROM room WHERE n <= 0)
      ORDER BY priority DESC, id LIMIT %(limit)s
@@ -123,10 +123,12 @@ claimed AS (
        SET status = 2, lease_owner = %(owner)s, lease_expires = date_part('epoch', clock_timestamp()) + %(lease)s,
            attempts = attempts + 1, started_at = %(stamp)s
      WHERE id IN (SELECT id FROM (
-                      SELECT c.id, room.n AS room,
-                             row_number() OVER (PARTITION BY c.task_name ORDER BY c.priority DESC, c.id) AS nth
-                        FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name) AS ranked
-                   WHERE room IS NULL OR nth <= room)
+                      SELECT id, size, sum(size) OVER (ORDER BY priority DESC, id) - size AS before FROM (
+                          SELECT c.id, c.priority, c.size, room.n AS room,
+                                 row_number() OVER (PARTITION BY c.task_name ORDER BY c.priority DESC, c.id) AS nth
+                            FROM candidates AS c LEFT JOIN room ON room.task_name = c.task_name) AS ranked
+                       WHERE room IS NULL OR nth <= room) AS sized
+                   WHERE before + size <= %(max_bytes)s OR before = 0)
     RETURNING id, task_name, args, priority, attempts, max_retries, retry, sender, notify,
               cache_owner, created_at, started_at, retries, slot, timeout, rate_slot, headers),
 summary AS (
@@ -139,7 +141,8 @@ SELECT s.ids, s.n, s.signal,
        (SELECT json_agg(json_build_array(id, task_name, args, priority, attempts, max_retries, retry, sender,
                                          notify, cache_owner, created_at, started_at, retries, slot,
                                          timeout, rate_slot, headers))
-          FROM claimed)
+          FROM claimed),
+       (SELECT set_config('synchronous_commit', 'on', true) FROM claimed LIMIT 1)
   FROM summary AS s;
 
 -- name: completions_settled
