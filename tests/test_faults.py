@@ -60,3 +60,34 @@ def test_faults_short_run_passes_on_postgres() -> None:
     assert figures["backend"] == "postgres", figures["output"]
     assert figures["shards"] == "1", figures["output"]
     assert int(figures["stored"]) >= int(figures["accepted"]), figures["output"]
+
+
+def test_network_faults_short_run_passes() -> None:
+    """``scripts/faults_network.py --short``: worker and sender hosts behind proxies that
+    partition (shorter and longer than a lease), lose and delay, SIGKILL/SIGSTOP/SIGTERM, and
+    fast and immediate restarts of a PostgreSQL instance of the runner's own. It needs the
+    machine's initdb (not the shared server, nor root: as root it runs initdb as postgres)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import faults_network
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    reason = faults_network.skip_reason()
+    if reason:
+        pytest.skip(f"the network fault runner cannot run here: {reason}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
+    env.pop("MQS_BROKER_URL", None)
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "faults_network.py"), "--short"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
+    output = done.stdout + done.stderr
+    verdicts = [line for line in done.stdout.splitlines() if line.startswith("faults-network: sent=")]
+    assert len(verdicts) == 1, output
+    figures = dict(re.findall(r"(\w+)=(\S+)", verdicts[0]))
+    assert done.returncode == 0 and figures["verdict"] == "PASS", output
+    for name in ("lost", "stuck", "unexplained_duplicates", "bad_outcomes", "errors"):
+        assert figures[name] == "0", output
+    assert int(figures["acknowledged"]) > 0, output
+    for kind in ("worker_partition_long", "sender_partition_long", "restart_immediate", "restart_fast"):
+        assert int(figures.get(kind, "0")) > 0, f"no {kind} fault: {output}"
+    assert float(figures["longest_notice"].rstrip("s")) <= faults_network.NOTICE_BOUND_S, output

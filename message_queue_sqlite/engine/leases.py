@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import RecoveryReport, Shard
+from message_queue_sqlite.core.errors import QueueStorageError
 
 if TYPE_CHECKING:
     from message_queue_sqlite.engine.engine import Engine
@@ -57,6 +58,9 @@ class Housekeeper:
         while not self._stop.is_set():
             try:
                 self.run_once()
+            except QueueStorageError as exc:  # storage unreachable (a partition, a restart): said once a
+                # round, in one line; leases it cannot renew expire and are recovered by a live worker
+                log.warning("housekeeping: %s; retrying next round", exc)
             except Exception:
                 log.exception("housekeeping failed; retrying next round")
             # the renewal period (sooner while retention purging is behind), not a poll for work
