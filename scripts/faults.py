@@ -103,6 +103,14 @@ def wait_for(condition: Any, timeout: float, interval: float = 0.05) -> bool:
         event.wait(interval)
 
 
+def read_fields(path: str, count: int) -> list[list[str]]:
+    """The whole lines of a state file (a torn last line is skipped) with ``count`` fields."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [parts for line in f if line.endswith("\n") and len(parts := line.split()) == count]
+
+
 def _append(fd: int, text: str, sync: bool) -> None:
     os.write(fd, text.encode())
     if sync:
@@ -131,13 +139,7 @@ def sender_main(argv: list[str]) -> int:
 
     rng = random.Random(args.seed * 1000 + args.index * 100 + args.generation)
     accepted_path = os.path.join(args.state, f"accepted-{args.index}.txt")
-    done: set[int] = set()
-    if os.path.exists(accepted_path):
-        with open(accepted_path, encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 3 and line.endswith("\n"):
-                    done.add(int(parts[0]))
+    done = {int(parts[0]) for parts in read_fields(accepted_path, 3)}
     todo = [seq for seq in range(args.first, args.first + args.count) if seq not in done]
     accepted = os.open(accepted_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     attempted = os.open(os.path.join(args.state, f"attempted-{args.index}.txt"),

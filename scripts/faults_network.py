@@ -100,9 +100,9 @@ def sender_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="faults_network.py _sender")
     for name in ("--index", "--generation", "--first", "--count", "--seed"):
         parser.add_argument(name, type=int, required=True)
+    for name in ("--state", "--log-dir"):
+        parser.add_argument(name, required=True)
     parser.add_argument("--pace", type=float, default=0.0)
-    parser.add_argument("--state", required=True)
-    parser.add_argument("--log-dir", required=True)
     args = parser.parse_args(argv)
 
     from message_queue_sqlite import MessageQueue
@@ -110,10 +110,7 @@ def sender_main(argv: list[str]) -> int:
 
     rng = random.Random(args.seed * 1000 + args.index * 100 + args.generation)
     accepted_path = os.path.join(args.state, f"accepted-{args.index}.txt")
-    done: set[int] = set()
-    if os.path.exists(accepted_path):
-        with open(accepted_path, encoding="utf-8") as f:
-            done = {int(line.split()[0]) for line in f if line.endswith("\n") and len(line.split()) == 3}
+    done = {int(parts[0]) for parts in faults.read_fields(accepted_path, 3)}
     todo = [seq for seq in range(args.first, args.first + args.count) if seq not in done]
     files = {name: os.open(os.path.join(args.state, f"{name}-{args.index}.txt"),
                            os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -429,14 +426,13 @@ class NetworkScenario(faults.Scenario):
         super().ended(proc, code, now)
 
     # -- the network figures ---------------------------------------------------------
+    def state_fields(self, name: str, count: int) -> list[list[str]]:
+        """The lines of every sender's ``name-N.txt`` state file."""
+        return [parts for path in sorted(glob.glob(os.path.join(self.state, f"{name}-*.txt")))
+                for parts in faults.read_fields(path, count)]
+
     def figures(self) -> dict[str, Any]:
-        longest_send = 0.0
-        for path in glob.glob(os.path.join(self.state, "sendtimes-*.txt")):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) == 2:
-                        longest_send = max(longest_send, float(parts[0]))
+        longest_send = max((float(took) for took, _ in self.state_fields("sendtimes", 2)), default=0.0)
         longest_notice = 0.0
         unnoticed = []
         for part in self.partitions:
@@ -458,20 +454,8 @@ class NetworkScenario(faults.Scenario):
         immediate = [t for mode, t in self.restarts if mode == "immediate"]
         if not immediate or not (self.result.lost or self.result.bad_outcomes):
             return 0
-        acked: dict[str, float] = {}
-        for path in glob.glob(os.path.join(self.state, "acktimes-*.txt")):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) == 2:
-                        acked[parts[0]] = float(parts[1])
-        accepted: dict[str, str] = {}
-        for path in glob.glob(os.path.join(self.state, "accepted-*.txt")):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) == 3:
-                        accepted[parts[2]] = parts[1]
+        acked = {task_id: float(at) for task_id, at in self.state_fields("acktimes", 2)}
+        accepted = {task_id: key for _seq, key, task_id in self.state_fields("accepted", 3)}
         rows = {f"0-{row['id']}": row for row in self.store.read_rows()}
         moved = 0
         for task_id, key in accepted.items():
