@@ -294,6 +294,7 @@ class NetworkScenario(faults.Scenario):
         self.restarts: list[tuple[str, float]] = []  # (mode, wall time when it began)
         self.degradations = 0
         self.plan = list(plan)  # faults that come first, in this order
+        self.exits: dict[int, float] = {}  # pid -> wall time it ended
         self.faults_seen: dict[str, int] = {}
 
     def proxy_of(self, host: tuple[str, int]) -> Proxy:
@@ -388,7 +389,8 @@ class NetworkScenario(faults.Scenario):
         proxy.blackhole()
         live = [p for p in self.live(role) if p.index == index]
         self.partitions.append({"host": host, "start": time.time(), "seconds": seconds,
-                                "logs": [p.log_path for p in live], "healed": None})
+                                "logs": [p.log_path for p in live], "pids": [p.popen.pid for p in live],
+                                "healed": None})
         self.heals.append((time.monotonic() + seconds, host, "partition"))
         self.count(f"{role}_partition_{'long' if seconds > vt else 'short'}")
         self.log(f"partition {role}-{index} for {seconds:.1f} s")
@@ -420,6 +422,7 @@ class NetworkScenario(faults.Scenario):
                      "restarted")
             proc.killed = True
             code = -signal.SIGKILL
+        self.exits[proc.popen.pid] = time.time()
         unexpected = unexpected_log_lines(text)
         if unexpected:
             self.error(f"{proc.role}-{proc.index} pid={proc.popen.pid} logged: {unexpected[0]}", text)
@@ -441,6 +444,10 @@ class NetworkScenario(faults.Scenario):
             seen = None
             for path in part["logs"]:
                 seen = min(filter(None, [seen, first_notice(path, part["start"])]), default=None)
+            lived = all(self.exits.get(pid, float("inf")) >= part["start"] + NOTICE_BOUND_S
+                        for pid in part["pids"])
+            if seen is None and not lived:
+                continue  # killed (a fault) before it was due to notice: nothing to measure
             if seen is None or seen > NOTICE_BOUND_S:
                 unnoticed.append(part)
             else:

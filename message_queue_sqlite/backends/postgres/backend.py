@@ -45,7 +45,13 @@ Durability mirrors SQLite's: ``normal`` (no flush per commit, survives any crash
 queue's processes) sets ``synchronous_commit = off`` for the queue's own sessions, so a
 crash of the PostgreSQL server itself may lose the last moments (at most 3 x
 wal_writer_delay) of commits, never consistency; ``full`` sets it ``on``: every commit is
-flushed before it returns.
+flushed before it returns. A claiming exchange always commits durably (see queries.sql):
+the attempt number it hands out is the fencing token and must never be handed out twice.
+
+Network (issue 17, finding 6): every call is bounded (``_run``; the per-connection bounds
+are in connection.py): a send fails within ``CALL_BOUND_S`` (32 s) when the server cannot
+be reached, any other call within ``WORK_RETRY_S`` plus one attempt, and during an outage
+they stop retrying one by one, so a worker that is stopping exits within its drain timeout.
 """
 
 from __future__ import annotations
