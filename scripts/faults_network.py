@@ -473,6 +473,9 @@ class NetworkScenario(faults.Scenario):
             if row is None:
                 self.result.lost -= 1
                 moved += 1
+                nearest = min(immediate, key=lambda t, at=at: abs(t - at))
+                self.result.note(f"(task {task_id}, acknowledged {at - nearest:+.2f} s from the start of an "
+                                 "immediate restart, counts in lost_in_window, not in lost)")
             elif json.loads(row["args"] or "{}").get("key") != key:
                 self.result.bad_outcomes -= 1
                 moved += 1
