@@ -80,6 +80,7 @@ from message_queue_sqlite.backends.base import (
 )
 from message_queue_sqlite.backends.postgres.connection import (
     IO_TIMEOUT_S,
+    STATEMENT_TIMEOUT_S,
     QueueConnection,
     Target,
     connect,
@@ -108,9 +109,16 @@ LIMITS_FRESH_S = 1.0  # whether concurrency limits exist is read again this ofte
 # arguments of at most CLAIM_MAX_BYTES in all (always at least one task), and a send refuses
 # a task whose arguments exceed MAX_ARGS_BYTES: escaped as a JSON string inside the claim's
 # reply it may double (quotes, backslashes), and alone it must still fit under 1 GiB.
-CLAIM_MAX_BYTES = 64 * 1024 * 1024
-MAX_ARGS_BYTES = 256 * 1024 * 1024
-ENQUEUE_CHUNK_BYTES = 128 * 1024 * 1024  # a batch's JSON parameter is also one value: chunked past this
+# The limit is also what the network timeouts allow (connection.py): a claim's reply must
+# arrive within its 10 s statement timeout, and one 64 MiB argument (128 MiB escaped, at
+# worst) takes about 1 s on loopback, about 11 s at 100 Mbit/s: the largest arguments want
+# a fast link to the server. A send's own timeouts grow with its size (SEND_BYTES_PER_S).
+CLAIM_MAX_BYTES = 32 * 1024 * 1024
+MAX_ARGS_BYTES = 64 * 1024 * 1024
+ENQUEUE_CHUNK_BYTES = 64 * 1024 * 1024  # a batch's JSON parameter is also one value: chunked past this
+BIG_SEND_BYTES = 1024 * 1024  # a send above this gets timeouts for its size (one more round trip)
+SEND_BYTES_PER_S = 2 * 1024 * 1024  # the slowest a big send is allowed to be stored (measured: ~7 MiB/s
+# on loopback on a loaded 2-core machine, JSON encoding, transfer, parsing and TOAST included)
 UNIQUE_ROUNDS = 100  # a unique send retries this often when its key's holder ended meanwhile
 _inherited: list[psycopg.Connection] = []  # connections a fork() child must never close or use
 
@@ -178,6 +186,13 @@ def _args_bytes(tasks: Sequence[NewTask]) -> list[int]:
                 "value, which PostgreSQL caps at 1 GiB); pass a reference (a path, a key, a URL) instead")
         sizes.append(size)
     return sizes
+
+
+def _allow(conn: QueueConnection, seconds: float) -> None:
+    """Inside a transaction: its statements (a big send) may take ``seconds`` more than usual,
+    on the server's statement timeout and the client's wait for a reply alike."""
+    conn.execute(f"SET LOCAL statement_timeout = {int((STATEMENT_TIMEOUT_S + seconds) * 1000)}")
+    conn.io_timeout = IO_TIMEOUT_S + seconds
 
 
 def _chunks(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
@@ -382,7 +397,9 @@ class PostgresShard(Shard):
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
         if not tasks:
             return []
-        chunks = _chunks(_args_bytes(tasks), ENQUEUE_CHUNK_BYTES)
+        sizes = _args_bytes(tasks)
+        chunks = _chunks(sizes, ENQUEUE_CHUNK_BYTES)
+        allowance = max(sum(sizes[start:end]) for start, end in chunks) / SEND_BYTES_PER_S
         now = tasks[0].created_at
         rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
                  t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout,
@@ -399,9 +416,10 @@ class PostgresShard(Shard):
                 found = [r[0] for r in conn.execute(self._q["find_batch"], batch)]
                 if len(found) == len(tasks):
                     return found
-            if len(params) == 1:  # one statement (an implicit transaction): committed when it returns
+            if len(params) == 1 and sum(sizes) <= BIG_SEND_BYTES:  # one statement, committed when it returns
                 return list(conn.execute(self._q["enqueue"], params[0]).fetchone()[0])
-            with conn.transaction():  # a batch too large for one value: chunks, one transaction
+            with conn.transaction():  # big: timeouts for its size; too big for one value: chunks
+                _allow(conn, allowance)
                 return [i for chunk in params for i in conn.execute(self._q["enqueue"], chunk).fetchone()[0]]
 
         ids = self._run("enqueue", body, send=True)
@@ -415,13 +433,14 @@ class PostgresShard(Shard):
         concurrent sender that won is committed by then). A holder can end between the two
         (its key then free): those tasks go again in another round, so a send never returns
         a duplicate of a task that no longer holds its key."""
-        _args_bytes(tasks)  # refused before anything is sent (a unique batch is one statement)
+        size = sum(_args_bytes(tasks))  # refused before anything is sent (a unique batch is one statement)
+        allowance = size / SEND_BYTES_PER_S if size > BIG_SEND_BYTES else 0.0
         sent: list[tuple[int, bool] | None] = [None] * len(tasks)
         todo = list(range(len(tasks)))
         for _ in range(UNIQUE_ROUNDS):
             batch = [tasks[i] for i in todo]
             answers = self._run("enqueue", lambda conn, broke, batch=batch: self._enqueue_unique_round(
-                conn, broke, batch), send=True)
+                conn, broke, batch, allowance), send=True)
             again = []
             for i, answer in zip(todo, answers, strict=True):
                 if answer is None:
@@ -434,8 +453,8 @@ class PostgresShard(Shard):
         raise QueueStorageError(f"enqueue on {self.name}: the holders of unique keys kept ending "
                                 f"between insert and lookup for {UNIQUE_ROUNDS} rounds")
 
-    def _enqueue_unique_round(self, conn: psycopg.Connection, broke: bool,
-                              tasks: list[NewTask]) -> list[tuple[int, bool] | None]:
+    def _enqueue_unique_round(self, conn: QueueConnection, broke: bool, tasks: list[NewTask],
+                              allowance: float = 0.0) -> list[tuple[int, bool] | None]:
         """One round of ``enqueue_unique``: ``(row id, duplicate)`` per task, None for a task
         whose key's holder ended before it could be read (to send again)."""
         keys = list(dict.fromkeys(t.unique_key for t in tasks if t.unique_key is not None))
@@ -453,6 +472,8 @@ class PostgresShard(Shard):
                      None if t.unique_for is None else float(t.unique_for), t.queue, t.timeout,
                      t.headers] for t in tasks]
             with conn.transaction():
+                if allowance:  # a big send: timeouts for its size
+                    _allow(conn, allowance)
                 conn.execute(self._q["release_expired_unique"], {"unique_keys": keys})
                 stored = conn.execute(self._q["enqueue_unique"],
                                       {"tasks": _json(rows), **self._channel}).fetchone()[0]
