@@ -26,10 +26,12 @@ groups and are killed by group).
 Faults, at random moments (``faults.py`` supplies the processes, the SIGKILL/SIGTERM/SIGSTOP
 faults and the check): partitions of a worker host or of a sender host, some shorter than
 the visibility timeout and some several times longer; loss/latency on a host; SIGKILL,
-SIGTERM and SIGSTOP of workers and senders; fast and immediate server restarts. A clock
-step is skipped: every lease expiry is read off the server's clock (queries.sql), a client
-clock only stamps display times, and stepping the server's clock needs the machine's
-clock (CAP_SYS_TIME), shared with other work here.
+SIGTERM and SIGSTOP of workers and senders; fast and immediate server restarts; clock
+steps of a host (faketime-style: the runner's ``sitecustomize`` makes a host's
+``time.time`` run off by an offset that SIGUSR1 steps, hours ahead or behind, kept across
+its restarts; monotonic clocks are untouched, as a real step leaves them). Leases must not
+care: every expiry is read off the server's clock (queries.sql). The server's own clock is
+not stepped: that needs the machine's clock (CAP_SYS_TIME), shared with other work here.
 
 Senders and workers use durability="normal" (synchronous_commit off): an immediate restart
 may lose the sends acknowledged in its last moments (the README's window: 3 x
@@ -139,7 +141,8 @@ def sender_main(argv: list[str]) -> int:
                 continue
             took = time.monotonic() - began
             faults._append(files["accepted"], f"{seq} {key} {handle.task_id}\n", sync=True)
-            faults._append(files["acktimes"], f"{handle.task_id} {time.time():.3f}\n", sync=False)
+            # (the real time: this host's time.time may be stepped, see SITECUSTOMIZE)
+            faults._append(files["acktimes"], f"{handle.task_id} {time.time_ns() / 1e9:.3f}\n", sync=False)
             faults._append(files["sendtimes"], f"{took:.3f} ok\n", sync=False)
             position += 1
             faults._pause(rng.uniform(0, 2 * args.pace))
@@ -295,6 +298,11 @@ class NetworkScenario(faults.Scenario):
         self.degradations = 0
         self.plan = list(plan)  # faults that come first, in this order
         self.exits: dict[int, float] = {}  # pid -> wall time it ended
+        self.offsets: dict[tuple[str, int], float] = {}  # host -> seconds its wall clock is off
+        self.steps = {"worker": 3600.0, "sender": -1800.0}  # one step of a host's clock, by role
+        self.clock_dir = os.path.join(folder, "clock")
+        os.makedirs(self.clock_dir, exist_ok=True)
+        Path(self.clock_dir, "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
         self.faults_seen: dict[str, int] = {}
 
     def proxy_of(self, host: tuple[str, int]) -> Proxy:
@@ -333,8 +341,10 @@ class NetworkScenario(faults.Scenario):
             draw = self.rng.random()
             kind = ("partition" if draw < 0.30 else "degrade" if draw < 0.42
                     else "restart" if draw < 0.50 and len(self.restarts) < self.s.kills // 8 + 1
-                    else "process")
-        if kind.startswith(("partition", "worker_", "sender_")):
+                    else "clock" if draw < 0.55 else "process")
+        if kind == "clock":
+            self.clock_step()
+        elif kind.startswith(("partition", "worker_", "sender_")):
             self.partition(kind)
         elif kind == "degrade":  # loss and latency on one host
             role = "worker" if self.rng.random() < 0.6 else "sender"
@@ -363,6 +373,31 @@ class NetworkScenario(faults.Scenario):
                 if b > a:
                     self.count(name)
 
+    def env(self) -> dict[str, str]:
+        """faults.py's, plus the host's clock (offset and step) and the sitecustomize that applies it."""
+        env = super().env()
+        env["PYTHONPATH"] = os.pathsep.join([self.clock_dir, env["PYTHONPATH"]])
+        env["MQS_FAULT_CLOCK_OFFSET"] = str(self.offsets.get(self.spawning, 0.0))
+        env["MQS_FAULT_CLOCK_STEP"] = str(self.steps[self.spawning[0]])
+        return env
+
+    def clock_step(self) -> None:
+        """Step the wall clock of one host (not a partitioned one: its log times measure the
+        notice) whose process has run long enough to have its SIGUSR1 handler."""
+        now = time.monotonic()
+        hosts = [p for p in self.live() if p.paused_until is None and now - p.started > 3.0
+                 and self.proxy_of((p.role, p.index)).mode != "blackhole"]
+        if not hosts:
+            return
+        proc = self.rng.choice(hosts)
+        host = (proc.role, proc.index)
+        self.result.kills += 1
+        self.offsets[host] = self.offsets.get(host, 0.0) + self.steps[proc.role]
+        self.signal(proc, signal.SIGUSR1)
+        self.count("clock_step")
+        self.log(f"clock of {proc.role}-{proc.index} stepped by {self.steps[proc.role]:+.0f} s "
+                 f"(now {self.offsets[host]:+.0f} s off)")
+
     def partition(self, kind: str) -> None:
         """Blackhole one host: ``worker_long``/``sender_long`` past the notice bound (many
         leases), ``sender_past_bound`` past a send's bound (its send fails and is sent again),
@@ -390,7 +425,7 @@ class NetworkScenario(faults.Scenario):
         live = [p for p in self.live(role) if p.index == index]
         self.partitions.append({"host": host, "start": time.time(), "seconds": seconds,
                                 "logs": [p.log_path for p in live], "pids": [p.popen.pid for p in live],
-                                "healed": None})
+                                "healed": None, "offset": self.offsets.get(host, 0.0)})
         self.heals.append((time.monotonic() + seconds, host, "partition"))
         self.count(f"{role}_partition_{'long' if seconds > vt else 'short'}")
         self.log(f"partition {role}-{index} for {seconds:.1f} s")
@@ -443,7 +478,8 @@ class NetworkScenario(faults.Scenario):
                 continue
             seen = None
             for path in part["logs"]:
-                seen = min(filter(None, [seen, first_notice(path, part["start"])]), default=None)
+                at = first_notice(path, part["start"] + part["offset"])  # (its log's clock is off by that)
+                seen = min(filter(None, [seen, at]), default=None)
             lived = all(self.exits.get(pid, float("inf")) >= part["start"] + NOTICE_BOUND_S
                         for pid in part["pids"])
             if seen is None and not lived:
@@ -480,6 +516,29 @@ class NetworkScenario(faults.Scenario):
                 self.result.bad_outcomes -= 1
                 moved += 1
         return moved
+
+
+SITECUSTOMIZE = '''"""Loaded by the network fault runner's processes (PYTHONPATH): this host's wall clock
+(time.time) runs MQS_FAULT_CLOCK_OFFSET seconds off, and each SIGUSR1 steps it by
+MQS_FAULT_CLOCK_STEP more, as a host whose clock is wrong and gets stepped. Monotonic clocks
+are untouched, as a real step leaves them."""
+import os
+import signal
+import time
+
+_real = time.time
+_offset = [float(os.environ.get("MQS_FAULT_CLOCK_OFFSET") or 0.0)]
+_step = float(os.environ.get("MQS_FAULT_CLOCK_STEP") or 0.0)
+time.time = lambda: _real() + _offset[0]
+
+
+def _on_step(_signum, _frame):
+    _offset[0] += _step
+
+
+if _step:
+    signal.signal(signal.SIGUSR1, _on_step)
+'''
 
 
 def unexpected_log_lines(text: str) -> list[str]:
@@ -596,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"faults-network: run folder {folder}, PostgreSQL of its own on 127.0.0.1:{pg.port} "
               f"({pg.bindir}), seed {seed}", flush=True)
         rng = random.Random(seed)
-        plan = ["worker_long", "restart_immediate", "sender_long", "worker_short", "restart_fast"]
+        plan = ["worker_long", "restart_immediate", "clock", "sender_long", "worker_short", "clock",
+                "restart_fast"]
         if not args.short:
             plan += ["sender_past_bound", "process", "worker_long", "restart_immediate"]
         scenario = NetworkScenario(settings, os.path.join(folder, "network"), rng, pg, plan)
@@ -616,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
               f"unexplained_duplicates={result.unexplained_duplicates} "
               f"longest_send_blocked={fig['longest_send']:.1f}s longest_notice={fig['longest_notice']:.1f}s "
               f"finished={result.finished} failed={result.failed} bad_outcomes={result.bad_outcomes} "
-              f"errors={result.errors} faults={result.kills} {seen} clock_step=skipped "
+              f"errors={result.errors} faults={result.kills} {seen} "
               f"seconds={time.monotonic() - started:.1f} verdict={'PASS' if passed else 'FAIL'}", flush=True)
     finally:
         for signum, handler in previous.items():

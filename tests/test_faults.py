@@ -64,8 +64,8 @@ def test_faults_short_run_passes_on_postgres() -> None:
 
 def test_network_faults_short_run_passes() -> None:
     """``scripts/faults_network.py --short``: worker and sender hosts behind proxies that
-    partition (shorter and longer than a lease), lose and delay, SIGKILL/SIGSTOP/SIGTERM, and
-    fast and immediate restarts of a PostgreSQL instance of the runner's own. It needs the
+    partition (shorter and longer than a lease), lose and delay, SIGKILL/SIGSTOP/SIGTERM, clock
+    steps of hosts, and fast and immediate restarts of a PostgreSQL instance of the runner's own. It needs the
     machine's initdb (not the shared server, nor root: as root it runs initdb as postgres)."""
     sys.path.insert(0, str(REPO / "scripts"))
     try:
@@ -88,6 +88,7 @@ def test_network_faults_short_run_passes() -> None:
     for name in ("lost", "stuck", "unexplained_duplicates", "bad_outcomes", "errors"):
         assert figures[name] == "0", output
     assert int(figures["acknowledged"]) > 0, output
-    for kind in ("worker_partition_long", "sender_partition_long", "restart_immediate", "restart_fast"):
+    for kind in ("worker_partition_long", "sender_partition_long", "restart_immediate", "restart_fast",
+                 "clock_step"):
         assert int(figures.get(kind, "0")) > 0, f"no {kind} fault: {output}"
     assert float(figures["longest_notice"].rstrip("s")) <= faults_network.NOTICE_BOUND_S, output
