@@ -1,0 +1,40 @@
+"""Ours' tasks for ``mqs worker t_ours:mq`` (the queue folder comes from $BENCH_MQ_PATH)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from message_queue_sqlite import MessageQueue
+from work import sleep10 as _sleep10
+from work import spin
+
+mq = MessageQueue(os.environ["BENCH_MQ_PATH"], workers=int(os.environ.get("BENCH_THREADS", "4")))
+
+
+@mq.task
+def noop(i=0):
+    return i
+
+
+@mq.task
+def sleep10(i=0):
+    return _sleep10(i)
+
+
+@mq.task
+def cpu(iters=0):
+    return spin(iters)
+
+
+async def _asleep(i=0):
+    await asyncio.sleep(0.01)
+    return i
+
+
+try:  # async def tasks are new; a build without them may refuse the registration
+    mq.task(name="asleep")(_asleep)
+except Exception:  # noqa: BLE001
+    ASYNC = False
+else:
+    ASYNC = True
