@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib import metadata
 
 import redis
+
 from adapters._broker import BrokerQ, exports
 from adapters._spawn import DBS, bin_path, redis_url
 

@@ -7,6 +7,7 @@ import asyncio
 from importlib import metadata
 
 import redis
+
 from adapters._broker import BrokerQ, exports
 from adapters._spawn import DBS, bin_path, redis_url
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 
-from message_queue_sqlite import MessageQueue
 from work import sleep10 as _sleep10
 from work import spin
+
+from message_queue_sqlite import MessageQueue
 
 mq = MessageQueue(os.environ["BENCH_MQ_PATH"], workers=int(os.environ.get("BENCH_THREADS", "4")))
 
