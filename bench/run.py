@@ -99,6 +99,8 @@ def workloads(quick: bool, backlog_n: int | None, systems: list[str], small: boo
         w.brokers = w.key in BROKER_TODAY
         if small and w.trial != "latency":
             w.params["n"] = max(500, w.params["n"] // 5)
+    if quick:  # the guard stays seconds long: ours and raw in one process only
+        return found
     return found + worker_cli(400 if small else 2000, systems)
 
 
@@ -901,7 +903,10 @@ def broker_today(res: Results, systems: list[str]) -> list[str]:
                 st = res.stat(w.key, s, m.key)
                 if s not in w.systems or st is None:
                     recs = res.of(w.key, s)
-                    cells.append("n/a" if s not in w.systems else "— ⚠")
+                    if s not in w.systems or (m.key.startswith("cb_") and "callbacks" not in CAPS[s]):
+                        cells.append("n/a")
+                        continue
+                    cells.append("— ⚠")
                     if recs and st is None:
                         footnotes.append(f"{SYSTEMS[s][2]}, {m.label}: {status_note(recs)}")
                     continue
@@ -957,6 +962,10 @@ def worker_tables(res: Results, systems: list[str], info: dict) -> list[str]:
                 ref_key = key
                 break
         ref_text = next((r.get("deploy") for r in res.of(ref_key, "ours") if r.get("deploy")), "ours")
+        meant = members[0].ref or group
+        if ref_key != meant:
+            wanted = next((r.get("deploy") for r in res.of(meant, "ours") if r.get("deploy")), meant)
+            ref_text += f"` (ours' `{wanted}` did not run in this build, so this instead"
         lines += ["", f"### {GROUP_TITLES[group]}", "",
                   f"n = {n:,}; floor = {floor:.2f} s ({what}); ×ours: against `{ref_text}`.", "",
                   "| system | deployment | tasks/s | min–max | seconds | × floor | ×ours | worker start-up "
