@@ -16,8 +16,10 @@ LABEL = "ours: mqs worker"
 CAPS = {"batch": True, "callbacks": False, "shards": False, "durability": False}
 SPAWNS = True
 NOTES = (
-    "`mqs worker t_ours:mq` in its own process (SQLite, WAL, synchronous=NORMAL: every send is "
-    "committed to disk before it returns); send_many() to fill; done = rows ended in the file"
+    "`mqs worker t_ours:mq` in its own process; `--processes P` with the object's workers=1 "
+    "(one thread per process); `--async-concurrency C` for the async def task; SQLite, WAL, "
+    "synchronous=NORMAL: every send is committed to disk before it returns; send_many() to fill; "
+    "done = rows ended in the file"
 )
 
 
@@ -49,8 +51,8 @@ class Q(BrokerQ):
 
     def send_many(self, kind, args):
         mq = self._mq()
-        if kind == "asleep" and not self.tasks.ASYNC:
-            raise Unsupported("async def tasks: this build refuses to register one")
+        if kind == "asleep" and self.tasks.ASYNC_REFUSED:
+            raise Unsupported(self.tasks.ASYNC_REFUSED)
         for s in range(0, len(args), 10_000):
             mq.send_many([(kind, self._args(kind, a)) for a in args[s : s + 10_000]])
 
@@ -75,14 +77,15 @@ class Q(BrokerQ):
         argv = [sys.executable, "-m", "message_queue_sqlite", "worker", "t_ours:mq"]
         if spec.get("async"):
             argv += ["--async-concurrency", str(spec["async"])]
-        elif spec.get("processes"):
-            argv += ["--processes", str(spec["processes"]), "--workers", "1"]
+        elif spec.get("processes"):  # one thread each: the object's workers (BENCH_THREADS=1)
+            argv += ["--processes", str(spec["processes"])]
         else:
             argv += ["--workers", str(spec.get("threads") or 1)]
         return [argv]
 
     def worker_env(self, spec):
-        return {"BENCH_MQ_PATH": self.path}
+        threads = "1" if spec.get("processes") else str(spec.get("threads") or 4)
+        return {"BENCH_MQ_PATH": self.path, "BENCH_THREADS": threads}
 
     def describe(self, spec):
         return "mqs " + " ".join(self.worker_argv(spec)[0][3:])

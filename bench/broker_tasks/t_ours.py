@@ -28,14 +28,14 @@ def cpu(iters=0):
     return spin(iters)
 
 
-async def _asleep(i=0):
+async def asleep(i=0):
     await asyncio.sleep(0.01)
     return i
 
 
-try:  # async def tasks are new; a build without them may refuse the registration
-    mq.task(name="asleep")(_asleep)
-except Exception:  # noqa: BLE001
-    ASYNC = False
+try:  # async def tasks are new; a build without them refuses the registration
+    mq.task(asleep)
+except TypeError as exc:
+    ASYNC_REFUSED = str(exc).split(". ")[0]
 else:
-    ASYNC = True
+    ASYNC_REFUSED = None
