@@ -1034,6 +1034,13 @@ WORKLOAD_TEXT = """
   claiming from a queue of just those 20,000 (built the same way) and with enqueueing into an
   empty queue (flat = within 20 %); file size per queued task.
 - **durability=full**: our package (and raw) with synchronous=FULL.
+- **broker peers** (Redis, in memory only here): enqueue per call; drain 20k with their worker
+  process at concurrency 4 (timed from its first result); processes; latency across processes.
+- **io_10ms**: 2,000 tasks that time.sleep(0.01), one worker deployment at concurrency 4.
+- **async_sleep**: 2,000 tasks that await asyncio.sleep(0.01), one worker process at
+  concurrency 100 (ours --async-concurrency 100, arq, SAQ); ours with a sync sleep on 4 threads.
+- **cpu_2ms**: 2,000 tasks of ~2 ms pure-Python CPU (one calibrated loop count for all), 2 and
+  4 worker processes, and ours' 4 threads; floor 2.0 s on 2 cores.
 """
 
 
