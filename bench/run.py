@@ -726,8 +726,8 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
         c = info["calibration"]
         lines.append(
             f"- CPU task (cpu_2ms): `spin({c['iters']:,})` (bench/broker_tasks/work.py), calibrated once "
-            f"for this run to {c['target_ms']:.0f} ms on this machine (a check call took "
-            f"{c['check_ms']:.2f} ms); every system runs that same count"
+            f"for this run to {c['target_ms']:.0f} ms of CPU on this machine (the fastest of 5 check "
+            f"calls took {c['check_ms']:.2f} ms of wall time); every system runs that same count"
         )
     for s, why in (info.get("skipped") or {}).items():
         lines.append(f"- **skipped: {SYSTEMS[s][2]}**: {why}")
@@ -962,12 +962,13 @@ def worker_tables(res: Results, systems: list[str], info: dict) -> list[str]:
                 ref_key = key
                 break
         ref_text = next((r.get("deploy") for r in res.of(ref_key, "ours") if r.get("deploy")), "ours")
+        against = f"`{ref_text}`"
         meant = members[0].ref or group
         if ref_key != meant:
             wanted = next((r.get("deploy") for r in res.of(meant, "ours") if r.get("deploy")), meant)
-            ref_text += f"` (ours' `{wanted}` did not run in this build, so this instead"
+            against += f" (ours' `{wanted}` did not run in this build)"
         lines += ["", f"### {GROUP_TITLES[group]}", "",
-                  f"n = {n:,}; floor = {floor:.2f} s ({what}); ×ours: against `{ref_text}`.", "",
+                  f"n = {n:,}; floor = {floor:.2f} s ({what}); ×ours: against {against}.", "",
                   "| system | deployment | tasks/s | min–max | seconds | × floor | ×ours | worker start-up "
                   "| runs complete |", "|---|---|---|---|---|---|---|---|---|"]
         footnotes, ran = [], set()
