@@ -867,7 +867,9 @@ BROKER_TEXT = (
     "their children) at its end. Enqueue: one call per task into an empty queue. Drain: 20,000 "
     "no-op tasks queued, then the peer's worker process with concurrency 4, timed from its first "
     "recorded result (start-up excluded); ours' figure is 4 threads in the sending process. "
-    "Processes and latency: a worker process against a producer process, as for ours."
+    "Processes and latency: a worker process against a producer process, as for ours; a peer's "
+    "idle CPU is read from /proc for all its worker's processes (10 ms ticks over 2 s: 0.5 % "
+    "steps)."
 )
 FLOORS = {  # group: (seconds of each task, concurrency the ideal assumes, what bounds it)
     "io_10ms": (0.01, 4, "4-way concurrency"),

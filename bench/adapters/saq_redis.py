@@ -17,7 +17,9 @@ SPAWNS = True
 NOTES = (
     "Redis db 15, not persisted to disk (a restart loses the queue); `saq t_saq.settings "
     "--workers 1`, concurrency = the workload's (blocking dequeue); queue.enqueue() per task; "
-    "done = tasks enqueued minus its 'incomplete' set"
+    "done = tasks enqueued minus its 'incomplete' set; round trip: job.refresh(until_complete), "
+    "which reads the job and then subscribes to its updates: a job that ends in between is "
+    "missed, and that round trip waits out its timeout"
 )
 ENQUEUED = "bench:enqueued"  # ours, in SAQ's db: how many tasks the trial put in
 
