@@ -133,6 +133,9 @@ def worker_cli(n: int, systems: list[str]) -> list[Workload]:
              ref="cpu_2ms_p2", metrics=cpu(f"{n:,} × ~2 ms CPU, 4 processes")),
         work("cpu_2ms_t4", "cpu_2ms", "cpu", {"threads": 4}, "", only={"ours"}, ref="cpu_2ms_p2",
              metrics=cpu(f"{n:,} × ~2 ms CPU, 1 process × 4 threads")),
+        work("cpu_2ms_exec", "cpu_2ms", "cpu_proc", {"threads": 4, "executor_processes": 2}, "",
+             only={"ours"}, ref="cpu_2ms_p2",
+             metrics=cpu(f'{n:,} × ~2 ms CPU, executor="process" task, 2 child processes')),
         work("cpu_2ms_rq_simple", "cpu_2ms", "cpu", {"processes": 2, "rq_class": "rq.SimpleWorker"}, "",
              only={"rq"}, ref="cpu_2ms_p2",
              metrics=cpu(f"{n:,} × ~2 ms CPU, 2 RQ SimpleWorkers (no fork per job)")),
@@ -397,7 +400,7 @@ def trial_env(system: str) -> dict:
     env.pop("PYTHONPATH", None)
     env["PYTHONUNBUFFERED"] = "1"
     if SYSTEMS[system][1] is None:  # ours and raw: the package straight from the repo
-        env["PYTHONPATH"] = REPO
+        env["PYTHONPATH"] = os.environ.get("BENCH_PACKAGE_ROOT", REPO)  # or another checkout's
     return env
 
 
@@ -1149,12 +1152,12 @@ def main() -> int:
         ]
     loads = [w for w in loads if w.systems]
     calibration = None
-    if any(w.params.get("task") == "cpu" for w in loads):
+    if any(w.params.get("task") in ("cpu", "cpu_proc") for w in loads):
         calibration = calibrate()
         log(f"CPU task: spin({calibration['iters']:,}) ≈ {calibration['target_ms']:.0f} ms here "
             f"(a check call: {calibration['check_ms']:.2f} ms)")
         for w in loads:
-            if w.params.get("task") == "cpu":
+            if w.params.get("task") in ("cpu", "cpu_proc"):
                 w.params["iters"] = calibration["iters"]
 
     started = time.monotonic()

@@ -105,10 +105,11 @@ class Workers:
         return total
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM each session (a graceful stop), then SIGKILL whatever is left."""
+        """SIGTERM each worker command (a graceful stop, as a service manager asks: the
+        command stops the children it manages), then SIGKILL its whole session."""
         for proc, _ in self.procs:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + grace

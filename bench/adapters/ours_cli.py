@@ -47,12 +47,14 @@ class Q(BrokerQ):
 
     @staticmethod
     def _args(kind, arg):
-        return {"iters": arg} if kind == "cpu" else {"i": arg}
+        return {"iters": arg} if kind in ("cpu", "cpu_proc") else {"i": arg}
 
     def send_many(self, kind, args):
         mq = self._mq()
         if kind == "asleep" and self.tasks.ASYNC_REFUSED:
             raise Unsupported(self.tasks.ASYNC_REFUSED)
+        if kind == "cpu_proc" and self.tasks.PROCESS_REFUSED:
+            raise Unsupported(self.tasks.PROCESS_REFUSED)
         for s in range(0, len(args), 10_000):
             mq.send_many([(kind, self._args(kind, a)) for a in args[s : s + 10_000]])
 
@@ -85,10 +87,16 @@ class Q(BrokerQ):
 
     def worker_env(self, spec):
         threads = "1" if spec.get("processes") else str(spec.get("threads") or 4)
-        return {"BENCH_MQ_PATH": self.path, "BENCH_THREADS": threads}
+        env = {"BENCH_MQ_PATH": self.path, "BENCH_THREADS": threads}
+        if spec.get("executor_processes"):
+            env["BENCH_PROCESSES"] = str(spec["executor_processes"])
+        return env
 
     def describe(self, spec):
-        return "mqs " + " ".join(self.worker_argv(spec)[0][3:])
+        text = "mqs " + " ".join(self.worker_argv(spec)[0][3:])
+        if spec.get("executor_processes"):
+            text += f' (executor="process" task, processes={spec["executor_processes"]})'
+        return text
 
     def close(self):
         if self.tasks is not None:

@@ -10,7 +10,10 @@ from work import spin
 
 from message_queue_sqlite import MessageQueue
 
-mq = MessageQueue(os.environ["BENCH_MQ_PATH"], workers=int(os.environ.get("BENCH_THREADS", "4")))
+_options = {"workers": int(os.environ.get("BENCH_THREADS", "4"))}
+if os.environ.get("BENCH_PROCESSES"):  # child processes for executor="process" tasks
+    _options["processes"] = int(os.environ["BENCH_PROCESSES"])
+mq = MessageQueue(os.environ["BENCH_MQ_PATH"], **_options)
 
 
 @mq.task
@@ -39,3 +42,15 @@ except TypeError as exc:
     ASYNC_REFUSED = str(exc).split(". ")[0]
 else:
     ASYNC_REFUSED = None
+
+
+def cpu_proc(iters=0):
+    return spin(iters)
+
+
+try:  # executor="process" is new: a build without it refuses the option
+    mq.task(cpu_proc, executor="process")
+except (TypeError, ValueError) as exc:
+    PROCESS_REFUSED = str(exc).split(". ")[0]
+else:
+    PROCESS_REFUSED = None
