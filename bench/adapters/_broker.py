@@ -4,7 +4,8 @@ worker CLI and times from its first recorded result, see trial.py).
 
 An adapter module defines ``Q`` (subclass of ``BrokerQ``) and calls ``exports(Q)`` to get
 the module-level functions of adapters/__init__.py's interface, plus ``prefill_kind``,
-``spawn``, ``describe``, ``ready``, ``check``, ``cpu_seconds`` and ``reset``.
+``spawn``, ``ready``, ``check``, ``cpu_seconds`` and ``reset`` (``q.describe(spec)`` gives the
+worker command lines for the report).
 """
 
 from __future__ import annotations
@@ -119,7 +120,6 @@ def exports(cls):
         "open": open, "enqueue": enqueue, "prefill": prefill, "prefill_kind": prefill_kind,
         "spawn": spawn, "start": start, "ready": ready, "stop": stop, "done_counter": done_counter,
         "callbacks": callbacks, "roundtrip": roundtrip, "close": close,
-        "describe": lambda spec: cls.__new__(cls).describe(spec),
         "check": lambda q: q.workers.check(),
         "cpu_seconds": lambda q: q.workers.cpu_seconds(),
         "reset": lambda path: cls(path, "reset").reset(),
