@@ -56,6 +56,7 @@ CAPS = {  # mirrors each adapter's CAPS, so this process needs none of the peers
     "saq": {"async"},
 }
 CAPS["ours"] |= {"sync", "async"}  # through `mqs worker` (adapters/ours_cli.py)
+CAPS["huey"] |= {"sync"}  # through huey_consumer (adapters/huey_sqlite_cli.py)
 FULL_SYSTEMS = ["raw", "ours", "ours_seed", "original", "huey", "persistqueue", "litequeue", *BROKERS]
 BROKER_TODAY = {"enqueue_call", "drain_4", "processes", "lat_remote"}  # today's workloads they join
 REDIS = ("127.0.0.1", 6379)
@@ -129,7 +130,7 @@ def worker_cli(n: int, systems: list[str]) -> list[Workload]:
              f"{n:,} × time.sleep(0.01) (sync), 4 threads", only={"ours"}, ref="async_sleep"),
         work("cpu_2ms_p2", "cpu_2ms", "cpu", {"processes": 2}, "", ref="cpu_2ms_p2",
              metrics=cpu(f"{n:,} × ~2 ms CPU, 2 processes")),
-        work("cpu_2ms_p4", "cpu_2ms", "cpu", {"processes": 4}, "", only={"huey_redis", "dramatiq"},
+        work("cpu_2ms_p4", "cpu_2ms", "cpu", {"processes": 4}, "", only={"huey_redis", "huey", "dramatiq"},
              ref="cpu_2ms_p2", metrics=cpu(f"{n:,} × ~2 ms CPU, 4 processes")),
         work("cpu_2ms_t4", "cpu_2ms", "cpu", {"threads": 4}, "", only={"ours"}, ref="cpu_2ms_p2",
              metrics=cpu(f"{n:,} × ~2 ms CPU, 1 process × 4 threads")),
@@ -939,6 +940,8 @@ def broker_today(res: Results, systems: list[str]) -> list[str]:
 def why_na(system: str, group: str) -> str:
     if system in ("arq", "saq"):
         return "asyncio-only queue (async_sleep only)"
+    if system == "huey":
+        return "no asyncio tasks in its worker"
     if system in BROKERS:
         return "no asyncio tasks in its worker" if group == "async_sleep" else "not this deployment"
     return "driven in-process by its adapter here (no worker CLI)"

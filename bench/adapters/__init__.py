@@ -36,4 +36,4 @@ SYSTEMS = {
     "saq": ("saq_redis", "saq", "SAQ (Redis)"),
 }
 BROKERS = ["celery", "rq", "dramatiq", "huey_redis", "arq", "saq"]
-CLI_MODULES = {"ours": "ours_cli"}  # the adapter of a system in the worker-CLI workloads
+CLI_MODULES = {"ours": "ours_cli", "huey": "huey_sqlite_cli"}  # adapters for the worker-CLI workloads
