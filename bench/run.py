@@ -1170,7 +1170,16 @@ def main() -> int:
     for s in systems:
         venv = SYSTEMS[s][1]
         if venv and venv not in venvs:
-            venvs[venv] = ensure_venv(venv)
+            try:
+                venvs[venv] = ensure_venv(venv)
+            except subprocess.CalledProcessError as exc:
+                if s not in BROKERS:
+                    raise
+                skipped[s] = f"its virtualenv could not be installed ({exc}): not run"
+                log(f"NOTE: {skipped[s]}")
+    systems = [s for s in systems if s not in skipped]
+    for w in loads:
+        w.systems = [s for s in w.systems if s not in skipped]
     if not quick and not args.no_chart and "peers" not in venvs:
         venvs["peers"] = ensure_venv("peers")
     for s in systems:  # adapter notes (cheap: read the module's NOTES without importing peers)
