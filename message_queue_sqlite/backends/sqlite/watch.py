@@ -12,7 +12,11 @@ step of the same round trip, and a woken thread competes for the interpreter loc
 commit of another process that lands while muted is caught by the writer itself (it
 looks at ``data_version`` when its write ends) or, for a commit still in flight then, by
 one more look at every shard once this process's writes pause (a timer, so nothing
-wakes meanwhile).
+wakes meanwhile). During a burst of own writes (each within ``BURST_S`` of the one before,
+as a sender's loop makes them) the watch stays muted between them, and is unmuted by that
+timer once they pause: changing the mask costs two system calls (a path lookup each), about
+a tenth of a one-row send, and between writes so close together another process's commit is
+seen by the next write's own look, or by the timer's, within ``TRAILING_NOTIFY_MS``.
 
 The watcher degrades, it never stops: if the inotify loop fails (a read error, anything
 unexpected), the thread logs it once and polls ``PRAGMA data_version`` from then on, as it
@@ -51,6 +55,7 @@ CLOCK_MONOTONIC = 1
 POLL_INTERVAL_S = 0.002  # fallback only
 POLL_RETRY_S = 0.1  # after the fallback's own error, before it opens its connections again
 TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it pauses this long
+BURST_S = 0.0005  # an own write ending this soon after the previous one leaves the watch muted
 EVENT_HEADER = struct.Struct("@iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -82,6 +87,7 @@ class ChangeWatcher:
         self._wd = -1
         self._mute_lock = threading.Lock()
         self._muted = 0  # own writes in progress
+        self._mask_muted = False  # the folder watch's mask leaves modifications out
         self._look_pending = False  # the timer is set for a look after own writes
         self._last_unmute = 0.0
         self._inotify_fd = self._open_inotify()
@@ -132,7 +138,8 @@ class ChangeWatcher:
             return
         with self._mute_lock:
             self._muted += 1
-            if self._muted == 1 and self._wd >= 0:
+            if not self._mask_muted and self._wd >= 0:
+                self._mask_muted = True
                 self._set_mask(WATCHED_MUTED)
 
     def unmute(self) -> None:
@@ -144,8 +151,11 @@ class ChangeWatcher:
                 self._muted -= 1
             if self._muted or self._wd < 0:  # (muting off, or closed, meanwhile)
                 return
-            self._set_mask(WATCHED)
-            self._last_unmute = time.monotonic()
+            now = time.monotonic()
+            if now - self._last_unmute >= BURST_S:  # not in a burst: report at once again
+                self._mask_muted = False
+                self._set_mask(WATCHED)
+            self._last_unmute = now
             if not self._look_pending:
                 self._look_pending = True
                 self._set_timer(TRAILING_NOTIFY_MS / 1000)
@@ -182,6 +192,9 @@ class ChangeWatcher:
             self._look_pending = again
             if again:  # (a write still in progress: look again a full delay later)
                 self._set_timer(pause - since if since < pause else pause)
+            elif self._mask_muted and self._wd >= 0:  # a burst ended muted: before the last look
+                self._mask_muted = False
+                self._set_mask(WATCHED)
         # A look while own writes go on skips a shard whose lock a write holds (that write
         # looks when it ends, and if it fails, the next look comes): the watcher never makes
         # a busy writer wait. The last look, once the writes paused, waits for the lock.
