@@ -9,7 +9,10 @@ under its own task id, and popped when it runs, so it runs once.
 That a callback ran is recorded (CALLBACKED) in the write transaction the workers of this
 object commit next anyway, when they run: a write of its own would queue behind theirs on
 the shard's single writer and rewrite the pages they just wrote. Marks no worker picked up
-within ``MARK_LATEST_S`` (the workers went idle, or none run here) are written directly.
+within ``MARK_LATEST_S`` (the workers went idle, or none run here) are written directly, in
+one transaction per shard for all of them: a sender whose tasks run in another process
+gets its callbacks in many small batches, and a write per batch competed with its own
+sends (and the worker's commits) for the shard's single writer.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ Callback = Callable[[dict[str, Any]], Any]
 FALLBACK_POLL_S = 0.1
 MIN_POLL_INTERVAL_S = 0.0001  # a burst of change events costs one storage poll
 MAX_POLL_INTERVAL_S = 0.005  # while polls only find what local workers already deliver
+# While each poll finds outcomes of other processes within STREAM_WINDOW_S of the last that
+# did (a stream of them, e.g. a sender whose worker is another process), polls come at most
+# every STREAM_POLL_S: a poll per commit of that worker (one or two outcomes each) cost the
+# sender more interpreter time than its sends did, and took the lock from its sending thread.
+# An outcome after a quiet spell (a round trip) is still polled for at once.
+STREAM_POLL_S = 0.002
+STREAM_WINDOW_S = 0.005
 FETCH_LIMIT = 1000
 MARK_LATEST_S = 0.02  # a CALLBACKED mark waits at most this long for a worker's transaction
 
@@ -61,12 +71,11 @@ class _Pending:
 
 class OutcomeDispatcher:
     def __init__(self, node: str, shards: Sequence[Shard], on_remote_interest: Callable[[], None],
-                 workers_running: Callable[[], bool] = lambda: False, hooks: HookChain | None = None):
+                 hooks: HookChain | None = None):
         self._node = node
         self._hooks = hooks
         self._shards = shards
         self._on_remote_interest = on_remote_interest
-        self._workers_running = workers_running
         self._marks: dict[int, list[int]] = defaultdict(list)  # shard -> rows whose callback ran
         self._marks_since = 0.0
         # entered through the lock itself: a with statement on a C lock releases it whatever
@@ -82,6 +91,7 @@ class OutcomeDispatcher:
         self._busy = False
         self._closing = False
         self._last_poll = 0.0
+        self._last_found = -STREAM_WINDOW_S  # when a poll last found outcomes
         self._poll_interval = MIN_POLL_INTERVAL_S
         self._waited: set[str] = set()  # tasks someone waits on without a callback
         # Tasks of this object that its own workers hold (claimed, outcome not delivered yet)
@@ -124,6 +134,15 @@ class OutcomeDispatcher:
                 self._pending[task_id] = _Pending(callback)
                 self._callbacks_pending += 1
                 self._remote += 1
+            self._ensure_thread()
+        self._on_remote_interest()
+
+    def expect_one(self, task_id: str, callback: Callback) -> None:
+        """``expect`` for one send (the seed API's every call): the same, without the loop."""
+        with self._mutex:
+            self._pending[task_id] = _Pending(callback)
+            self._callbacks_pending += 1
+            self._remote += 1
             self._ensure_thread()
         self._on_remote_interest()
 
@@ -318,10 +337,15 @@ class OutcomeDispatcher:
                         found.append((outcome_from_record(record), shard.index, record.row_id))
         # Rows our own workers ended (delivered in memory, marked soon) are all a poll found:
         # poll less often. Anything run elsewhere brings the interval straight back down.
+        # A stream of outcomes from elsewhere: gather them for a few milliseconds a poll.
         if seen and not useful:
             self._poll_interval = min(MAX_POLL_INTERVAL_S, self._poll_interval * 2)
+        elif found and self._last_poll - self._last_found < STREAM_WINDOW_S:
+            self._poll_interval = STREAM_POLL_S
         else:
             self._poll_interval = MIN_POLL_INTERVAL_S
+        if found:
+            self._last_found = self._last_poll
         return found
 
     def _run_callbacks(self, batch: list[tuple[TaskOutcome, int, int]]) -> None:
@@ -355,8 +379,6 @@ class OutcomeDispatcher:
                     self._marks_since = time.monotonic()
                 for shard, row_id in called:
                     self._marks[shard].append(row_id)
-            if not self._workers_running():
-                self.write_marks()
 
     # -- CALLBACKED marks ------------------------------------------------------------
     def take_marks(self, shard: int) -> list[int]:

@@ -105,8 +105,7 @@ class Engine:
         where the parent's threads do not exist and its locks may be held forever."""
         self.node = uuid.uuid4().hex[:16]
         self.bell = Bell()
-        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
-                                            lambda: bool(self._workers), self.hooks)
+        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage, self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
         self.progress = ProgressWriter(self)
         self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock,
@@ -154,7 +153,7 @@ class Engine:
             raise
         task_id = format_task_id(0, row_id)
         if request.callback is not None and not request.duplicate:
-            self.dispatcher.expect(((task_id, request.callback),))
+            self.dispatcher.expect_one(task_id, request.callback)
         self.bell.ring()
         if self.config.immediate:
             self._run_inline((task_id,))
