@@ -23,7 +23,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from message_queue_sqlite.backends.base import Shard, TaskRecord
 from message_queue_sqlite.core.errors import MessageQueueError
@@ -59,12 +59,19 @@ def outcome_from_record(record: TaskRecord) -> TaskOutcome:
                        record.started_at, record.ended_at, record.attempts)
 
 
+class Waiter(Protocol):
+    """What a wait registers: ``set()`` is called once, under the dispatcher's lock, when the
+    outcome is there (a ``threading.Event``; an async wait's resolves its future in its loop)."""
+
+    def set(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Pending:
     """One awaited task: a sender may have millions of these in flight, so it is small."""
 
     callback: Callback | None = None
-    waiters: list[threading.Event] | None = None  # allocated by the first wait
+    waiters: list[Waiter] | None = None  # allocated by the first wait
     outcome: TaskOutcome | None = None
     local: bool = False  # a worker of this queue object holds it now
 
@@ -157,16 +164,33 @@ class OutcomeDispatcher:
         ended since epoch ``since`` (taken before the task was sent, while watching storage).
         Should that miss an outcome, the poll every ``FALLBACK_POLL_S`` finds it."""
         event = threading.Event()
+        entry, outcome, look = self.add_waiter(task_id, event, since)
+        if outcome is not None:
+            return outcome
+        if look:
+            outcome = self.found_in_storage(task_id, entry, lookup())
+            if outcome is not None:
+                return outcome
+        if not event.wait(timeout):
+            self.remove_waiter(task_id, entry, event)
+        return entry.outcome
+
+    def add_waiter(self, task_id: str, waiter: Waiter,
+                   since: int | None = None) -> tuple[_Pending, TaskOutcome | None, bool]:
+        """Register ``waiter`` for ``task_id``'s outcome: ``(entry, outcome, look)``; the
+        outcome if it is already here (nothing registered then), else whether storage must be
+        read once (``found_in_storage``): not for a task this object's workers hold (it ends
+        in memory, after this registration), nor when nothing ended since epoch ``since``."""
         with self._mutex:
             entry = self._pending.get(task_id)
             if entry is not None and entry.outcome is not None:
-                return entry.outcome
+                return entry, entry.outcome, False
             if entry is None:
                 entry = self._pending[task_id] = _Pending()
                 self._remote += 1
             if entry.waiters is None:
                 entry.waiters = []
-            entry.waiters.append(event)
+            entry.waiters.append(waiter)
             self._waited.add(task_id)
             self._ensure_thread()
             held_here = task_id in self._held_here
@@ -175,26 +199,35 @@ class OutcomeDispatcher:
                 self._remote -= 1
             unchanged = since is not None and since == self._epoch
         self._on_remote_interest()
-        # A task this object's workers hold ends in memory, after this registration: only
-        # one that may have ended elsewhere (or before we looked) is looked up in storage.
-        record = None if held_here or unchanged else lookup()
-        if record is not None and TaskStatus(record.status).is_terminal:
-            outcome = outcome_from_record(record)
-            with self._mutex:
-                self._finish_waiter(task_id, entry, outcome)
-            return outcome
-        if not event.wait(timeout):
-            with self._mutex:
-                if entry.waiters and event in entry.waiters:
-                    entry.waiters.remove(event)
-                if not entry.waiters and entry.callback is None and entry.outcome is None:
-                    self._waited.discard(task_id)  # nobody waits any more: stop looking for it
-                    if self._pending.get(task_id) is entry:
-                        del self._pending[task_id]
-                        if not entry.local:
-                            self._remote -= 1
-            return entry.outcome
-        return entry.outcome
+        return entry, None, not (held_here or unchanged)
+
+    def found_in_storage(self, task_id: str, entry: _Pending,
+                         record: TaskRecord | None) -> TaskOutcome | None:
+        """The lookup ``add_waiter`` asked for: an ended task's outcome wakes its waiters."""
+        if record is None or not TaskStatus(record.status).is_terminal:
+            return None
+        outcome = outcome_from_record(record)
+        with self._mutex:
+            self._finish_waiter(task_id, entry, outcome)
+        return outcome
+
+    def remove_waiter(self, task_id: str, entry: _Pending, waiter: Waiter) -> None:
+        """A wait gave up (timed out, or its coroutine was cancelled): forget its waiter, and
+        the task with it when nobody else waits and no callback does."""
+        with self._mutex:
+            if entry.waiters and waiter in entry.waiters:
+                entry.waiters.remove(waiter)
+            if not entry.waiters and entry.callback is None and entry.outcome is None:
+                self._waited.discard(task_id)  # nobody waits any more: stop looking for it
+                if self._pending.get(task_id) is entry:
+                    del self._pending[task_id]
+                    if not entry.local:
+                        self._remote -= 1
+
+    def waiting_on(self, task_id: str) -> bool:
+        """Whether anything here still waits for ``task_id`` (a handle or a callback)."""
+        with self._mutex:
+            return task_id in self._pending or task_id in self._waited
 
     def _finish_waiter(self, task_id: str, entry: _Pending, outcome: TaskOutcome) -> None:
         entry.outcome = outcome
