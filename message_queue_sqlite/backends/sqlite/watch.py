@@ -17,6 +17,8 @@ as a sender's loop makes them) the watch stays muted between them, and is unmute
 timer once they pause: changing the mask costs two system calls (a path lookup each), about
 a tenth of a one-row send, and between writes so close together another process's commit is
 seen by the next write's own look, or by the timer's, within ``TRAILING_NOTIFY_MS``.
+Other processes' writes are reported at once after a quiet spell, and then at most every
+``NOTIFY_GAP_S`` while they go on (the writes in between are reported together).
 
 The watcher degrades, it never stops: if the inotify loop fails (a read error, anything
 unexpected), the thread logs it once and polls ``PRAGMA data_version`` from then on, as it
@@ -56,6 +58,10 @@ POLL_INTERVAL_S = 0.002  # fallback only
 POLL_RETRY_S = 0.1  # after the fallback's own error, before it opens its connections again
 TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it pauses this long
 BURST_S = 0.0005  # an own write ending this soon after the previous one leaves the watch muted
+# Other processes' commits are reported at most this often: a stream of one-task commits (a
+# sender next door) woke idle workers once per commit, each claiming one task in a write
+# transaction of its own; a commit after a quiet spell is reported at once.
+NOTIFY_GAP_S = 0.001
 EVENT_HEADER = struct.Struct("@iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -244,12 +250,25 @@ class ChangeWatcher:
         poller.register(self._wake_r, select.POLLIN)
         burst: set[str] = set()
         burst_everywhere = False  # events were dropped during this burst
+        # Reported at most every NOTIFY_GAP_S: what came meanwhile waits for the gap's end
+        held: set[str] = set()
+        held_everywhere = False
+        last_notify = -NOTIFY_GAP_S
         while not self._stop.is_set():
             # The WAL write is seen before its commit is visible to readers (the commit mark
             # lands in the shared-memory index, which inotify does not report): one more
             # notification once the writes pause lets a reader that looked too early see it.
-            ready = poller.poll(TRAILING_NOTIFY_MS if burst or burst_everywhere else None)
+            if held or held_everywhere:
+                wait_ms: float | None = max(0.0, (last_notify + NOTIFY_GAP_S - time.monotonic()) * 1000)
+            else:
+                wait_ms = TRAILING_NOTIFY_MS if burst or burst_everywhere else None
+            ready = poller.poll(wait_ms)
             if not ready:
+                if held or held_everywhere:
+                    self._notify(None if held_everywhere else held)
+                    last_notify = time.monotonic()
+                    held, held_everywhere = set(), False
+                    continue
                 self._notify(None if burst_everywhere else burst, trailing=True)
                 burst = set()
                 burst_everywhere = False
@@ -266,11 +285,17 @@ class ChangeWatcher:
                 raise
             names = self._databases_written(data)
             if names is None:  # events were dropped: any shard may have been written
-                self._notify(None)
-                burst_everywhere = True
+                held_everywhere = burst_everywhere = True
             elif names:
-                self._notify(names)
+                held |= names
                 burst |= names
+            else:
+                continue
+            now = time.monotonic()
+            if now - last_notify >= NOTIFY_GAP_S:  # the first of a stream is reported at once
+                self._notify(None if held_everywhere else held)
+                last_notify = now
+                held, held_everywhere = set(), False
 
     def _databases_written(self, data: bytes) -> set[str] | None:
         """Base names of the shard databases whose WAL was written (a commit) or that appeared;
