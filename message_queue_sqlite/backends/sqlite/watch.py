@@ -17,8 +17,8 @@ as a sender's loop makes them) the watch stays muted between them, and is unmute
 timer once they pause: changing the mask costs two system calls (a path lookup each), about
 a tenth of a one-row send, and between writes so close together another process's commit is
 seen by the next write's own look, or by the timer's, within ``TRAILING_NOTIFY_MS``.
-Other processes' writes are reported at once after a quiet spell, and then at most every
-``NOTIFY_GAP_S`` while they go on (the writes in between are reported together).
+Other processes' writes are reported at once, except in a stream of them (many reports in a
+few milliseconds): then at most every ``NOTIFY_GAP_S`` (the writes in between together).
 
 The watcher degrades, it never stops: if the inotify loop fails (a read error, anything
 unexpected), the thread logs it once and polls ``PRAGMA data_version`` from then on, as it
@@ -28,6 +28,7 @@ is reported as a change of every shard.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -58,10 +59,14 @@ POLL_INTERVAL_S = 0.002  # fallback only
 POLL_RETRY_S = 0.1  # after the fallback's own error, before it opens its connections again
 TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it pauses this long
 BURST_S = 0.0005  # an own write ending this soon after the previous one leaves the watch muted
-# Other processes' commits are reported at most this often: a stream of one-task commits (a
-# sender next door) woke idle workers once per commit, each claiming one task in a write
-# transaction of its own; a commit after a quiet spell is reported at once.
+# In a stream of other processes' commits (STREAM_NOTIFIES reports within STREAM_SPAN_S) they
+# are reported at most every NOTIFY_GAP_S: a sender next door committing one task at a time
+# woke idle workers once per commit, each claiming one task in a write transaction of its
+# own. Otherwise each is reported at once: a round trip's few commits are never held (a
+# commit's WAL writes are seen before it is visible, so its last read batch must not wait).
 NOTIFY_GAP_S = 0.001
+STREAM_NOTIFIES = 8
+STREAM_SPAN_S = 0.004
 EVENT_HEADER = struct.Struct("@iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -254,6 +259,7 @@ class ChangeWatcher:
         held: set[str] = set()
         held_everywhere = False
         last_notify = -NOTIFY_GAP_S
+        recent: collections.deque[float] = collections.deque(maxlen=STREAM_NOTIFIES)  # report times
         while not self._stop.is_set():
             # The WAL write is seen before its commit is visible to readers (the commit mark
             # lands in the shared-memory index, which inotify does not report): one more
@@ -267,6 +273,7 @@ class ChangeWatcher:
                 if held or held_everywhere:
                     self._notify(None if held_everywhere else held)
                     last_notify = time.monotonic()
+                    recent.append(last_notify)
                     held, held_everywhere = set(), False
                     continue
                 self._notify(None if burst_everywhere else burst, trailing=True)
@@ -292,9 +299,11 @@ class ChangeWatcher:
             else:
                 continue
             now = time.monotonic()
-            if now - last_notify >= NOTIFY_GAP_S:  # the first of a stream is reported at once
+            streaming = len(recent) == STREAM_NOTIFIES and now - recent[0] < STREAM_SPAN_S
+            if not streaming or now - last_notify >= NOTIFY_GAP_S:
                 self._notify(None if held_everywhere else held)
                 last_notify = now
+                recent.append(now)
                 held, held_everywhere = set(), False
 
     def _databases_written(self, data: bytes) -> set[str] | None:
