@@ -255,6 +255,17 @@ def stop_processes(workers: list[subprocess.Popen], timeout: float = 60) -> None
             worker.wait()
 
 
+def measure_tasks_short(mq: MessageQueue) -> None:
+    """Run a few no-op tasks on ``mq``'s started worker, so it has measured its tasks as short
+    and prefetches beyond its free threads (a fresh worker claims one per free thread)."""
+    def no_op() -> None:
+        return None
+
+    mq.task(name="measure_short")(no_op)
+    for _ in range(5):
+        mq.send("measure_short").result(timeout=10)
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)

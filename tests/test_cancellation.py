@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start_cli_worker, stop_processes, subprocess_env, wait_until
+from conftest import measure_tasks_short, start_cli_worker, stop_processes, subprocess_env, wait_until
 
 from message_queue_sqlite import MessageQueue, TaskCancelled, TaskStatus, current_task
 
@@ -106,10 +106,10 @@ def test_prefetched_tasks_never_start_once_cancelled(make_queue):
     def queued(n):
         started.append(n)
 
-    first = mq.send(blocker, priority=1)  # runs first; the claim that takes it takes the next too
-    behind = mq.send_many([(queued, {"n": n}) for n in range(20)])
     try:
         with mq.running():
+            measure_tasks_short(mq)  # so the claim that takes the blocker takes the next too
+            first, *behind = mq.send_many([(blocker, {}), *[(queued, {"n": n}) for n in range(20)]])
             wait_until(lambda: first.status == TaskStatus.RUNNING, what="the blocker to run")
             wait_until(lambda: any(h.status == TaskStatus.RUNNING for h in behind), timeout=10,
                        what="a task claimed behind the blocker")

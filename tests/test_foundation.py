@@ -27,7 +27,7 @@ class _BadMessage(Exception):
 
 
 def _alive_workers(mq: MessageQueue) -> int:
-    return mq.engine.worker.executor.alive
+    return mq.engine.worker.executor.threads.alive
 
 
 # -- runs are total: a task can never take its worker thread down ---------------------
@@ -96,7 +96,7 @@ def test_a_worker_thread_killed_by_a_bug_is_replaced_and_its_claim_runs_again(ma
     with mq.running():
         handles = [mq.send(job, {"i": i}) for i in range(5)]
         assert sorted(h.result(timeout=20) for h in handles) == list(range(5))
-        executor = mq.engine.worker.executor
+        executor = mq.engine.worker.executor.threads
         assert executor.replaced == 1
         wait_until(lambda: executor.alive == 2, what="the replacement thread")
     assert not mq.tasks(status=TaskStatus.RUNNING)
@@ -361,22 +361,14 @@ def test_a_delay_that_is_not_a_finite_number_of_seconds_is_refused(make_queue, d
     assert sum(mq.stats()["totals"].values()) == 0
 
 
-def test_an_async_task_is_refused_at_registration(queue_dir):
-    with MessageQueue(queue_dir) as mq:
-        with pytest.raises(TypeError, match="'fetch'.*async def.*not supported yet"):
-            @mq.task
-            async def fetch(url):
-                return url
-        assert "fetch" not in mq.registry
-
-
 # -- the ledger and renewal ------------------------------------------------------------
 
 def test_a_prefetched_claim_whose_lease_was_taken_over_is_never_started_here(tmp_path):
     """SQLite, a fake lease clock: while the one worker thread runs a long task, a second task
-    waits in its buffer; its lease expires (the worker stalled), another process takes it over.
-    The renewal learns the lease is lost: the claim leaves the ledger and never runs here."""
-    from conftest import FakeClock, use_clock
+    waits in its buffer (prefetched: tasks were measured short); its lease expires (the worker
+    stalled), another process takes it over. The renewal learns the lease is lost: the claim
+    leaves the ledger and never runs here."""
+    from conftest import FakeClock, measure_tasks_short, use_clock
 
     clock = FakeClock()
     folder = str(tmp_path / "q")
@@ -397,9 +389,9 @@ def test_a_prefetched_claim_whose_lease_was_taken_over_is_never_started_here(tmp
             ran.append("here")
             return "here"
 
-        first = mq.send(hold)
-        waiting = mq.send(second)
         mq.start()
+        measure_tasks_short(mq)  # a claim now takes more than the one free slot
+        first, waiting = mq.send_many([(hold, {}), (second, {})])  # one commit: claimed together
         assert entered.wait(10)
         worker = mq.engine.worker
         wait_until(lambda: len(worker.ledger) == 2, what="both claims in the ledger")
@@ -419,3 +411,27 @@ def test_a_prefetched_claim_whose_lease_was_taken_over_is_never_started_here(tmp
     finally:
         mq.close()
         other.close()
+
+
+def test_a_fresh_worker_leases_no_more_than_its_free_slots(make_queue):
+    """Issue 17, finding 10 (celery #4537): a worker that has not measured its tasks yet claims
+    one per free thread, so slow tasks never sit prefetched while another worker is idle."""
+    mq = make_queue(workers=1)
+    entered, release = threading.Event(), threading.Event()
+
+    @mq.task
+    def slow(n):
+        entered.set()
+        release.wait(30)
+        return n
+
+    handles = mq.send_many([(slow, {"n": n}) for n in range(3)])
+    mq.start()
+    try:
+        assert entered.wait(10)
+        statuses = sorted(mq.engine.find(h.task_id).status for h in handles)
+        assert statuses == [TaskStatus.NOT_STARTED, TaskStatus.NOT_STARTED, TaskStatus.RUNNING]
+        assert len(mq.engine.worker.ledger) == 1
+    finally:
+        release.set()
+        mq.stop()

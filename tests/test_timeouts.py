@@ -54,7 +54,7 @@ def test_a_stuck_run_fails_at_its_deadline_frees_its_slot_and_its_late_result_is
             # the one worker thread is stuck, yet another task runs: its slot was given a new thread
             assert mq.send(quick, {"n": 7}).result(timeout=10) == 7
             release.set()  # the stuck run now returns "late": dropped, never recorded
-            executor = mq.engine.worker.executor
+            executor = mq.engine.worker.executor.threads
             wait_until(lambda: executor.alive == 1, what="the abandoned thread to exit")
             assert mq.send(quick, {"n": 8}).result(timeout=10) == 8
         assert handle.status == TaskStatus.FAILED and executor.timed_out == 1
@@ -76,7 +76,7 @@ def test_a_run_in_python_code_is_interrupted_and_its_thread_exits(make_queue):
     with mq.running():
         with pytest.raises(TaskFailedError, match="TaskTimeout"):
             mq.send(spin).result(timeout=30)
-        executor = mq.engine.worker.executor
+        executor = mq.engine.worker.executor.threads
         wait_until(lambda: executor.alive == 1, what="the interrupted thread to exit")
         stopped_at = spins[0]
         assert mq.send(spin, timeout=5.0) is not None  # (another, left to the stop below)

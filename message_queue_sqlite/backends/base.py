@@ -393,6 +393,12 @@ class Maintenance(ABC):
         """Requeue tasks whose lease expired; fail those that cannot run again."""
 
     @abstractmethod
+    def expire_leases_of(self, owner: str) -> int:
+        """The queue object ``owner`` is known dead (a supervisor saw its process end): its
+        leases expire now, so ``recover_expired`` runs them again at once (a crash counted)
+        instead of after the visibility timeout. Returns how many."""
+
+    @abstractmethod
     def purge_ended(self, retention_seconds: float, limit: int) -> bool:
         """Delete some tasks that ended more than ``retention_seconds`` ago (up to ``limit``
         rows' worth of work, one short transaction), never the newest row (so row ids are

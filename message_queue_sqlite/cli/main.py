@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from message_queue_sqlite.api.queue import MessageQueue, TaskInfo
 from message_queue_sqlite.backends.base import OUTCOME_NAMES
 from message_queue_sqlite.backends.sqlite import existing_shard_count, folder_mistake
+from message_queue_sqlite.cli.supervisor import NODE_FLAG, Supervisor
 from message_queue_sqlite.cli.target import Target, load_target
 from message_queue_sqlite.core.config import BROKER_URL_ENV, Config
 from message_queue_sqlite.core.errors import MessageQueueError
@@ -45,7 +46,8 @@ EXIT_UNFINISHED = 3  # worker: stopped with tasks given back unfinished
 EXIT_BROKEN_PIPE = 128 + 13
 DASHBOARD_TOKEN_ENV = "MQS_DASHBOARD_TOKEN"  # what a shell reports for a tool ended by SIGPIPE (`| head`)
 FLAGS = {"middleware_path": "--path", "max_workers": "--workers", "broker_url": "--broker-url",
-         "visibility_timeout": "--visibility-timeout", "drain_timeout": "--drain-timeout"}
+         "visibility_timeout": "--visibility-timeout", "drain_timeout": "--drain-timeout",
+         "async_concurrency": "--async-concurrency"}
 
 
 class CliError(MessageQueueError):
@@ -204,6 +206,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_location(worker, worker=True)
     worker.add_argument("--workers", type=_integer(1), default=None, metavar="N",
                         help="worker threads (default: the object's workers, or 5 for a package)")
+    worker.add_argument("--processes", type=_integer(1), default=None, metavar="N",
+                        help="run N worker processes under a supervisor (each with its threads and "
+                             "event loop: CPU-bound tasks use every core); one that dies has its "
+                             "tasks recovered at once and is replaced (default: one process)")
+    worker.add_argument(NODE_FLAG, default=None, help=argparse.SUPPRESS)  # given by the supervisor
+    worker.add_argument("--async-concurrency", type=_integer(1), default=None, metavar="N",
+                        help="async def tasks run at once on the worker's event loop, apart from "
+                             "its threads (default: the object's async_concurrency, or 100)")
     worker.add_argument("--queues", type=_queues, default=None, metavar="SPEC",
                         help="the named queues to serve: 'a,b' (sharing the threads) or 'a=2,b=8' "
                              "(a lane of threads each); default '*': every queue")
@@ -447,6 +457,8 @@ def _application_queue(args: argparse.Namespace, target: Target) -> MessageQueue
                        "mq.discover('package.with.tasks')")
     if args.visibility_timeout is not None:  # read at every claim and renewal, so this applies
         queue.config.visibility_timeout = args.visibility_timeout
+    if args.async_concurrency is not None:  # read when the worker makes its event loop
+        queue.config.async_concurrency = args.async_concurrency
     if not any(isinstance(hook, TaskLog) for hook in queue.engine.hooks):
         queue.add_hook(TaskLog())
     queue.engine.backend.adopt_new_shards()  # shard files other processes added are served too
@@ -481,7 +493,8 @@ def _package_queue(args: argparse.Namespace, target: Target, prog: str) -> Messa
                 f"or name where it is: `{prog} worker {target.spec} {there}`")
     settings: dict[str, Any] = {name: value for name, value in (
         ("max_workers", args.workers), ("visibility_timeout", args.visibility_timeout),
-        ("drain_timeout", args.drain_timeout)) if value is not None}
+        ("drain_timeout", args.drain_timeout), ("async_concurrency", args.async_concurrency))
+        if value is not None}
     config = _location_config(args, need_files=False, **settings)
     return MessageQueue(config=config, registry=registry, hooks=[TaskLog()])
 
@@ -535,6 +548,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     else:
         queue = _package_queue(args, target, prog)
         what = f"package {target.spec}"
+    if args.processes is not None and args.processes > 1:
+        return Supervisor(queue, sys.argv[1:] if args.argv is None else args.argv, args.processes,
+                          args.metrics_port).run()
+    if args.node_id is not None:
+        queue.engine.assume_node(args.node_id)
     threads = args.workers or queue.config.max_workers
     drain = queue.config.drain_timeout if args.drain_timeout is None else args.drain_timeout
     metrics = _serve_metrics(queue, args) if args.metrics_port is not None else ""
@@ -545,7 +563,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"{prog} worker: error: --queues {args.queues!r}: {exc}") from None
     signals.started(queue.engine.workers)
-    print(f"worker: {what}, queue {_where(queue)}, {_lanes_in_words(lanes)}, "
+    kinds = {definition.kind for definition in queue.registry}
+    loop = f", async tasks up to {queue.config.async_concurrency} at once" if "async" in kinds else ""
+    print(f"worker: {what}, queue {_where(queue)}, {_lanes_in_words(lanes)}{loop}, "
           f"tasks {queue.registry.get_all_task_names()} (pid {os.getpid()}){metrics}", flush=True)
     signals.stop.wait()
     workers = signals.workers
@@ -861,6 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = program_name()
     args = build_parser(prog).parse_args(argv)
     args.prog = prog
+    args.argv = None if argv is None else list(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

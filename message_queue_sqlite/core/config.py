@@ -26,6 +26,11 @@ class Config:
     tasks in memory instead and never looks at it (see ``immediate_use_memory``)."""
     max_workers: int = 5
     """Worker threads that run tasks in a process that starts the server."""
+    async_concurrency: int = 100
+    """``async def`` tasks one worker runs at once on its event loop (apart from its threads)."""
+    processes: int | None = None
+    """Child processes that run ``executor="process"`` tasks in one worker (started at the
+    first such task); None: one per CPU core."""
     middleware_num: int = 1
     """Number of shard files tasks are spread over (SQLite); see the README for PostgreSQL."""
     visibility_timeout: float = 30.0
@@ -62,6 +67,9 @@ class Config:
     def __post_init__(self) -> None:
         self.middleware_path = os.fspath(self.middleware_path)
         _require_int("max_workers", self.max_workers, minimum=1)
+        _require_int("async_concurrency", self.async_concurrency, minimum=1)
+        if self.processes is not None:
+            _require_int("processes", self.processes, minimum=1)
         _require_int("middleware_num", self.middleware_num, minimum=1)
         _require_int("prefetch", self.prefetch, minimum=1)
         _require_int("crash_limit", self.crash_limit, minimum=1)

@@ -24,6 +24,7 @@ from message_queue_sqlite.core.schedule import SCHEDULE_OPTIONS, Schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__mqs_task__"
+EXECUTORS = ("thread", "process")  # what ``executor=`` takes; an ``async def`` task runs on the event loop
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class TaskOptions:
     unique: bool | tuple[str, ...] = False
     unique_for: float | None = None
     unique_states: int = uniq.DEFAULT_MASK
+    # what runs a plain function: the worker's threads, or a child process (CPU-bound work,
+    # hard timeouts); an ``async def`` task always runs on the worker's event loop
+    executor: str = "thread"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,13 @@ class TaskDefinition:
     @property
     def module(self) -> str:
         return getattr(self.func, "__module__", "?")
+
+    @property
+    def kind(self) -> str:
+        """Which of a worker's executors runs it: ``"async"``, ``"process"`` or ``"thread"``."""
+        if is_async_function(self.func):
+            return "async"
+        return self.options.executor
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """TypeError naming the task and its signature when ``args``/``kwargs`` cannot call it:
@@ -114,6 +125,7 @@ def make_task_options(
     timeout: float | timedelta | None = None,
     concurrency: int | None = None,
     rate: str | None = None,
+    executor: str = "thread",
     **periodic: Any,
 ) -> TaskOptions:
     """The one place decorator keywords become ``TaskOptions``. ``every=`` or ``cron=`` (and
@@ -124,7 +136,7 @@ def make_task_options(
     if unknown:
         raise TypeError(f"unknown task option(s) {', '.join(unknown)}; task options are use_cache, "
                         "retries, retry_backoff, retry_backoff_max, retry_jitter, retry_on, name, "
-                        "queue, timeout, concurrency, rate, unique, unique_for, unique_states, and "
+                        "queue, timeout, concurrency, rate, executor, unique, unique_for, unique_states, and "
                         f"for periodic tasks {', '.join(sorted(SCHEDULE_OPTIONS))}")
     schedule = Schedule(**periodic) if periodic else None
     if schedule is not None and use_cache:
@@ -141,13 +153,20 @@ def make_task_options(
                                     or concurrency < 1):
         raise ValueError(f"concurrency={concurrency!r} must be an integer >= 1 (the most runs of the "
                          "task at once, across every worker), or None for no limit")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r} is not one of {', '.join(map(repr, EXECUTORS))}: "
+                         "'thread' runs the task on the worker's threads (the default), 'process' in a "
+                         "child process (CPU-bound work; a timeout stops it for real)")
+    if use_cache and executor == "process":
+        raise ValueError("a task with use_cache=True cannot use executor='process': its arguments live "
+                         "in the sending process's memory, which a child process cannot read")
     if not isinstance(retry_on, tuple):
         retry_on = (retry_on,)
     policy = RetryPolicy(max_retries=retries, backoff=retry_backoff, backoff_max=retry_backoff_max,
                          jitter=retry_jitter, retry_on=retry_on)
     return TaskOptions(use_cache=use_cache, retry=policy, name=name, schedule=schedule,
                        queue=check_queue_name(queue), timeout=check_timeout(timeout), concurrency=concurrency,
-                       rate=parse_rate(rate),
+                       rate=parse_rate(rate), executor=executor,
                        unique=unique, unique_for=seconds, unique_states=mask)
 
 
@@ -186,11 +205,19 @@ class TaskRegistry:
                  name: str | None = None) -> TaskDefinition:
         opts = options or getattr(func, MARK, None) or TaskOptions()
         task_name = name or opts.name or func.__name__
-        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
-            raise TypeError(
-                f"task {task_name!r} ({getattr(func, '__module__', '?')}) is an 'async def' function; "
-                "async tasks are not supported yet. Register a plain function, e.g. "
-                f"def {func.__name__}(**kwargs): return asyncio.run(coro(**kwargs))")
+        if inspect.isasyncgenfunction(func):
+            raise TypeError(f"task {task_name!r} ({getattr(func, '__module__', '?')}) is an async "
+                            "generator ('async def' with 'yield'); a task returns one value: make it "
+                            "a plain 'async def' that returns a list")
+        if is_async_function(func) and opts.executor != "thread":
+            raise ValueError(f"task {task_name!r} is an 'async def' function: it runs on the worker's "
+                             f"event loop, so executor={opts.executor!r} does not apply; make it a plain "
+                             "function to run it in a child process")
+        if opts.executor == "process" and "<locals>" in getattr(func, "__qualname__", "<locals>"):
+            raise ValueError(f"task {task_name!r} uses executor='process', but its function "
+                             f"{getattr(func, '__qualname__', func)!r} is not defined at module level: a "
+                             "child process finds it by module and name, so define it at the top level "
+                             "of an importable module")
         existing = self._tasks.get(task_name)
         if existing is not None:
             if existing.func is func:
@@ -230,6 +257,11 @@ class TaskRegistry:
 
     def __repr__(self) -> str:
         return f"TaskRegistry({self.get_all_task_names()})"
+
+
+def is_async_function(func: Callable[..., Any]) -> bool:
+    """An ``async def`` function (or a partial or bound method of one)."""
+    return inspect.iscoroutinefunction(func)
 
 
 def _check_periodic_call(definition: TaskDefinition, schedule: Schedule) -> None:

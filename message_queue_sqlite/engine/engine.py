@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -35,7 +36,10 @@ from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.engine import aio, cancellation
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
-from message_queue_sqlite.engine.executors import InlineExecutor, ThreadExecutor
+from message_queue_sqlite.engine.executors import Executor, InlineExecutor, ThreadExecutor
+from message_queue_sqlite.engine.executors.event_loop import EventLoopExecutor
+from message_queue_sqlite.engine.executors.processes import ProcessExecutor
+from message_queue_sqlite.engine.executors.routing import RoutingExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
 from message_queue_sqlite.engine.progress import ProgressWriter
@@ -52,6 +56,7 @@ BACKPRESSURE_WAIT_S = 30.0  # a send waits this long for pending callbacks to ma
 CACHE_WORKER_GRACE_S = 2.0  # a cache-mode send with no worker started by then is warned about
 INLINE_WAIT_S = 30.0  # immediate mode: how long a send waits for its task run by another thread
 PRIORITY_RANGE = (-(2**63), 2**63 - 1)  # what both backends store (SQLite INTEGER, PostgreSQL BIGINT)
+NODE_ID = re.compile(r"[0-9a-f]{16}")  # what uuid4().hex[:16] makes
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()  # closed at exit, reset in a forked child
 
 
@@ -100,11 +105,11 @@ class Engine:
         self._fresh_process_state()
         _open_engines.add(self)
 
-    def _fresh_process_state(self) -> None:
+    def _fresh_process_state(self, node: str | None = None) -> None:
         """Everything that belongs to one process: the node id, locks, threads and the
         callbacks waiting here. Set at creation, and again in a child after ``fork()``,
         where the parent's threads do not exist and its locks may be held forever."""
-        self.node = uuid.uuid4().hex[:16]
+        self.node = node or uuid.uuid4().hex[:16]
         self.bell = Bell()
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage, self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
@@ -131,6 +136,17 @@ class Engine:
         self.cache.clear()
         self.backend.after_fork_in_child()
         self._fresh_process_state()
+
+    def assume_node(self, node: str) -> None:
+        """Take the node id ``node`` (the lease owner of everything this object claims), given
+        by a supervisor that made this process, so that when the process dies the supervisor
+        can expire its leases at once. Only before this object sent or ran anything."""
+        if not NODE_ID.fullmatch(node):
+            raise ValueError(f"node id {node!r} must be 16 lowercase hex digits")
+        with self._lock:
+            if self._node_registered or self._workers:
+                raise MessageQueueError("a node id can only be given before the queue object is used")
+        self._fresh_process_state(node)
 
     # -- sending ---------------------------------------------------------------------
     def send(self, request: SendRequest) -> str:
@@ -374,8 +390,7 @@ class Engine:
             self._watch_storage()
             self._declare_limits()
             rates = {d.name: d.options.rate for d in self.registry if d.options.rate is not None}
-            workers = [Worker(self, ThreadExecutor(lane.threads), self.runner, lane.queues, rates)
-                       for lane in lanes]
+            workers = [Worker(self, self._executor(lane), self.runner, lane.queues, rates) for lane in lanes]
             self._workers = workers
             for worker in workers:
                 worker.start()
@@ -383,6 +398,15 @@ class Engine:
             self._cancel_watcher.start()
             self._start_scheduler()
         return lanes
+
+    def _executor(self, lane: Lane) -> Executor:
+        """A lane's executor: its threads for plain functions, and, made at the first claim that
+        needs one, an event loop for ``async def`` tasks and child processes for
+        ``executor="process"`` ones (engine/executors/)."""
+        config = self.config
+        return RoutingExecutor(ThreadExecutor(lane.threads), self.runner.kind_of, {
+            "async": lambda: EventLoopExecutor(config.async_concurrency),
+            "process": lambda: ProcessExecutor(config.processes or os.cpu_count() or 1)})
 
     def _declare_limits(self) -> None:
         """Store the concurrency limits this process's tasks declare (and forget those of its

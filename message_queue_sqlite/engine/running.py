@@ -9,10 +9,14 @@ It is two halves, for executors that watch a deadline: ``call`` runs the functio
 task's context set, see ``context.py``) and returns the ``Run``; ``finish`` turns a run into
 its completion (``after_run`` hooks, retry policy). An executor whose run went past its
 timeout finishes it with ``timed_out`` instead, and drops the late ``Run`` if one comes.
+``acall`` is ``call`` for an ``async def`` task, awaited on the event loop executor's loop.
+``kind_of`` says which executor a claim needs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import traceback
 from collections.abc import Callable
@@ -53,9 +57,15 @@ class TaskRunner:
         self._default_timeout = default_timeout
         self._report_progress = report_progress
         self._timeouts: dict[str, float | None] = {}  # by task name, once looked up
+        self._kinds: dict[str, str] = {}  # by task name, once looked up
 
     def run(self, claim: ClaimedTask) -> tuple[Completion, TaskOutcome | None]:
         return self.finish(claim, self.call(claim))
+
+    def report_progress(self, claim: ClaimedTask, progress: TaskProgress) -> None:
+        """A run's progress, reported from where it runs (the process executor's children)."""
+        if self._report_progress is not None:
+            self._report_progress(claim, progress)
 
     def timeout_of(self, claim: ClaimedTask) -> float | None:
         """Seconds this claim's run may take: its send's, else its task's, else the worker's
@@ -72,20 +82,41 @@ class TaskRunner:
                 self._timeouts[claim.task_name] = seconds
             return seconds
 
-    def call(self, claim: ClaimedTask, started: float | None = None) -> Run:
-        """Run the task function, its context set and the ``before_run`` hooks fired first."""
-        hooks = self._hooks
-        started = self._clock() if started is None else started
+    def kind_of(self, claim: ClaimedTask) -> str:
+        """Which executor runs this claim: ``"async"`` for an ``async def`` task, ``"process"``
+        for one declared ``executor="process"``, else ``"thread"`` (an unknown task too: its
+        run records that no such task is registered)."""
+        try:
+            return self._kinds[claim.task_name]
+        except KeyError:
+            definition = self._registry.get(claim.task_name)
+            if definition is None:
+                return "thread"
+            kind = self._kinds[claim.task_name] = definition.kind
+            return kind
+
+    def begin(self, claim: ClaimedTask, started: float) -> TaskDefinition | Run:
+        """The start shared by ``call``, ``acall`` and the process executor: the task looked up
+        (or, when it is not registered here, a run that ended at once), ``before_run`` fired."""
         definition = self._registry.get(claim.task_name)
         if definition is None:
             error = LookupError(f"no task named {claim.task_name!r} is registered in this worker; "
                                 f"known tasks: {self._registry.get_all_task_names()}")
             return Run(None, False, error, None, started, self._clock())
+        hooks = self._hooks
         if hooks.before_run:
             hooks.fire(hooks.before_run, claim)
+        return definition
+
+    def call(self, claim: ClaimedTask, started: float | None = None) -> Run:
+        """Run the task function, its context set and the ``before_run`` hooks fired first."""
+        started = self._clock() if started is None else started
+        definition = self.begin(claim, started)
+        if isinstance(definition, Run):
+            return definition
         token = None
         try:
-            token = context.enter(lambda: self._context(claim, definition, started))
+            token = context.enter(lambda: self.context_of(claim, definition, started))
             args, kwargs = decode_args(claim, self._cache)
             value = definition.func(*args, **kwargs)
             return Run(definition, True, value, None, started, self._clock())
@@ -95,7 +126,33 @@ class TaskRunner:
             if token is not None:
                 context.leave(token)
 
-    def _context(self, claim: ClaimedTask, definition: TaskDefinition, started: float) -> TaskContext:
+    async def acall(self, claim: ClaimedTask, started: float | None = None) -> Run:
+        """``call`` for an ``async def`` task, awaited in its own asyncio task (whose copy of
+        the context holds ``current_task``). Its cancellation (a timeout, a cancel request, the
+        worker giving it back) ends it with ``asyncio.CancelledError`` as the run's error, for
+        the executor to name."""
+        started = self._clock() if started is None else started
+        definition = self.begin(claim, started)
+        if isinstance(definition, Run):
+            return definition
+        token = None
+        try:
+            token = context.enter(lambda: self.context_of(claim, definition, started))
+            args, kwargs = decode_args(claim, self._cache)
+            value = definition.func(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+            return Run(definition, True, value, None, started, self._clock())
+        except asyncio.CancelledError as exc:
+            return Run(definition, False, exc, None, started, self._clock())
+        except BaseException as exc:  # noqa: BLE001 - a task must never take its worker down
+            return Run(definition, False, exc, _format_traceback(), started, self._clock())
+        finally:
+            if token is not None:
+                context.leave(token)
+
+    def context_of(self, claim: ClaimedTask, definition: TaskDefinition, started: float) -> TaskContext:
+        """What ``current_task`` shows the run (built when the task first reads it)."""
         schedule = definition.options.schedule
         timeout = self.timeout_of(claim)
         return TaskContext(

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import ClaimedTask
@@ -154,12 +154,20 @@ class Worker:
             self._engine.shards[shard].cancel_seen(self._engine.node, items)
 
     # -- claiming --------------------------------------------------------------------
-    def claim_for(self, executor: Executor, idle: int, avg_task_s: float) -> int:
-        """Claim for ``executor`` (``idle`` of its slots free) from the shards in rotation until
-        something comes, else wait for a ring; returns how many claims it was given. On a
-        storage error: log, back off, return 0 (the caller comes back)."""
+    def wake_claimers(self) -> None:
+        """End the storage wait of claim rounds in progress (an executor was handed claims
+        while its own claimer waited): they look again, then hand over what they have."""
+        self._engine.bell.ring()
+
+    def claim_for(self, idle: int, avg_task_s: float | None,
+                  handed_over: Callable[[], bool] | None = None) -> int:
+        """Claim for this worker's executor (an executor that has ``idle`` slots free calls it)
+        from the shards in rotation until something comes, else wait for a ring; returns how
+        many claims it was given; 0 as soon as ``handed_over()`` is true (the executor was given
+        claims another executor's round took: see ``wake_claimers``). On a storage error: log,
+        back off, return 0 (the caller comes back)."""
         try:
-            claims = self._claim_more(self._claim_limit(idle, avg_task_s))
+            claims = self._claim_more(self._claim_limit(idle, avg_task_s), handed_over)
             self._failures = 0
         except Exception as exc:  # noqa: BLE001
             self._failures += 1
@@ -169,7 +177,7 @@ class Worker:
             return 0
         if not claims:
             return 0
-        if not executor.submit(claims):  # stop() began during the claim: these never start here
+        if not self.executor.submit(claims):  # stop() began during the claim: these never start here
             self.give_back(claims)
             return 0
         return len(claims)
@@ -191,13 +199,20 @@ class Worker:
             self.executor.submit(claims)
             ran += len(claims)
 
-    def _claim_limit(self, idle: int, avg_task_s: float) -> int:
+    def _claim_limit(self, idle: int, avg_task_s: float | None) -> int:
+        """One claim per free slot; more per slot (a prefetch) only for tasks measured shorter
+        than the target batch, so a fresh worker never takes work another process could start
+        now (celery #4537's complaint)."""
+        if avg_task_s is None:
+            return max(1, min(self._engine.config.prefetch, idle))
         per_slot = max(1, int(TARGET_BATCH_S / max(avg_task_s, 1e-6)))
         return max(1, min(self._engine.config.prefetch, max(idle, 1) * per_slot))
 
-    def _claim_more(self, limit: int) -> list[ClaimedTask]:
+    def _claim_more(self, limit: int, handed_over: Callable[[], bool] | None = None) -> list[ClaimedTask]:
         engine = self._engine
         while not self.stopping:
+            if handed_over is not None and handed_over():
+                return []
             seen = engine.bell.generation
             sources = self._sources()
             claims: list[ClaimedTask] = []

@@ -555,6 +555,10 @@ class PostgresShard(Shard):
 
         return self._run("recover expired leases", body)
 
+    def expire_leases_of(self, owner: str) -> int:
+        return self._run("expire a dead worker's leases", lambda conn, _broke: conn.execute(
+            self._q["expire_leases_of_owner"], {"owner": owner}).rowcount)
+
     def seconds_until_due(self) -> float | None:
         return self._fetch("seconds until due", "seconds_until_due")[0][0]
 

@@ -195,6 +195,10 @@ UPDATE {schema}.mqs_tasks
                  FOR UPDATE SKIP LOCKED)
 RETURNING id;
 
+-- name: expire_leases_of_owner
+-- The queue object owner is known dead (its supervisor saw its process end): its leases expire now, for recover_expired.
+UPDATE {schema}.mqs_tasks SET lease_expires = 0 WHERE status = 2 AND lease_owner = %(owner)s;
+
 -- name: recover_expired
 -- Leases that expired by now() (their worker died): run again, or FAILED once the crash limit is reached, or CANCELLED if a cancel was requested; rows a worker is completing right now are skipped.
 UPDATE {schema}.mqs_tasks

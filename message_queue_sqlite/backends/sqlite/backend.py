@@ -536,6 +536,10 @@ class SQLiteShard(Shard):
             conn.execute(Q["forget_dead_nodes"])
         return report
 
+    def expire_leases_of(self, owner: str) -> int:
+        with self._write("expire a dead worker's leases") as conn:
+            return conn.execute(Q["expire_leases_of_owner"], (owner,)).rowcount
+
     def seconds_until_due(self) -> float | None:
         with self._read() as conn:
             return conn.execute(Q["seconds_until_due"]).fetchone()[0]

@@ -271,6 +271,10 @@ DELETE FROM mqs_nodes WHERE expires_at < mqs_lease_now() - 86400.0;
 -- The boot (kernel boot id) whose boot clock the stored lease and node expiries are on.
 SELECT value FROM mqs_meta WHERE key = 'boot_id';
 
+-- name: expire_leases_of_owner
+-- The queue object ?1 is known dead (its supervisor saw its process end): its leases expire now, for recover_expired.
+UPDATE mqs_tasks SET lease_expires = 0 WHERE status = 2 AND lease_owner = ?1;
+
 -- name: expire_leases_of_boot
 -- After a reboot: every lease was taken by a process of the previous boot (all dead), on that boot's clock: expired now.
 UPDATE mqs_tasks SET lease_expires = 0 WHERE status = 2;

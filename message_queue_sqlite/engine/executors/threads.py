@@ -1,22 +1,7 @@
-"""Executors: what runs the claims a worker leased.
+"""The thread executor: N threads run plain functions from one buffer, best priority first.
 
-The worker claims, leases and records; an executor only runs. The contract:
-
-- ``start(worker)``, then ``submit(claims)`` for claims already in the worker's ledger;
-- each submitted claim ends exactly once: ``worker.record([...])`` with its completion, or
-  it comes back from ``stop_claiming()`` (never started) or ``unfinished()`` (still running
-  at the end of a stop), for the worker to give back;
-- ``free_slots()``: how many more claims it could start now, which bounds what the worker
-  claims for it, so a task never sits prefetched here while another process is idle.
-
-An executor whose own threads go idle may claim for itself (``ThreadExecutor`` does: the
-idle thread that finds the buffer empty runs the claim round, so a task goes from the
-claim to its run without a hand-off between threads). The completion is reported through
-the worker rather than a Future object per task: one allocation and one lock less per task
-on the hot path.
-
-``ThreadExecutor`` is the first executor; an event-loop executor for ``async def`` tasks and a
-process executor plug in here without touching claiming, leasing or completion.
+The idle thread that finds the buffer empty runs the worker's claim round, so a task goes
+from the claim to its run without a hand-off between threads.
 
 Timeouts (``ThreadExecutor``): a run with a timeout is watched by one watchdog thread per
 executor. At the deadline the watchdog records the run as failed with ``TaskTimeout`` (retried
@@ -36,12 +21,14 @@ import sys
 import threading
 import time
 import traceback
-from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from message_queue_sqlite.backends.base import ClaimedTask
+from message_queue_sqlite.backends.base import ClaimedTask, Completion
 from message_queue_sqlite.core.errors import TaskTimeout
+from message_queue_sqlite.core.outcome import TaskOutcome
+from message_queue_sqlite.engine.executors.base import Executor, run_order
 from message_queue_sqlite.engine.ledger import Finished
 
 if TYPE_CHECKING:
@@ -62,6 +49,9 @@ class _Watched:
     thread: threading.Thread
 
 
+WITHDRAWN = Finished(None, None, None)  # type: ignore[arg-type]  # a run withdrawn before it started
+
+
 def _interrupt(thread: threading.Thread) -> None:
     """Raise ``TaskTimeout`` in ``thread`` at its next bytecode (best effort: a thread blocked
     in C code gets it only when it returns to Python)."""
@@ -75,55 +65,13 @@ def _stack_of(thread: threading.Thread) -> str | None:
     return "".join(traceback.format_stack(frame)) if frame is not None else None
 
 
-def _run_order(claim: ClaimedTask) -> tuple[int, int, int]:
-    """Best priority first, then send order (the buffer is sorted on the reverse of this)."""
-    return (-claim.priority, claim.shard, claim.row_id)
-
-
-class Executor(ABC):
-    slots: int
-
-    @abstractmethod
-    def start(self, worker: Worker) -> None:
-        ...
-
-    @abstractmethod
-    def submit(self, claims: list[ClaimedTask]) -> bool:
-        """Queue claims to run; False (nothing taken) when stopping: the caller gives them back."""
-
-    @abstractmethod
-    def free_slots(self) -> int:
-        ...
-
-    @abstractmethod
-    def stop_claiming(self) -> list[ClaimedTask]:
-        """Start no more claims; return those submitted that never started."""
-
-    @abstractmethod
-    def wait(self, deadline: float, hurry: threading.Event) -> bool:
-        """Wait until every run ended (True), the monotonic ``deadline`` passed or ``hurry`` is
-        set (False)."""
-
-    @abstractmethod
-    def unfinished(self) -> list[ClaimedTask]:
-        """Claims still running (after ``wait`` gave up): the worker gives their leases back."""
-
-    @abstractmethod
-    def discard(self, claims: list[ClaimedTask]) -> None:
-        """Never start these (their leases were lost); one already running runs on."""
-
-    def cancel(self, claims: list[ClaimedTask]) -> list[ClaimedTask]:
-        """Their cancel was asked for: the ones not started never start and are returned (the
-        worker records them CANCELLED); the running ones are flagged, for the task to see."""
-        for claim in claims:
-            claim.cancel_requested = True
-        return []
-
-
 class ThreadExecutor(Executor):
     """N threads that run claims from one buffer, best priority first. A thread that finds
     the buffer empty claims more for all (one at a time); a thread that dies by a bug of
     ours is replaced, and the claims it held are recorded or given back."""
+
+    thread_name = "mqs-worker"
+    watches_timeouts = True  # a run with a timeout is watched (the subclass ProcessExecutor stops its own)
 
     def __init__(self, threads: int):
         self.slots = threads
@@ -132,10 +80,12 @@ class ThreadExecutor(Executor):
         self._cv_mutex = threading.Lock()
         self._cv = threading.Condition(self._cv_mutex)
         self._buffer: list[ClaimedTask] = []  # submitted, not started: the next to run is last
-        self._running: set[ClaimedTask] = set()
+        self._running: set[ClaimedTask] = set()  # taken by a thread (a batch of them, maybe)
+        self._taken: set[ClaimedTask] = set()  # of those, not started yet
         self._claiming = False
+        self._claimer: threading.Thread | None = None  # the thread in the claim round, while one is
         self._stopping = False
-        self._avg_task_s = 0.01
+        self._avg_task_s: float | None = None  # a run's length, once measured
         self._threads: list[threading.Thread] = []
         self._exited = 0
         self._numbers = 0
@@ -159,8 +109,13 @@ class ThreadExecutor(Executor):
             if self._stopping:
                 return False
             self._buffer.extend(claims)  # claims come in run order: sorting is one pass
-            self._buffer.sort(key=_run_order, reverse=True)
+            self._buffer.sort(key=run_order, reverse=True)
             self._cv.notify(len(claims))
+            # claimed by another executor's claim round (the worker routes by kind) while this
+            # one's claimer waits for storage: with every thread claiming or busy, wake it
+            foreign = self._claiming and self._claimer is not threading.current_thread()
+        if foreign and self._worker is not None:
+            self._worker.wake_claimers()
         return True
 
     def free_slots(self) -> int:
@@ -195,16 +150,19 @@ class ThreadExecutor(Executor):
         gone = {id(claim) for claim in claims}
         with self._cv_mutex:
             self._buffer = [claim for claim in self._buffer if id(claim) not in gone]
+            self._taken.difference_update(claims)
 
     def cancel(self, claims: list[ClaimedTask]) -> list[ClaimedTask]:
         wanted = {id(claim) for claim in claims}
-        with self._cv_mutex:  # a thread takes a claim from the buffer under this lock: decided here
+        with self._cv_mutex:  # a thread starts a claim under this lock: decided here
             unstarted = [claim for claim in self._buffer if id(claim) in wanted]
             if unstarted:
                 self._buffer = [claim for claim in self._buffer if id(claim) not in wanted]
+            withdrawn = [claim for claim in claims if claim in self._taken]  # in a thread's batch
+            self._taken.difference_update(withdrawn)
             for claim in claims:
                 claim.cancel_requested = True
-        return unstarted
+        return unstarted + withdrawn
 
     @property
     def alive(self) -> int:
@@ -213,7 +171,7 @@ class ThreadExecutor(Executor):
     # -- threads ---------------------------------------------------------------------
     def _spawn(self) -> None:
         number, self._numbers = self._numbers, self._numbers + 1
-        thread = threading.Thread(target=self._guarded_work, name=f"mqs-worker-{number}", daemon=True)
+        thread = threading.Thread(target=self._guarded_work, name=f"{self.thread_name}-{number}", daemon=True)
         with self._cv_mutex:
             self._threads.append(thread)
         thread.start()
@@ -250,26 +208,26 @@ class ThreadExecutor(Executor):
     def _loop(self, taken: list[ClaimedTask], done: list[Finished]) -> None:
         worker = self._worker
         assert worker is not None
-        run = worker.runner.run
+        run = self._run_function(worker)
         while True:
             taken[:] = self._next_claims(worker)
             if not taken:
                 return
             started = time.perf_counter()
             done.clear()
-            if len(taken) == 1 and worker.runner.timeout_of(taken[0]) is not None:  # (watched: alone)
+            if self.watches_timeouts and len(taken) == 1 and worker.runner.timeout_of(taken[0]) is not None:
                 finished = self._run_watched(worker, taken[0])
                 if finished is None:
                     return  # its deadline passed first: recorded by the watchdog; this thread is replaced
-                done.append(finished)
-            for claim in taken[len(done):]:
-                if self._stopping and done:
-                    break  # the rest never start: given back below
-                completion, outcome = run(claim)
-                done.append(Finished(claim, completion, outcome))
-            took = (time.perf_counter() - started) / len(done)
-            self._avg_task_s += (took - self._avg_task_s) * 0.05
-            unstarted = taken[len(done):]
+                if finished is not WITHDRAWN:
+                    done.append(finished)
+                stop_at = 1
+            else:
+                stop_at = self._run_batch(worker, run, taken, done)
+            took = (time.perf_counter() - started) / max(1, len(done))
+            avg = self._avg_task_s
+            self._avg_task_s = took if avg is None else avg + (took - avg) * 0.05
+            unstarted = taken[stop_at:]
             with self._cv_mutex:
                 running = self._running
                 for claim in taken:
@@ -283,6 +241,31 @@ class ThreadExecutor(Executor):
                 worker.give_back(unstarted)
             taken.clear()
 
+    def _run_batch(self, worker: Worker, run: Callable[[ClaimedTask], tuple[Completion, TaskOutcome | None]],
+                   taken: list[ClaimedTask], done: list[Finished]) -> int:
+        """Run the claims of a batch this thread took, in order; returns where it stopped (the
+        rest never start: a stop began). A claim is checked just before it starts, as in the
+        buffer: one whose lease was taken over never starts here, one whose cancel was asked
+        for ends CANCELLED without starting."""
+        taken_not_started = self._taken
+        for position in range(len(done), len(taken)):
+            claim = taken[position]
+            with self._cv_mutex:  # (cancel and discard decide under it too: one of them wins)
+                if self._stopping and done:
+                    for rest in taken[position:]:
+                        taken_not_started.discard(rest)
+                    return position
+                if claim not in taken_not_started:
+                    continue  # withdrawn: cancelled (recorded by the worker) or its lease was lost
+                taken_not_started.discard(claim)
+            completion, outcome = run(claim)
+            done.append(Finished(claim, completion, outcome))
+        return len(taken)
+
+    def _run_function(self, worker: Worker) -> Callable[[ClaimedTask], tuple[Completion, TaskOutcome | None]]:
+        """What this thread runs each claim with (``ProcessExecutor``: in this thread's child)."""
+        return worker.runner.run
+
     def _next_claims(self, worker: Worker) -> list[ClaimedTask]:
         """Some claims from the buffer: one when tasks are slow (spread them over threads),
         a few when they take microseconds (fewer lock round trips per task); with the
@@ -294,7 +277,7 @@ class ThreadExecutor(Executor):
                         return []
                     if self._buffer:
                         take = 1
-                        if self._avg_task_s < SHORT_TASK_S:
+                        if self._avg_task_s is not None and self._avg_task_s < SHORT_TASK_S:
                             take = max(1, min(16, len(self._buffer) // self.slots))
                         buffer = self._buffer
                         claims = buffer[-take:]
@@ -302,26 +285,33 @@ class ThreadExecutor(Executor):
                         claims.reverse()
                         claims = self._watch_first(worker, claims)
                         self._running.update(claims)
+                        self._taken.update(claims)
                         return claims
                     if not self._claiming:
                         self._claiming = True
+                        self._claimer = threading.current_thread()
                         idle = self.slots - len(self._running)
                         break
                     self._cv.wait()
             got = 0
             try:
-                got = worker.claim_for(self, idle, self._avg_task_s)
+                got = worker.claim_for(idle, self._avg_task_s, self._has_buffered)
             finally:
                 with self._cv_mutex:
                     self._claiming = False
                     # as many threads as there are new claims: one may become the next claimer
                     self._cv.notify(max(1, got))
 
+    def _has_buffered(self) -> bool:
+        return bool(self._buffer)
+
     # -- timeouts --------------------------------------------------------------------
     def _watch_first(self, worker: Worker, claims: list[ClaimedTask]) -> list[ClaimedTask]:
         """Of claims just taken from the buffer (under the lock): a run with a timeout goes
         alone, under watch from now; the others, up to the first such, go as a batch (the
         rest return to the buffer)."""
+        if not self.watches_timeouts:
+            return claims
         timeout_of = worker.runner.timeout_of
         for position, claim in enumerate(claims):
             seconds = timeout_of(claim)
@@ -342,9 +332,14 @@ class ThreadExecutor(Executor):
 
     def _run_watched(self, worker: Worker, claim: ClaimedTask) -> Finished | None:
         """Run a claim that has a deadline; None if the deadline won (the watchdog recorded it)."""
-        watched = self._watched.get(claim)
-        if watched is None:  # its deadline passed before it started (the watchdog recorded it)
-            return None
+        with self._cv_mutex:
+            watched = self._watched.get(claim)
+            if watched is None:  # its deadline passed before it started (the watchdog recorded it)
+                return None
+            if claim not in self._taken:  # withdrawn before it started (see _run_batch)
+                del self._watched[claim]
+                return WITHDRAWN
+            self._taken.discard(claim)
         run = worker.runner.call(claim, watched.started)
         with self._cv_mutex:
             if self._watched.pop(claim, None) is None:
@@ -403,44 +398,3 @@ class ThreadExecutor(Executor):
             log.exception("recording what a dead worker thread held failed; those leases expire "
                           "and the tasks are recovered")
             worker.ledger.released(taken)
-
-
-class InlineExecutor(Executor):
-    """Runs each claim at once in the thread that submits it: immediate mode (``immediate=True``),
-    where a send runs its task before it returns, with the same outcomes, callbacks and errors
-    as a worker's, for tests and scripts."""
-
-    slots = 1
-
-    def __init__(self) -> None:
-        self._worker: Worker | None = None
-
-    def start(self, worker: Worker) -> None:
-        self._worker = worker
-
-    def submit(self, claims: list[ClaimedTask]) -> bool:
-        worker = self._worker
-        assert worker is not None
-        for index, claim in enumerate(claims):
-            try:
-                completion, outcome = worker.runner.run(claim)
-            except BaseException:  # (run is total; this is an interrupt such as Ctrl-C)
-                worker.give_back(claims[index:])
-                raise
-            worker.record([Finished(claim, completion, outcome)], flush_hint=True)
-        return True
-
-    def free_slots(self) -> int:
-        return 1
-
-    def stop_claiming(self) -> list[ClaimedTask]:
-        return []
-
-    def wait(self, deadline: float, hurry: threading.Event) -> bool:
-        return True
-
-    def unfinished(self) -> list[ClaimedTask]:
-        return []
-
-    def discard(self, claims: list[ClaimedTask]) -> None:
-        """Nothing waits here: a claim runs as it is submitted."""
