@@ -206,3 +206,45 @@ def test_asend_and_aresult_in_an_asgi_handler(make_queue):
 
     with mq.running():
         assert asyncio.run(main()) == [i + 1 for i in range(50)]
+
+
+def test_the_write_runs_where_the_readme_says(make_queue, backend):
+    """SQLite: in the event loop's thread (tens of microseconds); PostgreSQL: on a thread (a
+    network round trip would hold the loop). Told apart by the thread the send hook runs in."""
+    from message_queue_sqlite import Hook
+
+    threads: list[int] = []
+
+    class Where(Hook):
+        def before_send(self, request):
+            threads.append(threading.get_ident())
+
+    mq = _app(make_queue, hooks=[Where()])
+
+    async def main():
+        await mq.asend("add", {"a": 1})
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(threads) == 1
+    assert (threads[0] == loop_thread) == (backend == "sqlite")
+
+
+def test_asend_in_immediate_mode_runs_the_task_off_the_loop(tmp_path):
+    """Immediate mode runs the task inside the send: asend does that on a thread, and the
+    result is there when it returns."""
+    seen: list[int] = []
+    with MessageQueue(str(tmp_path / "q"), immediate=True) as mq:
+
+        @mq.task
+        def where():
+            seen.append(threading.get_ident())
+            return "ran"
+
+        async def main():
+            handle = await where.asend()
+            assert await handle.aresult(timeout=5) == "ran"
+            return threading.get_ident()
+
+        loop_thread = asyncio.run(main())
+    assert seen and seen[0] != loop_thread
