@@ -500,6 +500,9 @@ class Backend(ABC):
 
     shards: Sequence[Shard]
     location: str
+    # Its statements take microseconds (local files, no network): async callers run them in
+    # the event loop's thread instead of handing each to a thread (see engine/aio.py).
+    inline_io: bool = False
 
     def adopt_new_shards(self) -> bool:
         """Open shards that other processes created since this backend opened (a worker

@@ -6,6 +6,7 @@ hold two queues, and tests do. Both public APIs are thin layers over this class.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import itertools
@@ -32,7 +33,7 @@ from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane, check_queue_name, plan_lanes
 from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.retry import RetryPolicy
-from message_queue_sqlite.engine import cancellation
+from message_queue_sqlite.engine import aio, cancellation
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
 from message_queue_sqlite.engine.executors import Executor, InlineExecutor, ThreadExecutor
@@ -110,8 +111,7 @@ class Engine:
         where the parent's threads do not exist and its locks may be held forever."""
         self.node = node or uuid.uuid4().hex[:16]
         self.bell = Bell()
-        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
-                                            lambda: bool(self._workers), self.hooks)
+        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage, self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
         self.progress = ProgressWriter(self)
         self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock,
@@ -170,7 +170,7 @@ class Engine:
             raise
         task_id = format_task_id(0, row_id)
         if request.callback is not None and not request.duplicate:
-            self.dispatcher.expect(((task_id, request.callback),))
+            self.dispatcher.expect_one(task_id, request.callback)
         self.bell.ring()
         if self.config.immediate:
             self._run_inline((task_id,))
@@ -529,6 +529,36 @@ class Engine:
                      since: int | None = None) -> TaskOutcome | None:
         self.shard_of(task_id)
         return self.dispatcher.wait(task_id, timeout, lambda: self.find(task_id), since)
+
+    @property
+    def async_inline(self) -> bool:
+        """Whether async callers run this object's storage calls in the event loop's thread:
+        on SQLite files (tens of microseconds, less than a hand-off to a thread), not on
+        PostgreSQL (a network round trip) nor in immediate mode (a send runs its task)."""
+        return self.backend.inline_io and not self.config.immediate
+
+    async def await_outcome(self, task_id: str, timeout: float | None,
+                            since: int | None = None) -> TaskOutcome | None:
+        """``wait_outcome`` for a coroutine: no thread waits; None on timeout. A cancelled
+        caller's registration is removed (nothing is left waiting for the task)."""
+        self.shard_of(task_id)
+        waiter = aio.LoopWaiter(asyncio.get_running_loop())
+        entry, outcome, look = self.dispatcher.add_waiter(task_id, waiter, since)
+        if outcome is not None:
+            return outcome
+        try:
+            if look:
+                record = await aio.run_blocking(self.async_inline, self.find, task_id)
+                outcome = self.dispatcher.found_in_storage(task_id, entry, record)
+                if outcome is not None:
+                    return outcome
+            try:
+                await asyncio.wait_for(waiter.future, timeout)
+            except asyncio.TimeoutError:
+                pass
+            return entry.outcome
+        finally:
+            self.dispatcher.remove_waiter(task_id, entry, waiter)
 
     # -- liveness and change feed ----------------------------------------------------
     def _watch_storage(self) -> None:

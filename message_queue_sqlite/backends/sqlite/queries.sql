@@ -487,6 +487,14 @@ SELECT * FROM (
                     ORDER BY run_after, id LIMIT ?3))
  ORDER BY run_after, id LIMIT ?3;
 
+-- name: get_tasks
+-- Several tasks by row id (?1: a JSON array), in one statement: a sender's poll reads a
+-- batch of outcomes at a time.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
+  FROM mqs_tasks WHERE id IN (SELECT value FROM json_each(?1)) AND status <> 0;
+
 -- name: get_task_detail
 -- One task by its row id with its arguments and progress (the task page); a removed one's tombstone is not a task.
 SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
