@@ -327,7 +327,7 @@ class MessageQueue:
              delay: float | timedelta = 0.0, eta: datetime | None = None,
              unique_key: str | None = None, unique_for: float | timedelta | None = None,
              unique_states: tuple[str, ...] | None = None, queue: str | None = None,
-             timeout: float | timedelta | None = None) -> TaskHandle:
+             timeout: float | timedelta | None = None, connection: Any = None) -> TaskHandle:
         """Store a task durably (committed before this returns) and return its handle.
 
         ``kwargs`` are the task's keyword arguments, ``args`` its positional ones; both are
@@ -337,9 +337,14 @@ class MessageQueue:
         or a timedelta) limits its runs instead of its task's ``timeout``. ``unique_key`` (or the task's
         ``unique=``): when a stored task holds the key, nothing is stored and the handle is the
         holder's, with ``duplicate`` True (and ``callback`` is not registered: the task is the
-        first send's); ``unique_for`` seconds and ``unique_states`` override the task's."""
+        first send's); ``unique_for`` seconds and ``unique_states`` override the task's.
+        ``connection``: the application's own open connection to the queue's database (an
+        ``sqlite3.Connection`` with ``MessageQueue(database=...)``, a psycopg connection on
+        PostgreSQL): the task is stored in the application's transaction, and exists only once
+        that commits (README, "Sending in your own transaction")."""
         return self._send_one(self._single(task, kwargs, args, priority, callback, use_cache, retries, retry,
-                                           delay, eta, unique_key, unique_for, unique_states, queue, timeout))
+                                           delay, eta, unique_key, unique_for, unique_states, queue, timeout),
+                              connection)
 
     def _single(self, task: TaskRef, kwargs: dict[str, Any] | None, args: Sequence[Any], priority: int,
                 callback: Callback | None, use_cache: bool, retries: int | None, retry: RetryPolicy | None,
@@ -355,9 +360,9 @@ class MessageQueue:
             request.unique_states = unique_states
         return request
 
-    def _send_one(self, request: SendRequest) -> TaskHandle:
+    def _send_one(self, request: SendRequest, connection: Any = None) -> TaskHandle:
         since = self._engine.outcome_epoch()
-        task_id = self._engine.send(request)
+        task_id = self._engine.send(request, connection)
         if request.duplicate:
             return self._duplicate_handle(task_id, request.task_name, since)
         return TaskHandle(task_id, request.task_name, self._engine, since)
@@ -384,12 +389,14 @@ class MessageQueue:
                   delay: float | timedelta = 0.0, eta: datetime | None = None,
                   unique_key: str | None = None, unique_for: float | timedelta | None = None,
                   unique_states: tuple[str, ...] | None = None,
-                  queue: str | None = None, timeout: float | timedelta | None = None) -> list[TaskHandle]:
+                  queue: str | None = None, timeout: float | timedelta | None = None,
+                  connection: Any = None) -> list[TaskHandle]:
         """Store many tasks in one transaction per shard (much faster than one send each).
         Each item is ``(task, kwargs)`` or ``(task, args, kwargs)``; the options apply to all
         (one ``unique_key`` for all stores at most one of them; tasks declared ``unique=`` each
         derive their own). A task whose key is held, by a stored task or by an earlier item of
-        this batch, stores nothing: its handle is the holder's, with ``duplicate`` True."""
+        this batch, stores nothing: its handle is the holder's, with ``duplicate`` True.
+        ``connection``: as for ``send``, all in the application's transaction."""
         seconds = _delay_of(delay, eta)
         requests = []
         for item in tasks:
@@ -403,7 +410,7 @@ class MessageQueue:
             request.unique_states, request.queue, request.timeout = unique_states, queue, timeout
             requests.append(request)
         since = self._engine.outcome_epoch()
-        sent = self._engine.send_many(requests)
+        sent = self._engine.send_many(requests, connection)
         return [self._duplicate_handle(task_id, r.task_name, since) if r.duplicate
                 else TaskHandle(task_id, r.task_name, self._engine, since)
                 for task_id, r in zip(sent, requests, strict=True)]

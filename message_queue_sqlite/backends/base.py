@@ -18,7 +18,9 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from message_queue_sqlite.core.errors import QueueStorageError
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
 from message_queue_sqlite.core.rates import Rate
@@ -194,6 +196,13 @@ class Producer(ABC):
         a concurrent sender: no lock is taken beforehand). Returns ``(row id, duplicate)`` per
         task in order; a duplicate stored nothing and its row id is the holder's. Kept counts
         move only for what was stored."""
+
+    def enqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """Store tasks through the application's own open ``connection`` (a driver connection
+        to this queue's database), inside its transaction: they exist, and workers are told,
+        only when the application commits; a rollback leaves nothing. Returns their row ids.
+        Plain tasks only (no unique key, no cached arguments)."""
+        raise QueueStorageError(f"{type(self).__name__} cannot send in an application's transaction")
 
     @abstractmethod
     def declare_queues(self, names: Sequence[str]) -> None:

@@ -149,9 +149,10 @@ class Engine:
         self._fresh_process_state(node)
 
     # -- sending ---------------------------------------------------------------------
-    def send(self, request: SendRequest) -> str:
-        if not self.balancer.single or self.hooks.before_send or self.hooks.after_send:
-            return self.send_many([request])[0]
+    def send(self, request: SendRequest, connection: Any = None) -> str:
+        if (connection is not None or not self.balancer.single or self.hooks.before_send
+                or self.hooks.after_send):
+            return self.send_many([request], connection)[0]
         self._check_open()  # the common case, without the batch bookkeeping
         if request.callback is not None:
             self.dispatcher.make_room(1, self.config.max_pending_callbacks, BACKPRESSURE_WAIT_S)
@@ -176,12 +177,17 @@ class Engine:
             self._run_inline((task_id,))
         return task_id
 
-    def send_many(self, requests: Sequence[SendRequest]) -> list[str]:
+    def send_many(self, requests: Sequence[SendRequest], connection: Any = None) -> list[str]:
         """Store tasks durably (one transaction per shard touched); return their ids in order.
+        With ``connection`` (the application's own open connection to the queue's database),
+        in the application's transaction instead: see ``_store_in_transaction``.
 
         Callbacks are registered after the commit, when the ids exist; an outcome that a
         worker records before that is found in storage by the dispatcher, so none is lost."""
         self._check_open()
+        if connection is not None and self.config.immediate:
+            raise ValueError("connection= is not for immediate mode: its send runs the task at once, but a "
+                             "task sent in the application's transaction exists only once that commits")
         with_callback = sum(1 for request in requests if request.callback is not None)
         if with_callback:
             self.dispatcher.make_room(with_callback, self.config.max_pending_callbacks, BACKPRESSURE_WAIT_S)
@@ -210,7 +216,10 @@ class Engine:
                     batch = by_shard.setdefault(shard, [])
                     placed.append((shard, len(batch)))
                     batch.append(task)
-            row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
+            if connection is not None:
+                row_ids = {0: self._store_in_transaction(connection, by_shard[0])}
+            else:
+                row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
         except BaseException:
             for key in cached:
                 self.cache.pop(key, None)
@@ -247,6 +256,23 @@ class Engine:
         answers = self.shards[shard].enqueue_unique(tasks)
         return ([row_id for row_id, _ in answers],
                 {pos for pos, (_, duplicate) in enumerate(answers) if duplicate})
+
+    def _store_in_transaction(self, connection: Any,
+                              tasks: list[NewTask]) -> tuple[list[int], frozenset[int]]:
+        """A send in the application's own transaction (the outbox pattern): the rows go in
+        through its connection and commit or roll back with its writes; its commit wakes the
+        workers through the change feed. One shard (the application's database, or the
+        PostgreSQL schema); plain tasks only."""
+        if not self.balancer.single:
+            raise ValueError("connection= needs a queue of one shard: the application's database")
+        for task in tasks:
+            if task.unique_key is not None or task.cache_owner is not None:
+                what = "a unique key" if task.unique_key is not None else "use_cache=True"
+                raise ValueError(f"task {task.task_name!r} has {what}, which connection= does not support "
+                                 "(the key's holder, or the cached arguments, live outside the "
+                                 "application's transaction); send it without connection=")
+        self._declare_queues(0, tasks)  # (committed apart: a queue name stored for nothing is harmless)
+        return self.shards[0].enqueue_in_transaction(connection, tasks), NO_DUPLICATES
 
     def _declare_queues(self, shard: int, tasks: Sequence[NewTask]) -> None:
         """Store the queues of ``tasks`` not stored yet by this object (the default one is

@@ -311,6 +311,36 @@ class PostgresShard(Shard):
         self._id_floor = max(self._id_floor, ids[-1])
         return ids
 
+    def enqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """The batch goes in through the application's psycopg connection, in its open
+        transaction (psycopg opens one at the first statement unless in autocommit): it
+        commits or rolls back with the application's writes, and the NOTIFY that wakes
+        workers is sent by PostgreSQL only at that commit."""
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(f"connection={connection!r} must be the application's psycopg.Connection (an "
+                            "async one: send from a thread, or use the sync connection)")
+        if not tasks:
+            return []
+        try:
+            theirs = connection.execute(self._q["database_identity"]).fetchone()
+        except psycopg.Error as exc:
+            raise QueueStorageError(f"connection= cannot be used: {exc}") from exc
+        ours = self._fetch("database identity", "database_identity")[0]
+        if tuple(theirs) != tuple(ours):
+            raise ValueError(f"connection= is a connection to database {theirs[0]!r} (server {theirs[1]}:"
+                             f"{theirs[2]}), not to the queue's {ours[0]!r} ({ours[1]}:{ours[2]}): the task "
+                             "would not be in the same transaction")
+        rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
+                 t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout,
+                 t.headers] for t in tasks]
+        try:
+            ids = list(connection.execute(self._q["enqueue"], {"tasks": _json(rows), **self._channel}
+                                          ).fetchone()[0])
+        except psycopg.Error as exc:
+            raise QueueStorageError(f"enqueue in the application's transaction on {self.name} failed: "
+                                    f"{exc}") from exc
+        return ids
+
     def enqueue_unique(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
         """Each round is one transaction (expired holders of the batch's keys let go, then one
         ``INSERT ... ON CONFLICT DO NOTHING`` of the batch); the holders of the keys that

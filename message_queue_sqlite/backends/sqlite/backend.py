@@ -137,16 +137,18 @@ class SQLiteShard(Shard):
     (see clock.py): leases and node liveness on the host's boot clock, so no process's
     wall clock (stepped, or wrong) can expire a live lease or stretch a dead one."""
 
-    def __init__(self, path: str, index: int, durability: str, clock: Clock | None = None):
+    def __init__(self, path: str, index: int, durability: str, clock: Clock | None = None,
+                 embedded: bool = False):
         self.path = path
         self.index = index
+        self.embedded = embedded  # inside an application's own database (Config.database)
         self.name = os.path.basename(path)
         self._durability = durability
         self.clock = clock or Clock()
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._pid = os.getpid()
-        self._conn: sqlite3.Connection | None = connect(path, durability, self.clock)
+        self._conn: sqlite3.Connection | None = connect(path, durability, self.clock, embedded)
         self._reader: sqlite3.Connection | None = None
         self._sent_here = False  # this object stored ready work since its last claim
         # Telling another process's commits from this object's own: PRAGMA data_version on
@@ -159,7 +161,7 @@ class SQLiteShard(Shard):
         self._held_at_fork: list[threading.Lock] = []
         self._unusable_in_child: str | None = None
         try:
-            self._reader = connect(path, durability, self.clock)
+            self._reader = connect(path, durability, self.clock, embedded)
             self._adopt_boot()
         except BaseException:
             self.close()
@@ -398,6 +400,41 @@ class SQLiteShard(Shard):
             _add_to_counts(conn, {SCHEDULED_KEY: delayed})
         # one writer inside BEGIN IMMEDIATE, each rowid one past the largest: consecutive
         return list(range(last - len(rows) + 1, last + 1))
+
+    def enqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """The rows go in through the application's ``sqlite3.Connection`` (a Python sqlite3
+        connection opens its transaction before the first INSERT unless it is in autocommit
+        mode), so they commit or roll back with the application's own writes. When it commits,
+        the change watcher of every process serving this file sees the write and wakes them."""
+        if not self.embedded:
+            raise QueueStorageError(
+                f"connection= sends in the application's transaction, which needs the queue inside "
+                f"that application's database: MessageQueue(database='app.db'); this queue is the "
+                f"shard file {self.path}")
+        if not isinstance(connection, sqlite3.Connection):
+            raise TypeError(f"connection={connection!r} must be the application's sqlite3.Connection to "
+                            f"{self.path}")
+        try:
+            (file,) = connection.execute(Q["database_file"]).fetchone()
+        except sqlite3.Error as exc:
+            raise QueueStorageError(f"connection= cannot be used: {exc}") from exc
+        if not file or os.path.realpath(file) != os.path.realpath(self.path):
+            raise ValueError(f"connection= is a connection to {file or 'an in-memory database'!r}, not to "
+                             f"the queue's database {self.path!r}: the task would not be in the same "
+                             "transaction (SQLite in WAL mode cannot commit across files atomically)")
+        now = self.clock.wall()
+        rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.max_retries, t.retry,
+                 t.created_at, now + t.delay if t.delay > 0 else 0, t.queue, t.timeout, t.headers)
+                for t in tasks]
+        insert = Q["enqueue_in_transaction"]
+        try:
+            ids = [connection.execute(insert, row).lastrowid for row in rows]
+            delayed = sum(1 for t in tasks if t.delay > 0)
+            if delayed:
+                connection.execute(Q["add_to_count"], (*SCHEDULED_KEY, delayed))
+        except sqlite3.Error as exc:
+            raise self._storage_error("enqueue in the application's transaction", exc) from exc
+        return ids
 
     def enqueue_unique(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
         """One transaction under the write lock (so the holder a conflict names is the one
@@ -874,14 +911,21 @@ class SQLiteBackend(Backend):
     inline_io = True  # a one-row send commits in tens of microseconds (README, "Async client")
 
     def __init__(self, folder: str, shard_count: int, durability: str = "normal",
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, database: str | None = None):
         check_sqlite_library()
         self.clock = clock or Clock()  # every shard's, the ones adopted later too
         self.location = folder
+        self.database = database  # an application's database holding the queue, or None
+        self._event_name = SHARD_EVENT_NAME
+        if database is not None:
+            self._open_database(database, durability)
+            return
         mistake = folder_mistake(folder)
         if mistake is not None:
+            inside = (f", or, to keep it inside that application database (to send in its "
+                      f"transactions): MessageQueue(database={folder!r})") if os.path.isfile(folder) else ""
             raise QueueStorageError(f"{mistake[0]}; the queue is a folder of shard files: "
-                                    f"MessageQueue({mistake[1]!r})")
+                                    f"MessageQueue({mistake[1]!r}){inside}")
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
@@ -902,6 +946,30 @@ class SQLiteBackend(Backend):
             self.close()
             raise
 
+    @classmethod
+    def in_database(cls, path: str, durability: str = "normal", clock: Clock | None = None) -> SQLiteBackend:
+        """The queue inside an application's own SQLite database ``path`` (``Config.database``):
+        one shard, that file; its ``mqs_*`` tables made by the migrations, nothing else touched."""
+        return cls(os.path.dirname(os.path.abspath(path)), 1, durability, clock, database=path)
+
+    def _open_database(self, path: str, durability: str) -> None:
+        if os.path.isdir(path):
+            raise QueueStorageError(f"Config.database={path!r} is a folder; it names an SQLite database "
+                                    f"file (for a folder of shard files: MessageQueue({path!r}))")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise QueueStorageError(f"Config.database={path!r}: its folder {folder!r} does not exist")
+        warn_if_network_filesystem(folder)
+        self.location = folder
+        self._durability = durability
+        self._watcher = None
+        self._on_change = None
+        self._adopt_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        name = os.path.basename(path)
+        self._event_name = re.compile(rb"(" + re.escape(os.fsencode(name)) + rb")(?:-wal)?\x00")
+        self.shards = [SQLiteShard(os.path.abspath(path), 0, durability, self.clock, embedded=True)]
+
     def after_fork_in_child(self) -> None:
         self._adopt_lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -911,6 +979,8 @@ class SQLiteBackend(Backend):
 
     def adopt_new_shards(self) -> bool:
         """Shard files another process added (``middleware_num`` raised there) are served too."""
+        if self.database is not None:
+            return False  # the one file: no shard files to adopt
         present = existing_shard_count(self.location)
         if present <= len(self.shards):
             return False
@@ -932,7 +1002,7 @@ class SQLiteBackend(Backend):
             if self._watcher is None:
                 self._on_change = on_change
                 self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards],
-                                              self._files_changed, SHARD_EVENT_NAME)
+                                              self._files_changed, self._event_name)
                 for shard in self.shards:
                     shard.watch_foreign_commits(on_change, self._watcher)
 

@@ -95,10 +95,14 @@ def is_memory_database(path: str) -> bool:
     return path.startswith("file:/") and path.endswith(MEMORY_VFS_SUFFIX)
 
 
-def connect(path: str, durability: str, clock: Clock | None = None) -> sqlite3.Connection:
+def connect(path: str, durability: str, clock: Clock | None = None,
+            embedded: bool = False) -> sqlite3.Connection:
     """A configured connection to a verified, migrated shard file (or in-memory shard, see
     ``memory_database``), its SQL reading ``clock`` (default: the host's boot clock for
-    leases, the wall clock for scheduled times)."""
+    leases, the wall clock for scheduled times). ``embedded``: the file is an application's
+    own database, asked for explicitly (``Config.database``): its tables are left alone, and
+    the queue's schema version is kept in ``mqs_meta`` (the file's user_version and
+    application_id are the application's)."""
     in_memory = is_memory_database(path)
     try:  # only our own memory strings are read as URIs: a folder may be named "file:..."
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -110,14 +114,16 @@ def connect(path: str, durability: str, clock: Clock | None = None) -> sqlite3.C
         # deterministic: read once per statement, after it took the write lock (clock.py)
         conn.create_function("mqs_lease_now", 0, clock.lease_reading, deterministic=True)
         conn.create_function("mqs_wall_now", 0, clock.wall_reading, deterministic=True)
-        _verify_owner(conn, path)
+        if not embedded:
+            _verify_owner(conn, path)
         if not in_memory:  # in memory the journal stays in memory too (journal_mode MEMORY)
             _set_wal(conn, path)
         conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
         conn.execute("PRAGMA journal_size_limit = 67108864")  # WAL truncated to 64 MiB after checkpoints
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -64000")  # up to 64 MiB of pages: a million-row queue stays hot
-        retry_locked(lambda: _migrate(conn, path), f"migrating {path}")
+        migrate = _migrate_embedded if embedded else _migrate
+        retry_locked(lambda: migrate(conn, path), f"migrating {path}")
     except sqlite3.DatabaseError as exc:
         conn.close()
         if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).lower():
@@ -175,6 +181,44 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                     conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _embedded_version(conn: sqlite3.Connection) -> int:
+    """The queue's schema version inside an application's database (0: not created yet)."""
+    has_meta = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'mqs_meta'"
+                            ).fetchone()[0]
+    if not has_meta:
+        return 0
+    row = conn.execute("SELECT value FROM mqs_meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _migrate_embedded(conn: sqlite3.Connection, path: str) -> None:
+    """``_migrate`` for a queue inside an application's database: the same numbered
+    migrations (every object they create is named ``mqs_*``), the version in ``mqs_meta``."""
+    if _embedded_version(conn) == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _embedded_version(conn)  # another process may have migrated it meanwhile
+        if version > SCHEMA_VERSION:
+            raise QueueStorageError(
+                f"the queue in {path} has schema version {version}, newer than this package "
+                f"supports ({SCHEMA_VERSION}); upgrade message_queue_sqlite")
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'mqs\\_%' "
+                                         "ESCAPE '\\'").fetchone()[0]:
+            raise _refuse(path, "it holds tables named mqs_* that this package did not make")
+        for number, name, sql in MIGRATIONS:
+            if number > version:
+                log.info("%s: applying migration %04d_%s", path, number, name)
+                for statement in _statements(sql):
+                    conn.execute(statement)
+        conn.execute("INSERT INTO mqs_meta (key, value) VALUES ('schema_version', ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
