@@ -200,8 +200,10 @@ class Producer(ABC):
     def enqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
         """Store tasks through the application's own open ``connection`` (a driver connection
         to this queue's database), inside its transaction: they exist, and workers are told,
-        only when the application commits; a rollback leaves nothing. Returns their row ids.
-        Plain tasks only (no unique key, no cached arguments)."""
+        only when the application commits; a rollback leaves nothing. Their queues are declared
+        in that transaction too: nothing may be written through the shard's own connections
+        meanwhile (on SQLite the application holds the file's write lock). Returns their row
+        ids. Plain tasks only (no unique key, no cached arguments)."""
         raise QueueStorageError(f"{type(self).__name__} cannot send in an application's transaction")
 
     @abstractmethod

@@ -271,7 +271,8 @@ class Engine:
                 raise ValueError(f"task {task.task_name!r} has {what}, which connection= does not support "
                                  "(the key's holder, or the cached arguments, live outside the "
                                  "application's transaction); send it without connection=")
-        self._declare_queues(0, tasks)  # (committed apart: a queue name stored for nothing is harmless)
+        # (nothing is written through this object's own connections meanwhile: on SQLite the
+        # application's transaction holds the file's write lock; the queues are declared in it)
         return self.shards[0].enqueue_in_transaction(connection, tasks), NO_DUPLICATES
 
     def _declare_queues(self, shard: int, tasks: Sequence[NewTask]) -> None:

@@ -334,6 +334,7 @@ class PostgresShard(Shard):
                  t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout,
                  t.headers] for t in tasks]
         try:
+            connection.execute(self._q["declare_queues"], {"names": sorted({t.queue for t in tasks})})
             ids = list(connection.execute(self._q["enqueue"], {"tasks": _json(rows), **self._channel}
                                           ).fetchone()[0])
         except psycopg.Error as exc:

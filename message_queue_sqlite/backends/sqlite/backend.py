@@ -428,6 +428,8 @@ class SQLiteShard(Shard):
                 for t in tasks]
         insert = Q["enqueue_in_transaction"]
         try:
+            for queue in sorted({t.queue for t in tasks}):
+                connection.execute(Q["declare_queue"], (queue,))
             ids = [connection.execute(insert, row).lastrowid for row in rows]
             delayed = sum(1 for t in tasks if t.delay > 0)
             if delayed:
