@@ -40,10 +40,8 @@ $(DJANGO_STAMP): pyproject.toml Makefile
 		'psycopg[binary]>=3.1' 'pytest>=7' 'pytest-timeout>=2.1'
 	touch $(DJANGO_STAMP)
 
-# Python 3.12's sqlite3 warns (DeprecationWarning) about the SQLite backend's numbered
-# placeholders bound from sequences, once per statement; silenced here, not fixed here.
 test-django: $(DJANGO_STAMP)
-	$(DJANGO_VENV)/bin/python -m pytest tests/django_backend -W 'ignore:Binding:DeprecationWarning'
+	$(DJANGO_VENV)/bin/python -m pytest tests/django_backend -W 'error:Binding:DeprecationWarning'
 
 test: lint chromium test-django
 	$(BIN)/python -m pytest

@@ -134,9 +134,11 @@ def test_dashboard_pages_of_a_state_read_its_index(tmp_path, query, index):
 
 
 def _arity(sql: str) -> int:
+    """Parameters of a prepared statement: its highest :pN name, or its count of plain ``?``."""
     import re
 
-    return max((int(n) for n in re.findall(r"\?(\d+)", sql)), default=0)
+    named = [int(n) for n in re.findall(r":p(\d+)", sql)]
+    return max(named) if named else sql.count("?")
 
 
 def test_claim_is_log_n_a_large_backlog_uses_the_ready_index(tmp_path):

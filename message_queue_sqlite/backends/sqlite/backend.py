@@ -37,9 +37,11 @@ from message_queue_sqlite.backends.base import (
 from message_queue_sqlite.backends.sql_files import listing_query, load_queries, page_query
 from message_queue_sqlite.backends.sqlite.clock import BOOT_ID, Clock
 from message_queue_sqlite.backends.sqlite.connection import (
+    by_name,
     check_sqlite_library,
     connect,
     is_locked_error,
+    prepare_statement,
     retry_locked,
     warn_if_network_filesystem,
 )
@@ -51,7 +53,7 @@ from message_queue_sqlite.core.status import TaskStatus
 
 log = logging.getLogger(__name__)
 
-Q = load_queries(__package__)
+Q = {name: prepare_statement(sql) for name, sql in load_queries(__package__).items()}
 SHARD_FILE = "mq-shard-{index}.db"
 SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 # the NUL-padded name field of a change event on a shard file or its WAL: "mq-shard-3.db-wal\0"
@@ -428,12 +430,13 @@ class SQLiteShard(Shard):
                 for t in tasks]
         insert = Q["enqueue_in_transaction"]
         try:
+            # (the application's own connection binds tuples by position: named ones as ours do)
             for queue in sorted({t.queue for t in tasks}):
                 connection.execute(Q["declare_queue"], (queue,))
-            ids = [connection.execute(insert, row).lastrowid for row in rows]
+            ids = [connection.execute(insert, by_name(row)).lastrowid for row in rows]
             delayed = sum(1 for t in tasks if t.delay > 0)
             if delayed:
-                connection.execute(Q["add_to_count"], (*SCHEDULED_KEY, delayed))
+                connection.execute(Q["add_to_count"], by_name((*SCHEDULED_KEY, delayed)))
         except sqlite3.Error as exc:
             raise self._storage_error("enqueue in the application's transaction", exc) from exc
         return ids

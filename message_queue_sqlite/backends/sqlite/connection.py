@@ -16,7 +16,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from message_queue_sqlite.backends.backoff import Backoff
 from message_queue_sqlite.backends.sql_files import load_migrations
@@ -95,6 +95,52 @@ def is_memory_database(path: str) -> bool:
     return path.startswith("file:/") and path.endswith(MEMORY_VFS_SUFFIX)
 
 
+_NUMBERED = re.compile(r"\?(\d+)")
+_NAMED = re.compile(r":p\d")
+_NAMES = tuple(f"p{number}" for number in range(1, 100))
+_HAS_NAMES: dict[str, bool] = {}  # statement text -> binds by name (derived from the text, only grows)
+
+
+def prepare_statement(sql: str) -> str:
+    """queries.sql's numbered placeholders (``?1``, ``?2``) made what every Python binds a
+    parameter tuple to without complaint (3.12 warns about a sequence bound to numbered
+    placeholders, 3.14 refuses it): plain ``?`` when each number appears once, in order (the
+    tuple binds as it is, at no cost); otherwise names ``:p1``, ``:p2`` (the connection binds
+    the tuple by name: see ``by_name``)."""
+    numbers = [int(n) for n in _NUMBERED.findall(sql)]
+    if numbers == list(range(1, len(numbers) + 1)):
+        return _NUMBERED.sub("?", sql)
+    return _NUMBERED.sub(lambda match: f":p{match.group(1)}", sql)
+
+
+def by_name(parameters: Any) -> Any:
+    """A parameter tuple (or list) as the mapping a statement of ``prepare_statement`` names."""
+    if type(parameters) is tuple or type(parameters) is list:
+        return dict(zip(_NAMES, parameters, strict=False))  # (_NAMES is longer)
+    return parameters
+
+
+def binds_by_name(sql: str) -> bool:
+    found = _HAS_NAMES.get(sql)
+    if found is None:
+        found = _HAS_NAMES[sql] = _NAMED.search(sql) is not None
+    return found
+
+
+class QueueConnection(sqlite3.Connection):
+    """Binds a parameter tuple by name to a statement that ``prepare_statement`` gave names."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        if parameters and binds_by_name(sql):
+            parameters = by_name(parameters)
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:  # type: ignore[override]
+        if binds_by_name(sql):
+            seq_of_parameters = (by_name(parameters) for parameters in seq_of_parameters)
+        return super().executemany(sql, seq_of_parameters)
+
+
 def connect(path: str, durability: str, clock: Clock | None = None,
             embedded: bool = False) -> sqlite3.Connection:
     """A configured connection to a verified, migrated shard file (or in-memory shard, see
@@ -105,8 +151,8 @@ def connect(path: str, durability: str, clock: Clock | None = None,
     application_id are the application's)."""
     in_memory = is_memory_database(path)
     try:  # only our own memory strings are read as URIs: a folder may be named "file:..."
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False, cached_statements=256, uri=in_memory)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
+                               cached_statements=256, uri=in_memory, factory=QueueConnection)
     except sqlite3.Error as exc:
         raise QueueStorageError(f"cannot open queue file {path}: {exc}") from exc
     try:
