@@ -241,3 +241,48 @@ def test_a_folder_queue_refuses_connection_and_names_database(queue_dir, tmp_pat
     finally:
         conn.close()
         mq.close()
+
+
+def test_asend_joins_the_applications_transaction_async_connection_on_postgresql(app):
+    """asend(connection=): an AsyncConnection (psycopg) is awaited; a sync one (sqlite3) is used
+    as send uses it. A rollback leaves nothing, a commit makes the task, which then runs."""
+    import asyncio
+
+    mq = app.queue(workers=1)
+
+    @mq.task
+    def double(n):
+        return n * 2
+
+    async def main() -> int:
+        if app.backend == "postgres":
+            import psycopg
+
+            conn = await psycopg.AsyncConnection.connect(POSTGRES_DSN)
+            rollback, commit = conn.rollback, conn.commit
+        else:
+            conn = app.connect()
+
+            async def rollback() -> None:
+                conn.rollback()
+
+            async def commit() -> None:
+                conn.commit()
+        try:
+            await mq.asend(double, {"n": 1}, connection=conn)
+            await rollback()
+            assert sum(mq.stats()["outcomes"].values()) == 0
+            handle = await mq.asend(double, {"n": 2}, connection=conn)
+            await commit()
+            mq.start()
+            return await handle.aresult(timeout=20)
+        finally:
+            if app.backend == "postgres":
+                await conn.close()
+            else:
+                conn.close()
+
+    try:
+        assert asyncio.run(main()) == 4
+    finally:
+        mq.close()

@@ -373,15 +373,21 @@ class MessageQueue:
                     delay: float | timedelta = 0.0, eta: datetime | None = None,
                     unique_key: str | None = None, unique_for: float | timedelta | None = None,
                     unique_states: tuple[str, ...] | None = None, queue: str | None = None,
-                    timeout: float | timedelta | None = None) -> TaskHandle:
+                    timeout: float | timedelta | None = None, connection: Any = None) -> TaskHandle:
         """``send`` for a coroutine, with the same arguments and checks; the task is committed
-        when it returns. On SQLite the write runs in the loop's thread (tens of microseconds:
-        less than the hand-off to a thread would cost); on PostgreSQL, and in immediate mode
-        (the send runs the task), on a thread, so the loop goes on meanwhile. Measured in the
-        README, "Async client". Await its result with ``await handle.aresult(timeout=)``."""
+        when it returns (with ``connection``: stored in the application's transaction, as for
+        ``send``; psycopg's ``AsyncConnection`` is awaited). On SQLite the write runs in the
+        loop's thread (tens of microseconds: less than the hand-off to a thread would cost);
+        on PostgreSQL, and in immediate mode (the send runs the task), on a thread, so the loop
+        goes on meanwhile. Measured in the README, "Async client". Await its result with
+        ``await handle.aresult(timeout=)``."""
         request = self._single(task, kwargs, args, priority, callback, use_cache, retries, retry,
                                delay, eta, unique_key, unique_for, unique_states, queue, timeout)
-        return await aio.run_blocking(self._engine.async_inline, self._send_one, request)
+        if connection is not None and aio.is_async_connection(connection):
+            since = self._engine.outcome_epoch()
+            (task_id,) = await self._engine.asend_in_transaction([request], connection)
+            return TaskHandle(task_id, request.task_name, self._engine, since)
+        return await aio.run_blocking(self._engine.async_inline, self._send_one, request, connection)
 
     def send_many(self, tasks: Iterable[tuple[Any, ...]], *, priority: int = 0,
                   callback: Callback | None = None, use_cache: bool = False,

@@ -206,6 +206,11 @@ class Producer(ABC):
         ids. Plain tasks only (no unique key, no cached arguments)."""
         raise QueueStorageError(f"{type(self).__name__} cannot send in an application's transaction")
 
+    async def aenqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """``enqueue_in_transaction`` through an application's async connection."""
+        raise TypeError(f"connection={connection!r}: {type(self).__name__} takes no async connection; pass "
+                        "the application's sync connection (sqlite3.Connection), from this thread")
+
     @abstractmethod
     def declare_queues(self, names: Sequence[str]) -> None:
         """Store these queue names (those already stored stay as they are), so that what serves

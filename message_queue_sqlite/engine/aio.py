@@ -37,6 +37,11 @@ class LoopWaiter:
             pass
 
 
+def is_async_connection(connection: Any) -> bool:
+    """A driver connection whose statements are awaited (psycopg's ``AsyncConnection``)."""
+    return asyncio.iscoroutinefunction(getattr(connection, "execute", None))
+
+
 async def run_blocking(inline: bool, func: Callable[..., T], *args: Any) -> T:
     """``func(*args)`` in this thread when ``inline`` (a statement on a local SQLite file takes
     tens of microseconds: less than handing it to a thread and back), else on a worker thread

@@ -184,8 +184,38 @@ class Engine:
 
         Callbacks are registered after the commit, when the ids exist; an outcome that a
         worker records before that is found in storage by the dispatcher, so none is lost."""
+        by_shard, placed, cached = self._prepare_send(requests, connection is not None)
+        try:
+            if connection is not None:
+                row_ids = {0: self._store_in_transaction(connection, by_shard[0])}
+            else:
+                row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
+        except BaseException:
+            for key in cached:
+                self.cache.pop(key, None)
+            raise
+        return self._sent(requests, row_ids, placed)
+
+    async def asend_in_transaction(self, requests: Sequence[SendRequest], connection: Any) -> list[str]:
+        """``send_many`` with an application's async connection (psycopg's ``AsyncConnection``),
+        awaited in its transaction."""
+        by_shard, placed, cached = self._prepare_send(requests, True)
+        try:
+            tasks = by_shard[0]
+            self._check_in_transaction(tasks)
+            ids = await self.shards[0].aenqueue_in_transaction(connection, tasks)
+        except BaseException:
+            for key in cached:
+                self.cache.pop(key, None)
+            raise
+        return self._sent(requests, {0: (ids, NO_DUPLICATES)}, placed)
+
+    def _prepare_send(self, requests: Sequence[SendRequest], in_transaction: bool,
+                      ) -> tuple[dict[int, list[NewTask]], list[tuple[int, int]], list[str]]:
+        """The rows of a send, by shard (and, with several shards, where each request went),
+        after the ``before_send`` hooks; the keys of arguments put in the cache."""
         self._check_open()
-        if connection is not None and self.config.immediate:
+        if in_transaction and self.config.immediate:
             raise ValueError("connection= is not for immediate mode: its send runs the task at once, but a "
                              "task sent in the application's transaction exists only once that commits")
         with_callback = sum(1 for request in requests if request.callback is not None)
@@ -199,32 +229,32 @@ class Engine:
         placed: list[tuple[int, int]] = []  # (shard, position in that shard's batch)
         by_shard: dict[int, list[NewTask]] = {}
         cached: list[str] = []
-        single = self.balancer.single
         try:
-            if single:
-                tasks = [self._prepare(request, now, cached) for request in requests]
-                by_shard[0] = tasks
-            else:
-                for request in requests:
-                    task = self._prepare(request, now, cached)
-                    # a key always goes to the shard its hash names: that shard's index enforces
-                    # it; so does a task with a concurrency limit (its shard counts its runs)
-                    key = task.unique_key
-                    if key is None and request.task_name in self._limited_names():
-                        key = request.task_name
-                    shard = self.balancer.pick() if key is None else self.balancer.route(key)
-                    batch = by_shard.setdefault(shard, [])
-                    placed.append((shard, len(batch)))
-                    batch.append(task)
-            if connection is not None:
-                row_ids = {0: self._store_in_transaction(connection, by_shard[0])}
-            else:
-                row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
+            if self.balancer.single:
+                by_shard[0] = [self._prepare(request, now, cached) for request in requests]
+                return by_shard, placed, cached
+            for request in requests:
+                task = self._prepare(request, now, cached)
+                # a key always goes to the shard its hash names: that shard's index enforces
+                # it; so does a task with a concurrency limit (its shard counts its runs)
+                key = task.unique_key
+                if key is None and request.task_name in self._limited_names():
+                    key = request.task_name
+                shard = self.balancer.pick() if key is None else self.balancer.route(key)
+                batch = by_shard.setdefault(shard, [])
+                placed.append((shard, len(batch)))
+                batch.append(task)
+            return by_shard, placed, cached
         except BaseException:
             for key in cached:
                 self.cache.pop(key, None)
             raise
-        if single:
+
+    def _sent(self, requests: Sequence[SendRequest], row_ids: dict[int, tuple[list[int], Any]],
+              placed: list[tuple[int, int]]) -> list[str]:
+        """After the rows are stored: the ids in request order, callbacks registered, workers
+        rung, ``after_send`` hooks fired, and in immediate mode the tasks run."""
+        if not placed:
             ids, duplicates = row_ids[0]
             task_ids = [format_task_id(0, row_id) for row_id in ids]
             for pos in duplicates:
@@ -239,6 +269,7 @@ class Engine:
         if callbacks:
             self.dispatcher.expect(callbacks)
         self.bell.ring()
+        hooks = self.hooks
         if hooks.after_send:
             for request, task_id in zip(requests, task_ids, strict=True):
                 hooks.fire(hooks.after_send, task_id, request)
@@ -263,6 +294,12 @@ class Engine:
         through its connection and commit or roll back with its writes; its commit wakes the
         workers through the change feed. One shard (the application's database, or the
         PostgreSQL schema); plain tasks only."""
+        self._check_in_transaction(tasks)
+        # (nothing is written through this object's own connections meanwhile: on SQLite the
+        # application's transaction holds the file's write lock; the queues are declared in it)
+        return self.shards[0].enqueue_in_transaction(connection, tasks), NO_DUPLICATES
+
+    def _check_in_transaction(self, tasks: Sequence[NewTask]) -> None:
         if not self.balancer.single:
             raise ValueError("connection= needs a queue of one shard: the application's database")
         for task in tasks:
@@ -271,9 +308,6 @@ class Engine:
                 raise ValueError(f"task {task.task_name!r} has {what}, which connection= does not support "
                                  "(the key's holder, or the cached arguments, live outside the "
                                  "application's transaction); send it without connection=")
-        # (nothing is written through this object's own connections meanwhile: on SQLite the
-        # application's transaction holds the file's write lock; the queues are declared in it)
-        return self.shards[0].enqueue_in_transaction(connection, tasks), NO_DUPLICATES
 
     def _declare_queues(self, shard: int, tasks: Sequence[NewTask]) -> None:
         """Store the queues of ``tasks`` not stored yet by this object (the default one is
