@@ -37,7 +37,7 @@ from message_queue_sqlite.backends.base import (
 from message_queue_sqlite.backends.sql_files import listing_query, load_queries, page_query
 from message_queue_sqlite.backends.sqlite.clock import BOOT_ID, Clock
 from message_queue_sqlite.backends.sqlite.connection import (
-    by_name,
+    arrange,
     check_sqlite_library,
     connect,
     is_locked_error,
@@ -430,13 +430,14 @@ class SQLiteShard(Shard):
                 for t in tasks]
         insert = Q["enqueue_in_transaction"]
         try:
-            # (the application's own connection binds tuples by position: named ones as ours do)
+            # (the application's own connection: its tuples arranged as ours are, see arrange)
             for queue in sorted({t.queue for t in tasks}):
                 connection.execute(Q["declare_queue"], (queue,))
-            ids = [connection.execute(insert, by_name(row)).lastrowid for row in rows]
+            ids = [connection.execute(insert, arrange(insert, row)).lastrowid for row in rows]
             delayed = sum(1 for t in tasks if t.delay > 0)
             if delayed:
-                connection.execute(Q["add_to_count"], by_name((*SCHEDULED_KEY, delayed)))
+                count = Q["add_to_count"]
+                connection.execute(count, arrange(count, (*SCHEDULED_KEY, delayed)))
         except sqlite3.Error as exc:
             raise self._storage_error("enqueue in the application's transaction", exc) from exc
         return ids

@@ -12,6 +12,7 @@ migrations and settings, minus WAL, which SQLite has no use for there.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import re
 import sqlite3
@@ -96,48 +97,46 @@ def is_memory_database(path: str) -> bool:
 
 
 _NUMBERED = re.compile(r"\?(\d+)")
-_NAMED = re.compile(r":p\d")
-_NAMES = tuple(f"p{number}" for number in range(1, 100))
-_HAS_NAMES: dict[str, bool] = {}  # statement text -> binds by name (derived from the text, only grows)
+# a prepared statement's text -> what rearranges a parameter tuple for it (None: as it is)
+_ARRANGERS: dict[str, Callable[[Any], tuple[Any, ...]] | None] = {}
 
 
 def prepare_statement(sql: str) -> str:
-    """queries.sql's numbered placeholders (``?1``, ``?2``) made what every Python binds a
-    parameter tuple to without complaint (3.12 warns about a sequence bound to numbered
-    placeholders, 3.14 refuses it): plain ``?`` when each number appears once, in order (the
-    tuple binds as it is, at no cost); otherwise names ``:p1``, ``:p2`` (the connection binds
-    the tuple by name: see ``by_name``)."""
-    numbers = [int(n) for n in _NUMBERED.findall(sql)]
-    if numbers == list(range(1, len(numbers) + 1)):
-        return _NUMBERED.sub("?", sql)
-    return _NUMBERED.sub(lambda match: f":p{match.group(1)}", sql)
+    """queries.sql's numbered placeholders (``?1``, ``?2``) made plain ``?`` (Python 3.12 warns
+    about a parameter tuple bound to numbered placeholders, 3.14 refuses it). Where the numbers
+    do not appear once each, in order, the connection rearranges the tuple for the statement
+    (``arrange``): a C-level item getter per row, a tenth of what binding by name would cost."""
+    order = [int(n) - 1 for n in _NUMBERED.findall(sql)]
+    plain = _NUMBERED.sub("?", sql)
+    if order == list(range(len(order))):
+        _ARRANGERS[plain] = None
+    elif len(order) == 1:
+        index = order[0]
+        _ARRANGERS[plain] = lambda parameters: (parameters[index],)
+    else:
+        _ARRANGERS[plain] = operator.itemgetter(*order)
+    return plain
 
 
-def by_name(parameters: Any) -> Any:
-    """A parameter tuple (or list) as the mapping a statement of ``prepare_statement`` names."""
-    if type(parameters) is tuple or type(parameters) is list:
-        return dict(zip(_NAMES, parameters, strict=False))  # (_NAMES is longer)
-    return parameters
-
-
-def binds_by_name(sql: str) -> bool:
-    found = _HAS_NAMES.get(sql)
-    if found is None:
-        found = _HAS_NAMES[sql] = _NAMED.search(sql) is not None
-    return found
+def arrange(sql: str, parameters: Any) -> Any:
+    """A parameter tuple in the order a statement of ``prepare_statement`` binds it."""
+    arranger = _ARRANGERS.get(sql)
+    return parameters if arranger is None or not parameters else arranger(parameters)
 
 
 class QueueConnection(sqlite3.Connection):
-    """Binds a parameter tuple by name to a statement that ``prepare_statement`` gave names."""
+    """Rearranges a parameter tuple for a statement that ``prepare_statement`` made plain."""
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
-        if parameters and binds_by_name(sql):
-            parameters = by_name(parameters)
+        arranger = _ARRANGERS.get(sql)
+        if arranger is not None and parameters:
+            parameters = arranger(parameters)
         return super().execute(sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:  # type: ignore[override]
-        if binds_by_name(sql):
-            seq_of_parameters = (by_name(parameters) for parameters in seq_of_parameters)
+        arranger = _ARRANGERS.get(sql)
+        if arranger is not None:
+            seq_of_parameters = map(arranger, seq_of_parameters)
         return super().executemany(sql, seq_of_parameters)
 
 
