@@ -98,6 +98,16 @@ def existing_shard_count(folder: str) -> int:
     return count
 
 
+def _file_version(path: str) -> tuple[int, int, int, int] | None:
+    """What tells one version of a file from the next (inode, size, change times), without
+    opening it (a descriptor closed on a database drops SQLite's locks); None if missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
@@ -943,6 +953,7 @@ class SQLiteBackend(Backend):
         self._on_change: Callable[[], None] | None = None
         self._adopt_lock = threading.Lock()
         self._watch_lock = threading.Lock()
+        self._refused: dict[str, tuple[int, int, int, int] | None] = {}  # path: version refused
         self.shards: list[SQLiteShard] = []
         try:
             for index in range(shard_count):
@@ -983,22 +994,45 @@ class SQLiteBackend(Backend):
         super().after_fork_in_child()
 
     def adopt_new_shards(self) -> bool:
-        """Shard files another process added (``middleware_num`` raised there) are served too."""
+        """Shard files another process added (``middleware_num`` raised there) are served too.
+
+        A file that is not ours (another application's database dropped in under a shard's
+        name, a file that is not SQLite) is refused, untouched, and logged once per version of
+        it: the callers (housekeeping before renewal and recovery, idle workers, the change
+        watcher) must go on serving the shards they have, or one foreign file would stop the
+        recovery of every task a dead worker held. Shards are numbered without gaps, so the
+        files after a refused one wait until it is removed or replaced (then it is looked at
+        again). True when a shard was adopted."""
         if self.database is not None:
             return False  # the one file: no shard files to adopt
         present = existing_shard_count(self.location)
         if present <= len(self.shards):
             return False
+        adopted = False
         with self._adopt_lock:  # the watcher, the housekeeper and idle workers all look
             for index in range(len(self.shards), present):
-                shard = SQLiteShard(shard_path(self.location, index), index, self._durability, self.clock)
+                path = shard_path(self.location, index)
+                version = _file_version(path)
+                if self._refused.get(path) == version:
+                    break  # refused as it is; already said so
+                try:
+                    shard = SQLiteShard(path, index, self._durability, self.clock)
+                except QueueStorageError as exc:
+                    self._refused[path] = version
+                    log.error("refusing %s, which appeared in the live queue folder %s: %s. This process "
+                              "goes on serving, renewing and recovering shards 0-%d; remove or rename "
+                              "that file (it is not modified here) for shard %d and later ones to be "
+                              "served.", path, self.location, exc, index - 1, index)
+                    break
+                self._refused.pop(path, None)
                 watcher = self._watcher
                 shard.watch_foreign_commits(self._on_change, watcher)
                 if watcher is not None:  # (its polling, if it polls, opens only what it is told)
                     watcher.add_database(shard.path)
                 self.shards.append(shard)
+                adopted = True
                 log.info("serving %s, created by another process", shard.name)
-        return True
+        return adopted
 
     def watch(self, on_change: Callable[[], None]) -> None:
         """Only other processes' commits are reported: this object's own writes would wake
