@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import subprocess_env, wait_until
 
-from message_queue_sqlite import MessageQueue
+from message_queue_sqlite import MessageQueue, PartiallySentError, QueueStorageError
 
 PY = sys.executable
 
 HOLD_TASKS = """
 import os
+import re
 import threading
 import time
 
@@ -112,3 +115,70 @@ def test_a_foreign_file_in_a_live_folder_is_refused_and_recovery_goes_on(tmp_pat
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+
+
+def _fail_third_enqueue(mq: MessageQueue, before_failing=lambda shards: None) -> None:
+    """Make the third shard a send touches fail (before storing anything), after the first two
+    committed: ``before_failing`` runs first (e.g. a worker claims what they stored)."""
+    from faulty import FaultyShard
+
+    calls = iter(range(1_000_000))
+    real = list(mq.engine.backend.shards)
+
+    def error() -> BaseException:
+        before_failing(real)
+        return QueueStorageError("enqueue on mq-shard-X.db failed: database or disk is full")
+
+    for index, shard in enumerate(real):
+        faulty = FaultyShard(shard)
+        faulty.fail("enqueue", error, matches=lambda *a, **k: next(calls) == 2)
+        mq.engine.backend.shards[index] = faulty
+
+
+def _rows(folder: Path, shards: int) -> list[tuple[int, int, str]]:
+    found = []
+    for index in range(shards):
+        conn = sqlite3.connect(folder / f"mq-shard-{index}.db")
+        found += [(index, row_id, status) for row_id, status in
+                  conn.execute("SELECT id, status FROM mqs_tasks WHERE status <> 0")]
+        conn.close()
+    return found
+
+
+def test_a_multi_shard_send_that_fails_on_one_shard_takes_back_the_rest(tmp_path):
+    """Issue 17 finding 5: send_many raised when one shard failed, yet the part stored on the
+    other shards stayed committed and ran (the caller had no ids). Now what is still waiting
+    is taken back: the original error, and nothing stored anywhere."""
+    folder = tmp_path / "q"
+    with MessageQueue(str(folder), shards=3) as mq:
+        _fail_third_enqueue(mq)
+        with pytest.raises(QueueStorageError, match="disk is full") as caught:
+            mq.send_many([("t", {"n": n}) for n in range(9)])
+        assert not isinstance(caught.value, PartiallySentError)
+        assert any("taken back" in note for note in caught.value.__notes__)
+        assert _rows(folder, 3) == []
+        assert sum(mq.engine.backend.shards[i].inner.count_tasks().get((1, 0), 0) for i in range(3)) == 0
+
+
+def test_a_multi_shard_send_whose_sent_part_was_claimed_says_which_ids_were_sent(tmp_path):
+    """What a worker claimed before the send could take it back stays sent: PartiallySentError
+    names those ids (by request index), the indexes not stored, and the cause."""
+    folder = tmp_path / "q"
+    claimed: list[tuple[int, int]] = []
+
+    def claim_everything(shards) -> None:
+        for shard in shards:
+            _, got = shard.complete_and_claim([], "thief", 100, 30.0)
+            claimed.extend((shard.index, c.row_id) for c in got)
+
+    with MessageQueue(str(folder), shards=3) as mq:
+        _fail_third_enqueue(mq, claim_everything)
+        with pytest.raises(PartiallySentError, match=r"stored \d of 9 tasks") as caught:
+            mq.send_many([("t", {"n": n}) for n in range(9)])
+    error = caught.value
+    assert claimed and isinstance(error.cause, QueueStorageError)
+    assert sorted(error.sent.values()) == sorted(f"{s}-{r}" for s, r in claimed)
+    assert sorted([*error.sent, *error.failed]) == list(range(9))
+    stored = _rows(folder, 3)
+    assert sorted(f"{s}-{r}" for s, r, _ in stored) == sorted(error.sent.values())
+    assert all(status == 2 for _, _, status in stored)  # RUNNING, under the thief's lease

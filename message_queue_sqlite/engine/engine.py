@@ -42,6 +42,7 @@ from message_queue_sqlite.engine.executors.processes import ProcessExecutor
 from message_queue_sqlite.engine.executors.routing import RoutingExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
+from message_queue_sqlite.engine.partial_send import withdraw_partial_send
 from message_queue_sqlite.engine.progress import ProgressWriter
 from message_queue_sqlite.engine.running import TaskRunner
 from message_queue_sqlite.engine.scheduler import Scheduler
@@ -199,6 +200,7 @@ class Engine:
         placed: list[tuple[int, int]] = []  # (shard, position in that shard's batch)
         by_shard: dict[int, list[NewTask]] = {}
         cached: list[str] = []
+        kept_cache: set[str] = set()  # cached arguments of tasks a failed send could not take back
         single = self.balancer.single
         try:
             if single:
@@ -219,10 +221,25 @@ class Engine:
             if connection is not None:
                 row_ids = {0: self._store_in_transaction(connection, by_shard[0])}
             else:
-                row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
+                row_ids = {}
+                for shard, tasks in by_shard.items():
+                    try:
+                        row_ids[shard] = self._store(shard, tasks)
+                    except Exception as exc:
+                        if not row_ids:
+                            raise
+                        # shards commit one by one: take back what others stored (see partial_send)
+                        partial, kept_cache = withdraw_partial_send(self.shards, by_shard, placed,
+                                                                    row_ids, exc)
+                        if partial is None:
+                            exc.add_note("the tasks of this send_many stored on other shards were taken "
+                                         "back: nothing was sent")
+                            raise
+                        raise partial from exc
         except BaseException:
             for key in cached:
-                self.cache.pop(key, None)
+                if key not in kept_cache:
+                    self.cache.pop(key, None)
             raise
         if single:
             ids, duplicates = row_ids[0]
