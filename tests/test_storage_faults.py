@@ -117,6 +117,29 @@ def test_a_foreign_file_in_a_live_folder_is_refused_and_recovery_goes_on(tmp_pat
                 worker.wait()
 
 
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_arguments_nested_too_deep_raise_the_documented_type_error(tmp_path):
+    """Issue 17 finding 8: 100,000 levels raised RecursionError at send; the documented error for
+    arguments that cannot be stored is TypeError, and it names the task, argument and depth."""
+    from message_queue_sqlite.serialization import dumps_call, dumps_result
+
+    with MessageQueue(str(tmp_path / "q")) as mq:
+        deep = _nested(100_000)
+        with pytest.raises(TypeError, match=r"argument 'tree' of task 'walk' is nested 100000 levels deep"):
+            mq.send("walk", {"flat": [1, 2], "tree": deep})
+        with pytest.raises(TypeError, match=r"positional argument 1 of task 'walk' is nested 100000 levels"):
+            dumps_call("walk", (1, deep), {})
+        with pytest.raises(TypeError, match=r"return value \(list\) is nested 100000 levels deep"):
+            dumps_result(deep)
+        mq.send("walk", {"tree": _nested(50)})  # a modest depth still goes through
+
+
 def _fail_third_enqueue(mq: MessageQueue, before_failing=lambda shards: None) -> None:
     """Make the third shard a send touches fail (before storing anything), after the first two
     committed: ``before_failing`` runs first (e.g. a worker claims what they stored)."""
