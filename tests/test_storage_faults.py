@@ -140,6 +140,69 @@ def test_arguments_nested_too_deep_raise_the_documented_type_error(tmp_path):
         mq.send("walk", {"tree": _nested(50)})  # a modest depth still goes through
 
 
+def _shim(tmp_path: Path) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from storage_faults import build_shim
+
+    built, why = build_shim(str(tmp_path / "shim"))
+    if built is None:
+        pytest.skip(f"cannot build the storage-fault shim: {why}")
+    return built
+
+
+SEND_UNDER_FAULT = """
+import sys
+from pathlib import Path
+from message_queue_sqlite import MessageQueue, QueueStorageError
+folder, control, mode = sys.argv[1:]
+for phase in ("open", "send"):  # opening (a read that sets up the WAL index) can fail too
+    Path(control).write_text(mode if phase == "open" else "off")
+    try:
+        mq = MessageQueue(folder)
+        Path(control).write_text(mode)
+        mq.send("t", {"payload": "x" * 5000})
+    except QueueStorageError as exc:
+        print(phase, "QueueStorageError:", exc)
+    except Exception as exc:
+        print(phase, "OTHER", type(exc).__name__, exc)
+    else:
+        print(phase, "SENT")
+"""
+
+
+@pytest.mark.parametrize(("mode", "condition"), [
+    ("EIO", r"an I/O error \(EIO\) from the device or file system \(SQLITE_IOERR_\w+"),
+    ("EROFS", r"is read-only \(EROFS"),
+])
+def test_eio_and_erofs_reach_the_sender_as_a_storage_error_saying_what_to_do(tmp_path, mode, condition):
+    """Issue 17 finding 8: EIO and EROFS under SQLite reached senders as a bare
+    ``sqlite3.OperationalError: disk I/O error``. An LD_PRELOAD shim fails the shard files'
+    writes with the errno; the sender gets QueueStorageError naming the file, the condition and
+    the remedy; afterwards the file is intact and sends go through again."""
+    shim = _shim(tmp_path)
+    folder = tmp_path / "q"
+    MessageQueue(str(folder)).close()
+    control = tmp_path / "control"
+    env = {**subprocess_env(), "LD_PRELOAD": shim, "MQS_FAULT_CONTROL": str(control),
+           "MQS_FAULT_RECHECK_MS": "0"}
+    done = subprocess.run([PY, "-c", SEND_UNDER_FAULT, str(folder), str(control), mode], env=env,
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["open", "send"], done.stdout + done.stderr
+    for line in lines:
+        assert line.split(" ", 1)[1].startswith("QueueStorageError:"), line
+        assert str(folder / "mq-shard-0.db") in line, line
+        assert re.search(condition, line), line
+        assert "retry" in line, line
+    done = subprocess.run([PY, "-c", SEND_UNDER_FAULT, str(folder), str(control), "off"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["open", "SENT", "send", "SENT"], done.stdout + done.stderr
+    conn = sqlite3.connect(folder / "mq-shard-0.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM mqs_tasks").fetchone()[0] == 2  # the two sent without fault
+    conn.close()
+
+
 def _fail_third_enqueue(mq: MessageQueue, before_failing=lambda shards: None) -> None:
     """Make the third shard a send touches fail (before storing anything), after the first two
     committed: ``before_failing`` runs first (e.g. a worker claims what they stored)."""

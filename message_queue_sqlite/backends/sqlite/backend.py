@@ -43,6 +43,7 @@ from message_queue_sqlite.backends.sqlite.connection import (
     is_locked_error,
     prepare_statement,
     retry_locked,
+    storage_condition,
     warn_if_network_filesystem,
 )
 from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
@@ -287,7 +288,10 @@ class SQLiteShard(Shard):
                 succeeded = True
             except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # (an I/O error may fail the rollback too: SQLite
+                        pass               # then rolls back itself; the first error is the news)
                 if isinstance(exc, sqlite3.Error):
                     raise self._storage_error(what, exc) from exc
                 raise
@@ -380,13 +384,11 @@ class SQLiteShard(Shard):
                 raise self._storage_error("read", exc) from exc
 
     def _storage_error(self, what: str, exc: sqlite3.Error) -> QueueStorageError:
-        text = str(exc)
-        hint = ""
-        if "full" in text:
-            hint = "; free disk space (the transaction was rolled back, the file is intact)"
-        elif "readonly" in text or "read-only" in text:
-            hint = "; make the file and its folder writable (nothing was written)"
-        return QueueStorageError(f"{what} on {self.path} failed: {text}{hint}")
+        """Our error for a failed SQLite call: the file, SQLite's words, and the OS condition
+        behind them (disk full, read-only file system, I/O error) with what to do."""
+        condition = storage_condition(self.path, exc)
+        return QueueStorageError(f"{what} on {self.path} failed: {exc}"
+                                 f"{'; ' + condition if condition else ''}")
 
     # -- sending ---------------------------------------------------------------------
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
