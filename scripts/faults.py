@@ -884,6 +884,7 @@ class Scenario:
             r.errors += 1
             r.note(str(exc))
             return
+        records = [record for record in records if record["status"] != 0]  # tombstones: no task
         for record in records:
             # A task's public id is "<shard>-<row id>" (older schemas: a task_id column).
             task_id = record.get("task_id") or f"{record['shard']}-{record['id']}"

@@ -55,7 +55,7 @@ class TaskTimeout(MessageQueueError, TimeoutError):
 class PartiallySentError(QueueStorageError):
     """A ``send_many`` over several shards failed on one shard after others had committed
     their part, and some of that part could not be taken back (a worker had claimed it
-    already, or the withdrawal failed too): those tasks stay sent and run.
+    already, or the storage failed the withdrawal too): those tasks stay sent and run.
 
     The shards are separate SQLite files, so no one transaction spans them; the send takes
     back what it stored, if still waiting, and raises the original error when everything
@@ -69,8 +69,9 @@ class PartiallySentError(QueueStorageError):
         self.cause = cause
         total = len(sent) + len(failed)
         super().__init__(
-            f"send_many stored {len(sent)} of {total} tasks and could not take them back (already "
-            f"claimed): ids by request index {dict(list(sent.items())[:10])}"
+            f"send_many stored {len(sent)} of {total} tasks and could not take them back (claimed "
+            f"already, or the storage failed the withdrawal too): ids by request index "
+            f"{dict(list(sent.items())[:10])}"
             f"{' ...' if len(sent) > 10 else ''}; the other {len(failed)} (indexes "
             f"{failed[:20]}{' ...' if len(failed) > 20 else ''}) were not stored: {cause}. Resend only "
             "the indexes in .failed; the ids in .sent will run")
