@@ -183,8 +183,8 @@ def _send(mq: Any, tasks: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
 
 
 # what a clear storage error names (message_queue_sqlite.backends.sqlite.connection.storage_condition)
-STORAGE_CONDITIONS = (("full", "the disk is full (ENOSPC"), ("erofs", "is read-only (EROFS"),
-                      ("eio", "an I/O error (EIO)"))
+STORAGE_CONDITIONS = (("full", "the disk is full (ENOSPC"), ("full", "the database is full (SQLITE_FULL"),
+                      ("erofs", "is read-only (EROFS"), ("eio", "an I/O error (EIO)"))
 
 
 def storage_error_kind(message: str) -> str:

@@ -77,10 +77,15 @@ def storage_condition(path: str, exc: sqlite3.Error) -> str:
     except OSError:
         read_only_fs = no_space = False
     io_error = name.startswith("SQLITE_IOERR") or "disk i/o error" in text
-    if name == "SQLITE_FULL" or "disk is full" in text or (io_error and no_space):
-        return (f"the disk is full (ENOSPC on the file system of {folder}): free space there; "
-                "the transaction was rolled back, the file is intact and nothing acknowledged "
-                "before is lost; retry once space is freed")
+    full = name == "SQLITE_FULL" or "disk is full" in text
+    after = ("the transaction was rolled back, the file is intact and nothing acknowledged before "
+             "is lost; retry once space is freed")
+    if no_space and (full or io_error):
+        return f"the disk is full (ENOSPC on the file system of {folder}): free disk space there; {after}"
+    if full:  # space is left now: it was freed since, or the file's max_page_count was reached
+        return (f"the database is full (SQLITE_FULL; the file system of {folder} has space now: "
+                f"freed since, or the file's max_page_count was reached): free disk space, or raise "
+                f"max_page_count; {after}")
     if read_only_fs and (io_error or name.startswith("SQLITE_READONLY") or "readonly" in text):
         return (f"the file system of {folder} is read-only (EROFS; remounted read-only after an "
                 "error?): remount it read-write (check dmesg first) or move the queue folder; "
