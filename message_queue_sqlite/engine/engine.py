@@ -42,6 +42,7 @@ from message_queue_sqlite.engine.executors.processes import ProcessExecutor
 from message_queue_sqlite.engine.executors.routing import RoutingExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
+from message_queue_sqlite.engine.partial_send import withdraw_partial_send
 from message_queue_sqlite.engine.progress import ProgressWriter
 from message_queue_sqlite.engine.running import TaskRunner
 from message_queue_sqlite.engine.scheduler import Scheduler
@@ -185,14 +186,31 @@ class Engine:
         Callbacks are registered after the commit, when the ids exist; an outcome that a
         worker records before that is found in storage by the dispatcher, so none is lost."""
         by_shard, placed, cached = self._prepare_send(requests, connection is not None)
+        kept_cache: set[str] = set()  # cached arguments of tasks a failed send could not take back
         try:
             if connection is not None:
                 row_ids = {0: self._store_in_transaction(connection, by_shard[0])}
             else:
-                row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
+                row_ids = {}
+                for shard, tasks in by_shard.items():
+                    try:
+                        row_ids[shard] = self._store(shard, tasks)
+                    except Exception as exc:
+                        if not row_ids:
+                            raise
+                        # shards commit one by one: take back what others stored (see partial_send)
+                        partial, kept_cache = withdraw_partial_send(self.shards, by_shard, placed,
+                                                                    row_ids, exc)
+                        if partial is None:
+                            if hasattr(exc, "add_note"):  # (Python 3.11+)
+                                exc.add_note("the tasks of this send_many stored on other shards were "
+                                             "taken back: nothing was sent")
+                            raise
+                        raise partial from exc
         except BaseException:
             for key in cached:
-                self.cache.pop(key, None)
+                if key not in kept_cache:
+                    self.cache.pop(key, None)
             raise
         return self._sent(requests, row_ids, placed)
 

@@ -43,6 +43,7 @@ from message_queue_sqlite.backends.sqlite.connection import (
     is_locked_error,
     prepare_statement,
     retry_locked,
+    storage_condition,
     warn_if_network_filesystem,
 )
 from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
@@ -96,6 +97,16 @@ def existing_shard_count(folder: str) -> int:
     while count in indexes:
         count += 1
     return count
+
+
+def _file_version(path: str) -> tuple[int, int, int, int] | None:
+    """What tells one version of a file from the next (inode, size, change times), without
+    opening it (a descriptor closed on a database drops SQLite's locks); None if missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -277,7 +288,10 @@ class SQLiteShard(Shard):
                 succeeded = True
             except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # (an I/O error may fail the rollback too: SQLite
+                        pass               # then rolls back itself; the first error is the news)
                 if isinstance(exc, sqlite3.Error):
                     raise self._storage_error(what, exc) from exc
                 raise
@@ -370,13 +384,11 @@ class SQLiteShard(Shard):
                 raise self._storage_error("read", exc) from exc
 
     def _storage_error(self, what: str, exc: sqlite3.Error) -> QueueStorageError:
-        text = str(exc)
-        hint = ""
-        if "full" in text:
-            hint = "; free disk space (the transaction was rolled back, the file is intact)"
-        elif "readonly" in text or "read-only" in text:
-            hint = "; make the file and its folder writable (nothing was written)"
-        return QueueStorageError(f"{what} on {self.path} failed: {text}{hint}")
+        """Our error for a failed SQLite call: the file, SQLite's words, and the OS condition
+        behind them (disk full, read-only file system, I/O error) with what to do."""
+        condition = storage_condition(self.path, exc)
+        return QueueStorageError(f"{what} on {self.path} failed: {exc}"
+                                 f"{'; ' + condition if condition else ''}")
 
     # -- sending ---------------------------------------------------------------------
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
@@ -944,6 +956,7 @@ class SQLiteBackend(Backend):
         self._on_change: Callable[[], None] | None = None
         self._adopt_lock = threading.Lock()
         self._watch_lock = threading.Lock()
+        self._refused: dict[str, tuple[int, int, int, int] | None] = {}  # path: version refused
         self.shards: list[SQLiteShard] = []
         try:
             for index in range(shard_count):
@@ -984,22 +997,45 @@ class SQLiteBackend(Backend):
         super().after_fork_in_child()
 
     def adopt_new_shards(self) -> bool:
-        """Shard files another process added (``middleware_num`` raised there) are served too."""
+        """Shard files another process added (``middleware_num`` raised there) are served too.
+
+        A file that is not ours (another application's database dropped in under a shard's
+        name, a file that is not SQLite) is refused, untouched, and logged once per version of
+        it: the callers (housekeeping before renewal and recovery, idle workers, the change
+        watcher) must go on serving the shards they have, or one foreign file would stop the
+        recovery of every task a dead worker held. Shards are numbered without gaps, so the
+        files after a refused one wait until it is removed or replaced (then it is looked at
+        again). True when a shard was adopted."""
         if self.database is not None:
             return False  # the one file: no shard files to adopt
         present = existing_shard_count(self.location)
         if present <= len(self.shards):
             return False
+        adopted = False
         with self._adopt_lock:  # the watcher, the housekeeper and idle workers all look
             for index in range(len(self.shards), present):
-                shard = SQLiteShard(shard_path(self.location, index), index, self._durability, self.clock)
+                path = shard_path(self.location, index)
+                version = _file_version(path)
+                if self._refused.get(path) == version:
+                    break  # refused as it is; already said so
+                try:
+                    shard = SQLiteShard(path, index, self._durability, self.clock)
+                except QueueStorageError as exc:
+                    self._refused[path] = version
+                    log.error("refusing %s, which appeared in the live queue folder %s: %s. This process "
+                              "goes on serving, renewing and recovering shards 0-%d; remove or rename "
+                              "that file (it is not modified here) for shard %d and later ones to be "
+                              "served.", path, self.location, exc, index - 1, index)
+                    break
+                self._refused.pop(path, None)
                 watcher = self._watcher
                 shard.watch_foreign_commits(self._on_change, watcher)
                 if watcher is not None:  # (its polling, if it polls, opens only what it is told)
                     watcher.add_database(shard.path)
                 self.shards.append(shard)
+                adopted = True
                 log.info("serving %s, created by another process", shard.name)
-        return True
+        return adopted
 
     def watch(self, on_change: Callable[[], None]) -> None:
         """Only other processes' commits are reported: this object's own writes would wake

@@ -61,6 +61,48 @@ def retry_locked(action: Callable[[], T], what: str, deadline_s: float = LOCK_DE
             backoff.wait()
 
 
+def storage_condition(path: str, exc: sqlite3.Error) -> str:
+    """What the OS condition behind a failed SQLite call on ``path`` is, and what to do, as a
+    sentence for the error (empty when it is no storage condition, e.g. a constraint).
+
+    SQLite reports EIO and EROFS alike as SQLITE_IOERR_* ("disk I/O error"), and an ENOSPC
+    hit outside a write of the database (the WAL index) as an I/O error too: the file
+    system's state (``statvfs``: read-only flag, free blocks) tells them apart. The caller
+    rolled the transaction back, so what was acknowledged before is intact."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    text = str(exc).lower()
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fs = os.statvfs(folder)
+        read_only_fs, no_space = bool(fs.f_flag & os.ST_RDONLY), fs.f_bavail == 0
+    except OSError:
+        read_only_fs = no_space = False
+    io_error = name.startswith("SQLITE_IOERR") or "disk i/o error" in text
+    full = name == "SQLITE_FULL" or "disk is full" in text
+    after = ("the transaction was rolled back, the file is intact and nothing acknowledged before "
+             "is lost; retry once space is freed")
+    if no_space and (full or io_error):
+        return f"the disk is full (ENOSPC on the file system of {folder}): free disk space there; {after}"
+    if full:  # space is left now: it was freed since, or the file's max_page_count was reached
+        return (f"the database is full (SQLITE_FULL; the file system of {folder} has space now: "
+                f"freed since, or the file's max_page_count was reached): free disk space, or raise "
+                f"max_page_count; {after}")
+    if read_only_fs and (io_error or name.startswith("SQLITE_READONLY") or "readonly" in text):
+        return (f"the file system of {folder} is read-only (EROFS; remounted read-only after an "
+                "error?): remount it read-write (check dmesg first) or move the queue folder; "
+                "nothing was written, what was acknowledged before is intact; retry once it is writable")
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return (f"the file or its folder {folder} is read-only (permissions): make both writable "
+                "by this user; nothing was written")
+    if io_error:
+        what = name.removeprefix("SQLITE_IOERR").strip("_").lower() or "read/write"
+        return (f"an I/O error (EIO) from the device or file system ({name or 'SQLITE_IOERR'}: "
+                f"the {what} call failed): check the disk (dmesg, SMART) and the file system; the "
+                "transaction was rolled back, so retrying is safe once the storage is healthy; "
+                f"then run PRAGMA integrity_check on {path}")
+    return ""
+
+
 def _refuse(path: str, why: str) -> QueueStorageError:
     return QueueStorageError(f"{path} is not a queue file of message_queue_sqlite: {why}; "
                              "nothing was changed. Point middleware_path at another folder.")
@@ -171,9 +213,12 @@ def connect(path: str, durability: str, clock: Clock | None = None,
         retry_locked(lambda: migrate(conn, path), f"migrating {path}")
     except sqlite3.DatabaseError as exc:
         conn.close()
+        condition = storage_condition(path, exc)
         if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).lower():
-            raise QueueStorageError(f"queue file {path} is read-only: {exc}") from exc
-        raise QueueStorageError(f"cannot use queue file {path}: {exc}") from exc
+            raise QueueStorageError(f"queue file {path} is read-only: {exc}"
+                                    f"{'; ' + condition if condition else ''}") from exc
+        raise QueueStorageError(f"cannot use queue file {path}: {exc}"
+                                f"{'; ' + condition if condition else ''}") from exc
     except BaseException:
         conn.close()
         raise
@@ -187,6 +232,9 @@ def _verify_owner(conn: sqlite3.Connection, path: str) -> None:
             " FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%')").fetchone()
         tables = names.split(",") if names else []
     except sqlite3.DatabaseError as exc:
+        condition = storage_condition(path, exc) if isinstance(exc, sqlite3.OperationalError) else ""
+        if condition or is_locked_error(exc):  # the storage failed, the file may well be ours
+            raise QueueStorageError(f"cannot read queue file {path}: {exc}; {condition or 'locked'}") from exc
         raise _refuse(path, f"it is not a SQLite database ({exc})") from exc
     if app_id == APPLICATION_ID:
         return
