@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-django lint chromium bench bench-quick bench-pg faults clean
+.PHONY: demo test test-django lint chromium bench bench-quick bench-pg faults storage-faults clean
 
 # The Django backend (message_queue_sqlite/contrib/django) is tested in a venv of its own:
 # Django 6 needs Python >= 3.12, and the main venv's Python may be older. DJANGO_PYTHON is a
@@ -68,3 +68,8 @@ bench-quick:
 # checks from the files that nothing was lost or stuck. `--short` is what the tests run.
 faults: $(STAMP)
 	$(BIN)/python scripts/faults.py
+
+# The storage-fault mode (README, "Proof"): the queue on a small tmpfs filled to ENOSPC, and
+# EIO/EROFS injected under SQLite by an LD_PRELOAD shim built with cc (root; ~3-4 min).
+storage-faults: $(STAMP)
+	$(BIN)/python scripts/storage_faults.py
