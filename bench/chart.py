@@ -34,6 +34,12 @@ COLORS = {
     "huey": "#2ca02c",
     "persistqueue": "#9467bd",
     "litequeue": "#ff7f0e",
+    "celery": "#8c564b",
+    "rq": "#e377c2",
+    "dramatiq": "#7f7f7f",
+    "huey_redis": "#bcbd22",
+    "arq": "#17becf",
+    "saq": "#393b79",
 }
 
 

@@ -83,11 +83,12 @@ def sql_ours(n: int) -> dict[str, float]:
     conn = connect(os.path.join(tempfile.mkdtemp(prefix="mqs-cost-"), "mq-shard-0.db"), "normal")
     now, owner = time.time(), "0123456789abcdef"
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(Q["enqueue_plain"], [("noop", json.dumps({"i": i}), 0, owner, 1, now) for i in range(n)])
+    conn.executemany(Q["enqueue_plain"], [("noop", json.dumps({"i": i}), 0, owner, 1, now, "default")
+                                             for i in range(n)])
     conn.execute("COMMIT")
     steps, step = timed_transactions(conn)
 
-    while rows := step("claim", Q["claim_batch"], (owner, 60.0, 128)):
+    while rows := step("claim", Q["claim_batch"], (owner, 60.0, 128, "default")):
         done = [(r[0], r[4], str(r[0]), 1, now, now, owner) for r in rows]
         step("complete", Q["complete_finished"], done, True)
         step("mark", Q["mark_callbacked"], (json.dumps([r[0] for r in rows]),))

@@ -21,6 +21,7 @@ import platform
 import shlex
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,13 +31,14 @@ from dataclasses import dataclass
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
-from adapters import SYSTEMS  # noqa: E402
+from adapters import BROKERS, SYSTEMS  # noqa: E402
 from common import log, read_lines, summarize  # noqa: E402
 
 VENVS = os.path.join(BENCH, ".venvs")
 WORK = os.path.join(BENCH, ".work")
 RESULTS = os.path.join(BENCH, "results")
 REQUIREMENTS = {"peers": "requirements-peers.txt", "original": "requirements-original.txt"}
+REQUIREMENTS |= {b: f"requirements-{b.replace('_', '-')}.txt" for b in BROKERS}  # one venv each
 CAPS = {  # mirrors each adapter's CAPS, so this process needs none of the peers
     "raw": {"batch", "shards", "durability"},
     "ours": {"batch", "callbacks", "shards", "durability"},
@@ -45,8 +47,19 @@ CAPS = {  # mirrors each adapter's CAPS, so this process needs none of the peers
     "huey": set(),
     "persistqueue": set(),
     "litequeue": {"batch"},
+    # broker peers: "sync" / "async": the kinds of task their worker CLI runs (the work trial)
+    "celery": {"sync"},
+    "rq": {"sync"},
+    "dramatiq": {"sync"},
+    "huey_redis": {"sync"},
+    "arq": {"async"},
+    "saq": {"async"},
 }
-FULL_SYSTEMS = ["raw", "ours", "ours_seed", "original", "huey", "persistqueue", "litequeue"]
+CAPS["ours"] |= {"sync", "async"}  # through `mqs worker` (adapters/ours_cli.py)
+CAPS["huey"] |= {"sync"}  # through huey_consumer (adapters/huey_sqlite_cli.py)
+FULL_SYSTEMS = ["raw", "ours", "ours_seed", "original", "huey", "persistqueue", "litequeue", *BROKERS]
+BROKER_TODAY = {"enqueue_call", "drain_4", "processes", "lat_remote"}  # today's workloads they join
+REDIS = ("127.0.0.1", 6379)
 QUICK_SYSTEMS = ["raw", "ours"]
 GRACE_S = 30.0  # beyond a workload's own bound, before a trial is killed
 
@@ -70,12 +83,67 @@ class Workload:
     metrics: list
     needs: str | None = None  # a capability the system must have
     template: str | None = None  # starts from a copy of a prepared queue: "backlog" or "small"
+    group: str = ""  # --only selects a workload by its key or its group (default: the key)
+    brokers: bool = False  # the broker peers run it too
+    ref: str | None = None  # worker-CLI workloads: the workload whose "ours" is the ×ours base
+
+    def __post_init__(self):
+        self.group = self.group or self.key
 
 
 RATE = "/s"
 
 
-def workloads(quick: bool, backlog_n: int | None, systems: list[str]) -> list[Workload]:
+def workloads(quick: bool, backlog_n: int | None, systems: list[str], small: bool = False) -> list[Workload]:
+    found = today(quick, backlog_n, systems)
+    for w in found:
+        w.brokers = w.key in BROKER_TODAY
+        if small and w.trial != "latency":
+            w.params["n"] = max(500, w.params["n"] // 5)
+    if quick:  # the guard stays seconds long: ours and raw in one process only
+        return found
+    return found + worker_cli(400 if small else 2000, systems)
+
+
+def worker_cli(n: int, systems: list[str]) -> list[Workload]:
+    """The workloads whose workers are each system's own CLI process(es): 10 ms sleeps,
+    async sleeps, ~2 ms of CPU; ``iters`` (the CPU task's size) is set once per run."""
+    def work(key, group, task, deploy, label, needs="sync", only=None, bound=60, ref=None, metrics=None):
+        return Workload(
+            key, "Worker processes", "work",
+            {"n": n, "task": task, "deploy": deploy, "bound": bound, "stall": 10},
+            [s for s in systems if only is None or s in only],
+            metrics or [Metric("rate", label, RATE)], needs=needs, group=group, brokers=True, ref=ref,
+        )
+
+    def cpu(label):
+        return [Metric("rate", label, RATE), Metric("seconds", label + ": seconds", "s", False)]
+
+    return [
+        work("io_10ms", "io_10ms", "sleep10", {"threads": 4, "huey_kind": "thread"},
+             f"{n:,} × time.sleep(0.01), concurrency 4", ref="io_10ms"),
+        work("io_10ms_rq_simple", "io_10ms", "sleep10", {"threads": 4, "rq_class": "rq.SimpleWorker"},
+             f"{n:,} × time.sleep(0.01), 4 RQ SimpleWorkers (no fork per job)", only={"rq"}, ref="io_10ms"),
+        work("async_sleep", "async_sleep", "asleep", {"async": 100},
+             f"{n:,} × await asyncio.sleep(0.01), concurrency 100", needs="async", ref="async_sleep"),
+        work("async_sleep_threads", "async_sleep", "sleep10", {"threads": 4},
+             f"{n:,} × time.sleep(0.01) (sync), 4 threads", only={"ours"}, ref="async_sleep"),
+        work("cpu_2ms_p2", "cpu_2ms", "cpu", {"processes": 2}, "", ref="cpu_2ms_p2",
+             metrics=cpu(f"{n:,} × ~2 ms CPU, 2 processes")),
+        work("cpu_2ms_p4", "cpu_2ms", "cpu", {"processes": 4}, "", only={"huey_redis", "huey", "dramatiq"},
+             ref="cpu_2ms_p2", metrics=cpu(f"{n:,} × ~2 ms CPU, 4 processes")),
+        work("cpu_2ms_t4", "cpu_2ms", "cpu", {"threads": 4}, "", only={"ours"}, ref="cpu_2ms_p2",
+             metrics=cpu(f"{n:,} × ~2 ms CPU, 1 process × 4 threads")),
+        work("cpu_2ms_exec", "cpu_2ms", "cpu_proc", {"threads": 4, "executor_processes": 2}, "",
+             only={"ours"}, ref="cpu_2ms_p2",
+             metrics=cpu(f'{n:,} × ~2 ms CPU, executor="process" task, 2 child processes')),
+        work("cpu_2ms_rq_simple", "cpu_2ms", "cpu", {"processes": 2, "rq_class": "rq.SimpleWorker"}, "",
+             only={"rq"}, ref="cpu_2ms_p2",
+             metrics=cpu(f"{n:,} × ~2 ms CPU, 2 RQ SimpleWorkers (no fork per job)")),
+    ]
+
+
+def today(quick: bool, backlog_n: int | None, systems: list[str]) -> list[Workload]:
     both = [s for s in ("raw", "ours") if s in systems]
     if quick:
         return [
@@ -333,7 +401,7 @@ def trial_env(system: str) -> dict:
     env.pop("PYTHONPATH", None)
     env["PYTHONUNBUFFERED"] = "1"
     if SYSTEMS[system][1] is None:  # ours and raw: the package straight from the repo
-        env["PYTHONPATH"] = REPO
+        env["PYTHONPATH"] = os.environ.get("BENCH_PACKAGE_ROOT", REPO)  # or another checkout's
     return env
 
 
@@ -369,6 +437,13 @@ def run_trial(system: str, trial: str, params: dict, venvs: dict, tag: str) -> d
             os.remove(path)
     os.makedirs(os.path.dirname(logfile), exist_ok=True)
     limit = params.get("bound", 10) + GRACE_S + (60 if params.get("template") else 0)
+    pids = os.path.join(WORK, tag + ".pids")  # sessions of worker CLIs the trial starts
+    if system in BROKERS or trial == "work":
+        limit += 90  # worker start-up and warm-up, and untimed prefills
+    if os.path.exists(pids):
+        os.remove(pids)
+    env = trial_env(system)
+    env["BENCH_PIDS"] = pids
     started = time.monotonic()
     with open(logfile, "w") as logf:
         proc = subprocess.Popen(
@@ -382,7 +457,7 @@ def run_trial(system: str, trial: str, params: dict, venvs: dict, tag: str) -> d
                 out,
             ],
             cwd=WORK,
-            env=trial_env(system),
+            env=env,
             stdout=logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -398,6 +473,7 @@ def run_trial(system: str, trial: str, params: dict, venvs: dict, tag: str) -> d
         except ProcessLookupError:
             pass
         proc.wait()
+    leftovers = kill_sessions(pids)
     lines = read_lines(out)
     record = {"system": system, "trial": trial, "params": params, "wall": time.monotonic() - started}
     for line in lines:
@@ -406,10 +482,14 @@ def run_trial(system: str, trial: str, params: dict, venvs: dict, tag: str) -> d
     final = next((ln for ln in reversed(lines) if ln["kind"] == "result"), None)
     partial = next((ln for ln in reversed(lines) if ln["kind"] in ("partial", "progress")), None)
     error = next((ln for ln in lines if ln["kind"] == "error"), None)
+    if leftovers:
+        record["leftover_workers"] = leftovers
     if final is not None:
         record.update({k: v for k, v in final.items() if k != "kind"})
         stops = {final.get("stop", "complete"), final.get("cb_stop", "complete")}
         record["status"] = "stalled" if "stall" in stops else "timeboxed" if "bound" in stops else "ok"
+        if "unsupported" in stops:
+            record["status"] = "unsupported"
     elif partial is not None:
         record.update({k: v for k, v in partial.items() if k != "kind"})
         if "rate" not in record and record.get("elapsed"):
@@ -434,6 +514,45 @@ def run_trial(system: str, trial: str, params: dict, venvs: dict, tag: str) -> d
             pass
     shutil.rmtree(workdir, ignore_errors=True)
     return record
+
+
+def kill_sessions(pids_file: str) -> int:
+    """SIGKILL the sessions of the worker CLIs a trial started (listed in ``pids_file``) that
+    are still there: a trial stops its own, so this matters when it was killed or failed.
+    Returns how many sessions had to be killed."""
+    try:
+        with open(pids_file) as f:
+            sids = [int(line) for line in f if line.strip()]
+    except OSError:
+        return 0
+    killed = 0
+    for sid in sids:
+        try:
+            os.killpg(sid, signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    os.remove(pids_file)
+    return killed
+
+
+def redis_up() -> bool:
+    """Whether the local Redis answers PING (standard library: one RESP command)."""
+    try:
+        with socket.create_connection(REDIS, timeout=1.0) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def calibrate() -> dict:
+    """The iteration count of the CPU task's loop for ~2 ms on this machine, once per run."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "broker_tasks", "work.py")],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def build_backlog(system: str, n: int, venvs: dict, name: str = "backlog") -> dict:
@@ -483,6 +602,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} %"
     if unit == "lost":
         return f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.2f} s"
     return f"{value:.3g}"
 
 
@@ -508,6 +629,8 @@ def status_note(records: list[dict]) -> str:
             notes.append(f"stalled: {what} done{cb}, no progress after")
         elif r["status"] == "killed":
             notes.append(f"killed at the time bound after {what}")
+        elif r["status"] == "unsupported":
+            notes.append("not supported by this build: " + r.get("unsupported", "?")[:160])
         else:
             notes.append("error: " + r.get("error", "see log")[:120])
     unique = []
@@ -602,6 +725,17 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
         "- every figure: median of the repetitions, [min–max]; `×raw` is the figure divided by the "
         "raw stdlib-sqlite3 loop's in the same run (throughput: higher is better; latency and CPU: "
         "lower is better). ⚠ marks a system that did not finish every repetition (notes below the tables).",
+    ]
+    if info.get("calibration"):
+        c = info["calibration"]
+        lines.append(
+            f"- CPU task (cpu_2ms): `spin({c['iters']:,})` (bench/broker_tasks/work.py), calibrated once "
+            f"for this run to {c['target_ms']:.0f} ms of CPU on this machine (the fastest of 5 check "
+            f"calls took {c['check_ms']:.2f} ms of wall time); every system runs that same count"
+        )
+    for s, why in (info.get("skipped") or {}).items():
+        lines.append(f"- **skipped: {SYSTEMS[s][2]}**: {why}")
+    lines += [
         "",
         "## Systems",
         "",
@@ -612,6 +746,10 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
     for s in systems:
         notes[s] = NOTES.get(s, "")
         lines.append(f"| {SYSTEMS[s][2]} | {' then '.join(versions.get(s, ['?']))} | {notes[s]} |")
+    if "ours" in systems and any(w.trial == "work" for w in res.loads.values()):
+        text = module_notes("ours_cli")
+        lines.append(f"| ours: mqs worker (worker-process workloads) | as above | {text} |")
+    sql = [s for s in systems if s not in BROKERS]  # the ×raw tables; broker peers have their own
 
     lines += [
         "",
@@ -631,14 +769,16 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
         "",
         "## Figures (median, ×raw)",
         "",
-        "| workload | " + " | ".join(SYSTEMS[s][2] for s in systems) + " |",
-        "|---" * (len(systems) + 1) + "|",
+        "| workload | " + " | ".join(SYSTEMS[s][2] for s in sql) + " |",
+        "|---" * (len(sql) + 1) + "|",
     ]
     footnotes = []
     for w in res.loads.values():
+        if w.trial == "work" or not set(w.systems) & set(sql):
+            continue
         for m in w.metrics:
             cells = []
-            for s in systems:
+            for s in sql:
                 st = res.stat(w.key, s, m.key)
                 if s in w.systems and st is None and m.unit == "ms" and res.of(w.key, s):
                     waited = [r.get("waited_ms") or r.get("elapsed", 0) * 1e3 for r in res.of(w.key, s)]
@@ -662,7 +802,7 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
             lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
     if res.backlog:
         cells = []
-        for s in systems:
+        for s in sql:
             b = res.backlog.get(s)
             if b is None:
                 cells.append("—")
@@ -675,6 +815,8 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
         lines.append(f"| file size per queued task ({n:,} queued) | " + " | ".join(cells) + " |")
     if footnotes:
         lines += ["", "⚠ " + "  \n⚠ ".join(dict.fromkeys(footnotes))]
+    lines += broker_today(res, systems)
+    lines += worker_tables(res, systems, info)
 
     # The long table: every figure with its spread.
     lines += [
@@ -692,6 +834,9 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
                     continue
                 spread = f"{fmt(st['min'], m.unit)} – {fmt(st['max'], m.unit)}"
                 ratio = ratio_text(st["median"], res.base(w.key, m)) if m.unit in (RATE, "ms") else "—"
+                if s in BROKERS or w.trial == "work":  # compared with ours, not the raw loop
+                    base = res.median(w.ref or w.key, "ours", m.key)
+                    ratio = (ratio_text(st["median"], base) + " ours") if base and m.unit != "%" else "—"
                 lines.append(
                     f"| {w.section} | {m.label} | {SYSTEMS[s][2]} | {fmt(st['median'], m.unit)} | "
                     f"{spread} | {ratio} | {st['complete']}/{st['runs']} |"
@@ -718,6 +863,165 @@ def markdown(res: Results, info: dict, systems: list[str], quick: bool, wall: fl
 
 
 NOTES: dict[str, str] = {}  # filled from the adapters' NOTES by a trial-free import (see main)
+BROKER_TEXT = (
+    "Broker peers run against the local Redis, which here keeps its data in memory only (no RDB "
+    "snapshots, no AOF): a Redis restart loses every queued task and result. Ours commits each "
+    "send to its SQLite file before send() returns. Each peer runs as its own deployment: its "
+    "worker CLI in processes of its own, started by the trial and stopped (then killed, with "
+    "their children) at its end. Enqueue: one call per task into an empty queue. Drain: 20,000 "
+    "no-op tasks queued, then the peer's worker process with concurrency 4, timed from its first "
+    "recorded result (start-up excluded); ours' figure is 4 threads in the sending process. "
+    "Processes and latency: a worker process against a producer process, as for ours; a peer's "
+    "idle CPU is read from /proc for all its worker's processes (10 ms ticks over 2 s: 0.5 % "
+    "steps)."
+)
+FLOORS = {  # group: (seconds of each task, concurrency the ideal assumes, what bounds it)
+    "io_10ms": (0.01, 4, "4-way concurrency"),
+    "async_sleep": (0.01, 100, "concurrency 100"),
+    "cpu_2ms": (0.002, 2, "2 cores"),
+}
+GROUP_TITLES = {
+    "io_10ms": "io_10ms: tasks that sleep 10 ms (sync), concurrency 4",
+    "async_sleep": "async_sleep: tasks that await asyncio.sleep(0.01), one worker process",
+    "cpu_2ms": "cpu_2ms: ~2 ms of pure-Python CPU per task, on 2 cores",
+}
+
+
+def module_notes(module: str) -> str:
+    return adapter_notes_of(os.path.join(BENCH, "adapters", module + ".py"))
+
+
+def broker_today(res: Results, systems: list[str]) -> list[str]:
+    """Today's workloads where the broker peers ran: their figures as ratios to ours."""
+    peers = [s for s in systems if s in BROKERS]
+    loads = [w for w in res.loads.values() if w.trial != "work" and set(w.systems) & set(peers)]
+    if not loads:
+        return []
+    cols = (["ours"] if "ours" in systems else []) + peers
+    lines = ["", "## Broker peers on today's workloads (median, ×ours)", "", BROKER_TEXT, "",
+             "| workload | " + " | ".join(SYSTEMS[s][2] for s in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    footnotes = []
+    for w in loads:
+        for m in w.metrics:
+            base = res.median(w.key, "ours", m.key)
+            cells = []
+            for s in cols:
+                st = res.stat(w.key, s, m.key)
+                if s not in w.systems or st is None:
+                    recs = res.of(w.key, s)
+                    if s not in w.systems or (m.key.startswith("cb_") and "callbacks" not in CAPS[s]):
+                        cells.append("n/a")
+                        continue
+                    cells.append("— ⚠")
+                    if recs and st is None:
+                        footnotes.append(f"{SYSTEMS[s][2]}, {m.label}: {status_note(recs)}")
+                    continue
+                cell = fmt(st["median"], m.unit)
+                if s != "ours" and m.unit in (RATE, "ms"):
+                    cell += f" ({ratio_text(st['median'], base)})"
+                if st["complete"] < st["runs"]:
+                    footnotes.append(f"{SYSTEMS[s][2]}, {m.label}: {status_note(res.of(w.key, s))}")
+                    cell += " ⚠"
+                cells.append(cell)
+            lines.append(f"| {m.label} | " + " | ".join(cells) + " |")
+    starts = []
+    for s in peers:
+        values = [r["startup_s"] for r in res.records if r["system"] == s and r.get("startup_s") is not None
+                  and r["workload"] == "drain_4"]
+        if values:
+            starts.append(f"{SYSTEMS[s][2]} {min(values):.1f}–{max(values):.1f} s")
+    if starts:
+        lines += ["", "Drain: worker start-up to its first result (not in the rate): " + "; ".join(starts)]
+    if footnotes:
+        lines += ["", "⚠ " + "  \n⚠ ".join(dict.fromkeys(footnotes))]
+    return lines
+
+
+def why_na(system: str, group: str) -> str:
+    if system in ("arq", "saq"):
+        return "asyncio-only queue (async_sleep only)"
+    if system == "huey":
+        return "no asyncio tasks in its worker"
+    if system in BROKERS:
+        return "no asyncio tasks in its worker" if group == "async_sleep" else "not this deployment"
+    return "driven in-process by its adapter here (no worker CLI)"
+
+
+def worker_tables(res: Results, systems: list[str], info: dict) -> list[str]:
+    """The worker-process workloads: one table per group; every system in its own deployment
+    (the command line shown), with the ideal (floor) and ours as references."""
+    loads = [w for w in res.loads.values() if w.trial == "work"]
+    if not loads:
+        return []
+    lines = ["", "## Worker processes: sleeping, async and CPU-bound tasks (median, ×ours)", "",
+             "n tasks are queued (untimed), then each system's own worker process(es) start; tasks/s "
+             "is counted from the first recorded result to the last (worker start-up shown apart). "
+             "seconds = n / tasks/s; × floor = seconds over the ideal (n × task time / concurrency, "
+             "or / 2 cores for CPU). " + BROKER_TEXT.split(" Each peer")[0]]
+    for group in dict.fromkeys(w.group for w in loads):
+        members = [w for w in loads if w.group == group]
+        n = members[0].params["n"]
+        per, conc, what = FLOORS[group]
+        floor = n * per / conc
+        ref_key, base = members[0].ref or group, None
+        for key in (ref_key, *(w.key for w in members)):
+            base = res.median(key, "ours", "rate")
+            if base:
+                ref_key = key
+                break
+        ref_text = next((r.get("deploy") for r in res.of(ref_key, "ours") if r.get("deploy")), "ours")
+        against = f"`{ref_text}`"
+        meant = members[0].ref or group
+        if ref_key != meant:
+            wanted = next((r.get("deploy") for r in res.of(meant, "ours") if r.get("deploy")), meant)
+            against += f" (ours' `{wanted}` did not run in this build)"
+        lines += ["", f"### {GROUP_TITLES[group]}", "",
+                  f"n = {n:,}; floor = {floor:.2f} s ({what}); ×ours: against {against}.", "",
+                  "| system | deployment | tasks/s | min–max | seconds | × floor | ×ours | worker start-up "
+                  "| runs complete |", "|---|---|---|---|---|---|---|---|---|"]
+        footnotes, ran = [], set()
+        for w in members:
+            for s in w.systems:
+                recs = res.of(w.key, s)
+                if not recs:
+                    continue
+                ran.add(s)
+                deploy = next((r["deploy"] for r in recs if r.get("deploy")), "?")
+                if all(r["status"] == "unsupported" for r in recs):
+                    lines.append(f"| {SYSTEMS[s][2]} | `{deploy}` | not supported by this build | | | | | | "
+                                 f"0/{len(recs)} |")
+                    footnotes.append(f"{SYSTEMS[s][2]}, `{deploy}`: {status_note(recs)}")
+                    continue
+                st = res.stat(w.key, s, "rate")
+                if st is None:
+                    lines.append(f"| {SYSTEMS[s][2]} | `{deploy}` | — ⚠ | | | | | | 0/{len(recs)} |")
+                    footnotes.append(f"{SYSTEMS[s][2]}, `{deploy}`: {status_note(recs)}")
+                    continue
+                seconds = n / st["median"] if st["median"] else None
+                starts = [r["startup_s"] for r in recs if r.get("startup_s") is not None]
+                mark = ""
+                if st["complete"] < st["runs"]:
+                    mark = " ⚠"
+                    footnotes.append(f"{SYSTEMS[s][2]}, `{deploy}`: {status_note(recs)}")
+                ratio = "1.00× (ref.)" if (w.key, s) == (ref_key, "ours") else ratio_text(st["median"], base)
+                lines.append(
+                    f"| {SYSTEMS[s][2]} | `{deploy}` | {fmt(st['median'], RATE)}{mark} | "
+                    f"{fmt(st['min'], RATE)} – {fmt(st['max'], RATE)} | {fmt(seconds, 's')} | "
+                    f"{seconds / floor:.2f}× | {ratio} | "
+                    f"{statistics_median(starts):.2f} s | {st['complete']}/{st['runs']} |"
+                )
+        na = [s for s in systems if s not in ran and s != "raw"]
+        if na:
+            lines += ["", "n/a: " + "; ".join(f"{SYSTEMS[s][2]} ({why_na(s, group)})" for s in na) + "."]
+        if footnotes:
+            lines += ["", "⚠ " + "  \n⚠ ".join(dict.fromkeys(footnotes))]
+    return lines
+
+
+def statistics_median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values) if values else float("nan")
 
 WORKLOAD_TEXT = """
 - **enqueue**: n tasks into an empty queue, one API call per task (each call durable when it
@@ -739,6 +1043,13 @@ WORKLOAD_TEXT = """
   claiming from a queue of just those 20,000 (built the same way) and with enqueueing into an
   empty queue (flat = within 20 %); file size per queued task.
 - **durability=full**: our package (and raw) with synchronous=FULL.
+- **broker peers** (Redis, in memory only here): enqueue per call; drain 20k with their worker
+  process at concurrency 4 (timed from its first result); processes; latency across processes.
+- **io_10ms**: 2,000 tasks that time.sleep(0.01), one worker deployment at concurrency 4.
+- **async_sleep**: 2,000 tasks that await asyncio.sleep(0.01), one worker process at
+  concurrency 100 (ours --async-concurrency 100, arq, SAQ); ours with a sync sleep on 4 threads.
+- **cpu_2ms**: 2,000 tasks of ~2 ms pure-Python CPU (one calibrated loop count for all), 2 and
+  4 worker processes, and ours' 4 threads; floor 2.0 s on 2 cores.
 """
 
 
@@ -796,6 +1107,12 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=1_000_000, help="backlog size (0: skip that workload)")
     parser.add_argument("--no-backlog", action="store_true", help="skip the 1M backlog workload")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument(
+        "--brokers", action="store_true",
+        help="just ours and the broker peers on Redis (Celery, RQ, dramatiq, huey RedisHuey, arq, SAQ)",
+    )
+    parser.add_argument("--no-brokers", action="store_true", help="skip the broker peers (no Redis needed)")
+    parser.add_argument("--small", action="store_true", help="small sizes (a look, not a measurement)")
     parser.add_argument("--save-baseline", action="store_true", help="quick: store these ratios as the guard")
     parser.add_argument(
         "--out",
@@ -805,18 +1122,46 @@ def main() -> int:
     args = parser.parse_args()
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
-    systems = args.systems.split(",") if args.systems else (QUICK_SYSTEMS if quick else FULL_SYSTEMS)
+    if args.systems:
+        systems = args.systems.split(",")
+    elif args.brokers:
+        systems = ["ours", *BROKERS]
+    else:
+        systems = QUICK_SYSTEMS if quick else FULL_SYSTEMS
     for s in systems:
         if s not in SYSTEMS:
             parser.error(f"unknown system {s!r}")
+    if args.no_brokers:
+        systems = [s for s in systems if s not in BROKERS]
+    skipped = {}
+    if any(s in BROKERS for s in systems) and not redis_up():
+        for s in systems:
+            if s in BROKERS:
+                skipped[s] = f"Redis at {REDIS[0]}:{REDIS[1]} does not answer PING: not run"
+        log(f"NOTE: Redis at {REDIS[0]}:{REDIS[1]} is not reachable: skipping " + ", ".join(skipped))
+        systems = [s for s in systems if s not in skipped]
     systems = [s for s in SYSTEMS if s in systems]  # report order
     backlog_n = 0 if (quick or args.no_backlog) else args.backlog
-    loads = workloads(quick, backlog_n, systems)
+    loads = workloads(quick, backlog_n, systems, args.small)
     if args.only:
         keep = set(args.only.split(","))
-        loads = [w for w in loads if w.key in keep]
+        loads = [w for w in loads if w.key in keep or w.group in keep]
+    elif args.brokers:
+        loads = [w for w in loads if w.brokers]
     for w in loads:
-        w.systems = [s for s in w.systems if s in systems and (w.needs is None or w.needs in CAPS[s])]
+        w.systems = [
+            s for s in w.systems
+            if s in systems and (w.needs is None or w.needs in CAPS[s]) and (s not in BROKERS or w.brokers)
+        ]
+    loads = [w for w in loads if w.systems]
+    calibration = None
+    if any(w.params.get("task") in ("cpu", "cpu_proc") for w in loads):
+        calibration = calibrate()
+        log(f"CPU task: spin({calibration['iters']:,}) ≈ {calibration['target_ms']:.0f} ms here "
+            f"(a check call: {calibration['check_ms']:.2f} ms)")
+        for w in loads:
+            if w.params.get("task") in ("cpu", "cpu_proc"):
+                w.params["iters"] = calibration["iters"]
 
     started = time.monotonic()
     os.makedirs(WORK, exist_ok=True)
@@ -825,12 +1170,23 @@ def main() -> int:
     for s in systems:
         venv = SYSTEMS[s][1]
         if venv and venv not in venvs:
-            venvs[venv] = ensure_venv(venv)
+            try:
+                venvs[venv] = ensure_venv(venv)
+            except subprocess.CalledProcessError as exc:
+                if s not in BROKERS:
+                    raise
+                skipped[s] = f"its virtualenv could not be installed ({exc}): not run"
+                log(f"NOTE: {skipped[s]}")
+    systems = [s for s in systems if s not in skipped]
+    for w in loads:
+        w.systems = [s for s in w.systems if s not in skipped]
     if not quick and not args.no_chart and "peers" not in venvs:
         venvs["peers"] = ensure_venv("peers")
     for s in systems:  # adapter notes (cheap: read the module's NOTES without importing peers)
         NOTES[s] = adapter_notes(s)
     info = machine()
+    info["calibration"] = calibration
+    info["skipped"] = skipped
     log(
         f"{'quick' if quick else 'full'} benchmark: {len(systems)} systems, {len(loads)} workloads, "
         f"{reps} repetition(s); {info['nproc']} CPUs, Python {info['python']}, SQLite {info['sqlite']}"
@@ -918,9 +1274,12 @@ def main() -> int:
 
 def adapter_notes(system: str) -> str:
     """An adapter's NOTES string, read from its source (its imports need its virtualenv)."""
+    return adapter_notes_of(os.path.join(BENCH, "adapters", SYSTEMS[system][0] + ".py"))
+
+
+def adapter_notes_of(path: str) -> str:
     import ast
 
-    path = os.path.join(BENCH, "adapters", SYSTEMS[system][0] + ".py")
     with open(path) as f:
         tree = ast.parse(f.read())
     for node in tree.body:
@@ -937,10 +1296,20 @@ def print_summary(res: Results, systems: list[str]) -> None:
             for s in systems:
                 v = res.median(w.key, s, m.key) if s in w.systems else None
                 text = fmt(v, m.unit)
-                if v is not None and s != "raw" and m.unit in (RATE, "ms"):
+                recs = res.of(w.key, s)
+                if v is None and recs and all(r["status"] == "unsupported" for r in recs):
+                    text = "unsupported"
+                if s in BROKERS or w.trial == "work":
+                    base = res.median(w.ref or w.key, "ours", m.key)
+                    if v is not None and base and m.unit in (RATE, "ms", "s") and (w.ref or w.key, s) != (
+                        w.key, "ours"
+                    ):
+                        text += f" {ratio_text(v, base)}o"
+                elif v is not None and s != "raw" and m.unit in (RATE, "ms"):
                     text += f" {ratio_text(v, res.base(w.key, m))}"
                 row += f"{text:>24}"
             log(row)
+    log("(×…o: ratio to ours in the broker and worker-process rows; otherwise ×raw)")
     log("\ngoals (MessageQueue):")
     for goal, target, value, ok in goals(res, "ours"):
         log(f"  {'PASS' if ok else ('MISS' if ok is False else 'n/a '):<5} {goal:<40} {target:<22} {value}")

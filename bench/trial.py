@@ -41,11 +41,28 @@ class Out:
             self.emit("progress", **data)
 
 
-def adapter(system: str):
+def adapter(system: str, workload: str = ""):
     sys.path.insert(0, HERE)
-    from adapters import SYSTEMS
+    from adapters import CLI_MODULES, SYSTEMS
 
+    if workload == "work" and system in CLI_MODULES:
+        return importlib.import_module("adapters." + CLI_MODULES[system])
     return importlib.import_module("adapters." + SYSTEMS[system][0])
+
+
+def first_result(ad, q, recorded, bound: float):
+    """For a system whose worker is a CLI process of its own (``ad.SPAWNS``): wait for its
+    first recorded result, so that timing starts once the worker runs, not at its start-up.
+    Returns (count then, time then)."""
+    t = time.perf_counter()
+    while True:
+        value = recorded()
+        if value:
+            return value, time.perf_counter()
+        ad.check(q)
+        if time.perf_counter() - t > bound:
+            raise TimeoutError(f"the worker recorded no result within {bound:.0f} s of its start")
+        time.sleep(POLL_S)
 
 
 def opts(p: dict) -> dict:
@@ -153,9 +170,14 @@ def w_drain(ad, p, workdir, out):
     base = recorded() if p.get("template") else 0
     t0 = time.perf_counter()
     ad.start(q, p["threads"])
+    startup = None
+    if getattr(ad, "SPAWNS", False):  # time from its first result: (n - first) tasks
+        first, t1 = first_result(ad, q, recorded, p.get("startup", 60))
+        startup, t0, base, n = t1 - t0, t1, base + first, n - first
     poll = getattr(ad, "POLL_S", POLL_S)
     done, elapsed, stop = watch(lambda: recorded() - base, n, bound, stall, out, t0, poll=poll)
-    result = {
+    result = {"startup_s": startup} if startup is not None else {}
+    result |= {
         "done": done,
         "n": n,
         "elapsed": elapsed,
@@ -197,7 +219,7 @@ class Helper:
         with open(self.out_path) as f:
             return [json.loads(line) for line in f if line.endswith("\n")]
 
-    def wait_for(self, kind, timeout=60.0):
+    def wait_for(self, kind, timeout=90.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.lines()[self.seen :]:
@@ -231,11 +253,14 @@ class Helper:
 def r_worker(ad, p, workdir, out):
     q = ad.open(workdir, role="worker", threads=p["threads"], **opts(p))
     ad.start(q, p["threads"])
+    if hasattr(ad, "ready"):  # a worker CLI process: wait until it runs tasks
+        ad.ready(q)
     out.emit("ready", pid=os.getpid())
     for line in sys.stdin:
         command = line.strip()
         if command == "cpu":
-            out.emit("cpu", cpu=cpu_seconds(), t=time.perf_counter())
+            cpu = ad.cpu_seconds(q) if hasattr(ad, "cpu_seconds") else cpu_seconds()
+            out.emit("cpu", cpu=cpu, t=time.perf_counter())
         elif command == "stop":
             break
     ad.stop(q)
@@ -408,7 +433,54 @@ def w_latency(ad, p, workdir, out):
             helper.finish()
 
 
+def w_work(ad, p, workdir, out):
+    """The worker-CLI workloads: n tasks of one kind (``sleep10``: time.sleep(0.01);
+    ``asleep``: await asyncio.sleep(0.01); ``cpu``: ``spin(iters)``) queued untimed; then the
+    system's own worker process(es) as ``p["deploy"]`` says (threads, processes or an async
+    concurrency); tasks/s from the first recorded result to the last (so worker start-up,
+    reported apart, is not counted). A flag the worker CLI refuses: "unsupported"."""
+    from adapters._spawn import Unsupported
+
+    prepare(workdir, p)
+    n, bound, spec = p["n"], p["bound"], p["deploy"]
+    q = ad.open(workdir, role="producer")
+    deploy = q.describe(spec)
+    try:
+        t = time.perf_counter()
+        ad.prefill_kind(q, n, p["task"], p.get("iters"))
+        prefill_s = time.perf_counter() - t
+        recorded = ad.done_counter(q, workdir, 1)
+        t_spawn = time.perf_counter()
+        ad.spawn(q, spec)
+        first, t0 = first_result(ad, q, recorded, p.get("startup", 60))
+        done, elapsed, stop = watch(
+            lambda: recorded() - first, n - first, bound, p.get("stall", 10.0), out, t0, {"deploy": deploy}
+        )
+        rate = done / elapsed if elapsed else 0.0
+        result = {
+            "done": done + first,
+            "n": n,
+            "elapsed": elapsed,
+            "rate": rate,
+            "seconds": n / rate if rate else None,  # for all n at that rate
+            "startup_s": t0 - t_spawn,
+            "prefill_s": prefill_s,
+            "complete": stop == "complete",
+            "stop": stop,
+            "deploy": deploy,
+        }
+        if hasattr(ad, "failed"):
+            result["failed"] = ad.failed(q)
+        out.emit("result", **result)
+    except Unsupported as exc:
+        out.emit("result", n=n, done=0, stop="unsupported", unsupported=str(exc), deploy=deploy)
+    finally:
+        ad.stop(q)
+        ad.close(q)
+
+
 WORKLOADS = {
+    "work": w_work,
     "enqueue": w_enqueue,
     "drain": w_drain,
     "processes": w_processes,
@@ -425,8 +497,10 @@ def main() -> None:
     p = json.loads(params)
     p["system"] = system
     try:
-        ad = adapter(system)
-        if workload in ("enqueue", "drain", "processes", "latency"):
+        ad = adapter(system, workload)
+        if not workload.startswith("_"):
+            if hasattr(ad, "reset"):  # a broker peer: flush its own Redis databases
+                ad.reset(workdir)
             out.emit("start", version=ad.version(), pid=os.getpid())
         WORKLOADS[workload](ad, p, workdir, out)
     except BaseException as exc:

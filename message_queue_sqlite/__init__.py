@@ -16,6 +16,7 @@ from message_queue_sqlite.api.queue import Hook, MessageQueue, TaskHandle
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.errors import (
     MessageQueueError,
+    PartiallySentError,
     QueueStorageError,
     TaskCancelled,
     TaskFailedError,
@@ -30,8 +31,8 @@ from message_queue_sqlite.engine.context import TaskContext, current_task
 __version__ = "3.0.0"
 
 __all__ = [
-    "Client", "Config", "Hook", "MessageQueue", "MessageQueueError", "QueueStorageError", "RetryPolicy",
-    "Server", "TaskCancelled", "TaskContext", "TaskFailedError", "TaskHandle", "TaskOutcome", "TaskRegistry",
-    "TaskStatus", "TaskTimeout", "current_task", "discover_and_mount_ts", "init_server", "start_server",
-    "stop_server", "task_function",
+    "Client", "Config", "Hook", "MessageQueue", "MessageQueueError", "PartiallySentError",
+    "QueueStorageError", "RetryPolicy", "Server", "TaskCancelled", "TaskContext", "TaskFailedError",
+    "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskStatus", "TaskTimeout", "current_task",
+    "discover_and_mount_ts", "init_server", "start_server", "stop_server", "task_function",
 ]

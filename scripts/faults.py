@@ -133,6 +133,9 @@ def sender_main(argv: list[str]) -> int:
     parser.add_argument("--state", required=True, help="folder of the accepted/attempt files")
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--storage-errors", action="store_true",
+                        help="a QueueStorageError is no failure (storage_faults.py): record it, back off, "
+                        "send the tasks not stored again under new keys")
     args = parser.parse_args(argv)
 
     from message_queue_sqlite import MessageQueue
@@ -144,26 +147,26 @@ def sender_main(argv: list[str]) -> int:
     accepted = os.open(accepted_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     attempted = os.open(os.path.join(args.state, f"attempted-{args.index}.txt"),
                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    mq = MessageQueue(args.path, shards=args.shards)
+    errors = StorageErrorLog(os.path.join(args.state, f"storage-errors-{args.index}.txt"),
+                             args.storage_errors)
+    mq = errors.retry(lambda: MessageQueue(args.path, shards=args.shards))
     position = 0
     try:
         while position < len(todo):
             size = 1 if rng.random() < 0.8 else rng.randint(2, 8)
             batch = todo[position:position + size]
-            tasks = [(seq, f"s{args.index}.{seq}.g{args.generation}", _task_plan(rng, args.log_dir))
-                     for seq in batch]
-            for _seq, key, kwargs in tasks:
-                kwargs["key"] = key
-            _append(attempted, "".join(f"{seq} {key}\n" for seq, key, _ in tasks), sync=False)
-            if len(tasks) == 1 or any(kwargs["fail"] for _, _, kwargs in tasks):
-                handles = [mq.send(TASK_NAME, kwargs, retries=1 if kwargs["fail"] else None)
-                           for _, _, kwargs in tasks]
-            else:
-                handles = mq.send_many([(TASK_NAME, kwargs) for _, _, kwargs in tasks])
-            # Only now, after send returned (committed), is the task accepted.
-            _append(accepted, "".join(f"{seq} {key} {h.task_id}\n"
-                                      for (seq, key, _), h in zip(tasks, handles, strict=True)), sync=True)
-            position += len(batch)
+            plans = {seq: _task_plan(rng, args.log_dir) for seq in batch}
+            while batch:  # (a storage error: what was not stored goes again, under new keys)
+                tasks = [(seq, f"s{args.index}.{seq}.g{args.generation}{errors.key_suffix}", dict(plans[seq]))
+                         for seq in batch]
+                for _seq, key, kwargs in tasks:
+                    kwargs["key"] = key
+                _append(attempted, "".join(f"{seq} {key}\n" for seq, key, _ in tasks), sync=False)
+                stored, batch = errors.attempt(mq, tasks)
+                # Only now, after send returned (committed), is the task accepted.
+                _append(accepted, "".join(f"{seq} {key} {task_id}\n" for seq, key, task_id in stored),
+                        sync=True)
+            position += size
             _pause(rng.uniform(0, 2 * args.pace))
     except Exception:
         traceback.print_exc()
@@ -171,6 +174,85 @@ def sender_main(argv: list[str]) -> int:
         os._exit(SENDER_ERROR_EXIT)
     mq.close()
     return 0
+
+
+def _send(mq: Any, tasks: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
+    """Send one batch (one task alone, or with a failing one, through ``send``): the ids."""
+    if len(tasks) == 1 or any(kwargs["fail"] for _, _, kwargs in tasks):
+        return [mq.send(TASK_NAME, kwargs, retries=1 if kwargs["fail"] else None).task_id
+                for _, _, kwargs in tasks]
+    return [h.task_id for h in mq.send_many([(TASK_NAME, kwargs) for _, _, kwargs in tasks])]
+
+
+# what a clear storage error names (message_queue_sqlite.backends.sqlite.connection.storage_condition)
+STORAGE_CONDITIONS = (("full", "the disk is full (ENOSPC"), ("full", "the database is full (SQLITE_FULL"),
+                      ("erofs", "is read-only (EROFS"), ("eio", "an I/O error (EIO)"))
+
+
+def storage_error_kind(message: str) -> str:
+    """``full``, ``erofs``, ``eio`` for a storage error naming a shard file and its condition,
+    else ``unclear`` (a bare SQLite message, or no file named)."""
+    if "mq-shard-" not in message:
+        return "unclear"
+    return next((kind for kind, phrase in STORAGE_CONDITIONS if phrase in message), "unclear")
+
+
+class StorageErrorLog:
+    """A sender's handling of storage errors. Off (faults.py): any exception ends the sender.
+    On (storage_faults.py): a QueueStorageError is recorded (kind and message, one line each),
+    the sender backs off and sends again what was not stored; the ids of a PartiallySentError's
+    stored part are accepted as they are."""
+
+    def __init__(self, path: str, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+        self.retries = 0
+        self._delay = 0.01
+
+    @property
+    def key_suffix(self) -> str:
+        return f"r{self.retries}" if self.retries else ""
+
+    def record(self, exc: BaseException) -> None:
+        text = " ".join(str(exc).split())
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{storage_error_kind(text)}\t{type(exc).__name__}: {text}\n")
+        self.retries += 1
+        _pause(random.uniform(0.5, 1.0) * self._delay)  # a back-off in a retry loop
+        self._delay = min(0.5, self._delay * 2)
+
+    def retry(self, action: Any) -> Any:
+        """``action()`` until it raises no storage error (opening the queue during a fault)."""
+        from message_queue_sqlite import QueueStorageError
+
+        while True:
+            try:
+                return action()
+            except QueueStorageError as exc:
+                if not self.enabled:
+                    raise
+                self.record(exc)
+
+    def attempt(self, mq: Any, tasks: list[tuple[int, str, dict[str, Any]]]
+                ) -> tuple[list[tuple[int, str, str]], list[int]]:
+        """Send ``tasks``: (the (seq, key, id) stored, the seqs to send again)."""
+        from message_queue_sqlite import PartiallySentError, QueueStorageError
+
+        try:
+            ids = _send(mq, tasks)
+        except PartiallySentError as exc:
+            if not self.enabled:
+                raise
+            self.record(exc)
+            return ([(tasks[i][0], tasks[i][1], task_id) for i, task_id in exc.sent.items()],
+                    [tasks[i][0] for i in exc.failed])
+        except QueueStorageError as exc:
+            if not self.enabled:
+                raise
+            self.record(exc)
+            return [], [seq for seq, _, _ in tasks]
+        self._delay = 0.01
+        return [(seq, key, task_id) for (seq, key, _), task_id in zip(tasks, ids, strict=True)], []
 
 
 def _task_plan(rng: random.Random, log_dir: str) -> dict[str, Any]:
@@ -535,6 +617,8 @@ class Scenario:
             self.ranges.append((first, share))
             first += share
         self.pace = max(0.0, 0.7 * settings.chaos_seconds * settings.senders / max(1, settings.tasks))
+        self.log_markers = LOG_MARKERS  # what in a process's log is an error
+        self.sender_extra: list[str] = []  # more arguments for the senders
 
     # -- processes -------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -565,7 +649,7 @@ class Scenario:
                    "--index", str(index),
                    "--generation", str(generation), "--first", str(first), "--count", str(count),
                    "--pace", f"{pace:.5f}", "--state", self.state, "--log-dir", self.exec_dir,
-                   "--seed", str(self.s.seed + self.shards)]
+                   "--seed", str(self.s.seed + self.shards), *self.sender_extra]
             cwd = str(REPO)
         with open(log_path, "wb") as out:
             popen = subprocess.Popen(cmd, cwd=cwd, env=self.env(), stdin=subprocess.DEVNULL,
@@ -678,7 +762,7 @@ class Scenario:
         elif code not in allowed:
             problems.append(f"exited with code {code}")
         text = Path(proc.log_path).read_text(errors="replace") if os.path.exists(proc.log_path) else ""
-        marker = next((m for m in LOG_MARKERS if m in text), None)
+        marker = next((m for m in self.log_markers if m in text), None)
         if marker and not problems:
             problems.append(f"printed {marker.strip()!r}")
         if proc.role == "worker" and code == 0:
@@ -730,16 +814,7 @@ class Scenario:
                 self.result.note("cold start: the workers did not all start within 30 s")
         for index in range(self.s.senders):
             self.spawn("sender", index)
-        # Phase 1: faults at random moments while tasks flow.
-        gap = self.s.chaos_seconds / max(1, self.s.kills)
-        next_fault = time.monotonic() + self.rng.uniform(0, 2 * gap)
-        tick = threading.Event()
-        while self.result.kills < self.s.kills:
-            self.reap()
-            if time.monotonic() >= next_fault:
-                self.inject()
-                next_fault = time.monotonic() + self.rng.uniform(0, 2 * gap)
-            tick.wait(TICK_S)
+        self.chaos_phase()
         self.chaos = False
         self.finishing = True
         self.log("faults stopped")
@@ -788,6 +863,18 @@ class Scenario:
         self.events.close()
         return self.result
 
+    def chaos_phase(self) -> None:
+        """Phase 1: faults at random moments while tasks flow (storage_faults.py adds its own)."""
+        gap = self.s.chaos_seconds / max(1, self.s.kills)
+        next_fault = time.monotonic() + self.rng.uniform(0, 2 * gap)
+        tick = threading.Event()
+        while self.result.kills < self.s.kills:
+            self.reap()
+            if time.monotonic() >= next_fault:
+                self.inject()
+                next_fault = time.monotonic() + self.rng.uniform(0, 2 * gap)
+            tick.wait(TICK_S)
+
     # -- checking --------------------------------------------------------------------
     def check(self) -> None:
         r = self.result
@@ -799,6 +886,7 @@ class Scenario:
             r.errors += 1
             r.note(str(exc))
             return
+        records = [record for record in records if record["status"] != 0]  # tombstones: no task
         for record in records:
             # A task's public id is "<shard>-<row id>" (older schemas: a task_id column).
             task_id = record.get("task_id") or f"{record['shard']}-{record['id']}"
@@ -1032,6 +1120,32 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     keep=args.keep, root=args.dir, broker_url=broker_url)
 
 
+def total_of(results: list[Result]) -> Result:
+    """The scenarios' counts added up (for the verdict line)."""
+    total = Result(0)
+    for result in results:
+        for field in dataclasses.fields(Result):
+            if field.type in ("int", int) and field.name != "shards":
+                setattr(total, field.name, getattr(total, field.name) + getattr(result, field.name))
+    return total
+
+
+def verdict_counts(total: Result) -> str:
+    """The verdict line's first figures, the same in every runner."""
+    return (f"sent={total.sent} accepted={total.accepted} finished={total.finished} failed={total.failed} "
+            f"lost={total.lost} stuck={total.stuck} duplicate_executions={total.duplicate_executions} "
+            f"unexplained_duplicates={total.unexplained_duplicates}")
+
+
+def finish_run(folder: str, passed: bool, keep: bool, prog: str) -> int:
+    """Remove the run folder of a passed run (unless kept); say where the evidence of a failed one is."""
+    if passed and not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif not passed:
+        print(f"{prog}: evidence kept in {folder} (events.log, logs/, exec/, state/, queue/)", flush=True)
+    return 0 if passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_sender":
@@ -1069,25 +1183,14 @@ def main(argv: list[str] | None = None) -> int:
         print(scenario.line(), flush=True)
         for note in result.notes:
             print(f"  {note}", flush=True)
-    total = Result(0)
-    for result in results:
-        for field in dataclasses.fields(Result):
-            if field.type in ("int", int) and field.name != "shards":
-                setattr(total, field.name, getattr(total, field.name) + getattr(result, field.name))
+    total = total_of(results)
     total.seconds = time.monotonic() - started
     passed = all(r.ok for r in results)
-    print(f"faults: sent={total.sent} accepted={total.accepted} finished={total.finished} "
-          f"failed={total.failed} lost={total.lost} stuck={total.stuck} "
-          f"duplicate_executions={total.duplicate_executions} "
-          f"unexplained_duplicates={total.unexplained_duplicates} kills={total.kills} "
+    print(f"faults: {verdict_counts(total)} kills={total.kills} "
           f"backend={backend} shards={','.join(str(s) for s in settings.shards)} stored={total.stored} "
           f"crash_failed={total.crash_failed} bad_outcomes={total.bad_outcomes} errors={total.errors} "
           f"seconds={total.seconds:.1f} verdict={'PASS' if passed else 'FAIL'}", flush=True)
-    if passed and not settings.keep:
-        shutil.rmtree(folder, ignore_errors=True)
-    elif not passed:
-        print(f"faults: evidence kept in {folder} (events.log, logs/, exec/, state/, queue/)", flush=True)
-    return 0 if passed else 1
+    return finish_run(folder, passed, settings.keep, "faults")
 
 
 if __name__ == "__main__":

@@ -65,8 +65,9 @@ def test_faults_short_run_passes_on_postgres() -> None:
 def test_network_faults_short_run_passes() -> None:
     """``scripts/faults_network.py --short``: worker and sender hosts behind proxies that
     partition (shorter and longer than a lease), lose and delay, SIGKILL/SIGSTOP/SIGTERM, clock
-    steps of hosts, and fast and immediate restarts of a PostgreSQL instance of the runner's own. It needs the
-    machine's initdb (not the shared server, nor root: as root it runs initdb as postgres)."""
+    steps of hosts, and fast and immediate restarts of a PostgreSQL instance of the runner's
+    own. It needs the machine's initdb (not the shared server, nor root: as root it runs initdb
+    as postgres)."""
     sys.path.insert(0, str(REPO / "scripts"))
     try:
         import faults_network
@@ -92,3 +93,33 @@ def test_network_faults_short_run_passes() -> None:
                  "clock_step"):
         assert int(figures.get(kind, "0")) > 0, f"no {kind} fault: {output}"
     assert float(figures["longest_notice"].rstrip("s")) <= faults_network.NOTICE_BOUND_S, output
+
+
+def test_storage_faults_short_run_passes() -> None:
+    """scripts/storage_faults.py --short: the queue on a tmpfs that fills up, shard writes that
+    fail with EIO and EROFS for a while (an LD_PRELOAD shim), senders and workers running and
+    some killed: nothing accepted lost or stuck, every shard passes integrity_check, and every
+    storage error a sender or worker saw names the file and the condition. Needs root (the
+    mount) and a C compiler (the shim): without them the runner says why and the test skips."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
+    env.pop("MQS_BROKER_URL", None)
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "storage_faults.py"), "--short"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    output = done.stdout + done.stderr
+    if done.returncode == 77:
+        pytest.skip(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else output)
+    verdicts = [line for line in done.stdout.splitlines() if line.startswith("storage_faults: sent=")]
+    assert len(verdicts) == 1, output
+    figures = dict(re.findall(r"(\w+)=(\S+)", verdicts[0]))
+    assert done.returncode == 0, output
+    assert figures["verdict"] == "PASS", output
+    assert (figures["lost"], figures["stuck"], figures["unexplained_duplicates"]) == ("0", "0", "0"), output
+    assert set(figures["integrity"].split(",")) == {"ok"}, output
+    assert figures["unclear_errors"] == "0", output
+    seen = dict(item.split(":") for item in figures["clear_errors"].split(","))
+    assert all(int(seen[kind]) > 0 for kind in ("full", "eio", "erofs")), output
+    assert int(figures["accepted"]) > 0, output
+    assert int(figures["finished"]) + int(figures["failed"]) == int(figures["accepted"]), output
+    mounts = Path("/proc/mounts").read_text() if Path("/proc/mounts").exists() else ""
+    assert "mqs-storage-faults" not in mounts, mounts

@@ -12,7 +12,7 @@ from conftest import wait_until
 
 from message_queue_sqlite import Config, MessageQueue, QueueStorageError, TaskStatus, init_server
 from message_queue_sqlite.backends.sqlite.backend import Q
-from message_queue_sqlite.backends.sqlite.connection import APPLICATION_ID, SCHEMA_VERSION
+from message_queue_sqlite.backends.sqlite.connection import APPLICATION_ID, SCHEMA_VERSION, arrange
 from message_queue_sqlite.core.registry import TaskRegistry
 
 
@@ -134,16 +134,16 @@ def test_dashboard_pages_of_a_state_read_its_index(tmp_path, query, index):
 
 
 def _arity(sql: str) -> int:
-    import re
-
-    return max((int(n) for n in re.findall(r"\?(\d+)", sql)), default=0)
+    """Parameters a prepared statement binds: its plain ``?`` (queries.sql's ?N made plain)."""
+    return sql.count("?")
 
 
 def test_claim_is_log_n_a_large_backlog_uses_the_ready_index(tmp_path):
     with MessageQueue(str(tmp_path / "q")) as mq:
         conn = mq.engine.shards[0]._connection()
-        plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + Q["claim_batch"],
-                                                ("o", 0, 1, "default"))]
+        claim = Q["claim_batch"]
+        plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + claim,
+                                                arrange(claim, ("o", 0, 1, "default")))]
     # a range of the queue's part of the index, read in claim order: no sort of the backlog (the
     # one sort, for the concurrency limits' per-name ranks, is of the at most LIMIT rows read)
     search = [i for i, step in enumerate(plan) if "USING INDEX mqs_tasks_ready (queue=?)" in step]

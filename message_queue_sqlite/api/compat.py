@@ -14,6 +14,7 @@ from message_queue_sqlite.api.queue import MessageQueue
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.registry import TaskRegistry, discover_tasks
 from message_queue_sqlite.engine.dispatcher import Callback
+from message_queue_sqlite.engine.engine import SendRequest
 
 
 class Server:
@@ -63,8 +64,14 @@ class Client:
         """Store the task durably and return its id; ``callback(result_dict)`` runs here when
         it ends. Higher ``priority`` runs first (within its queue); ``queue`` names another
         queue than the task's own (``@task_function(queue=)``, else ``"default"``)."""
-        return self.queue.send(task_name, task_args, callback=callback, priority=priority,
-                               use_cache=use_cache, queue=queue).task_id
+        if type(task_name) is not str:  # (a function, say: resolved, or refused, as mq.send does)
+            return self.queue.send(task_name, task_args, callback=callback, priority=priority,
+                                   use_cache=use_cache, queue=queue).task_id
+        # The seed's every call: straight to the engine, which checks all of it as for mq.send;
+        # no handle is made (the seed returns the id), so none is built and thrown away.
+        request = SendRequest(task_name, {} if task_args is None else task_args, callback, priority,
+                              use_cache, queue=queue)
+        return self.queue.engine.send(request)
 
 
     def cancel_message(self, task_id: str) -> str:

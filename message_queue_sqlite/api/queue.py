@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from message_queue_sqlite.core.registry import (
 )
 from message_queue_sqlite.core.retry import RetryPolicy
 from message_queue_sqlite.core.status import TaskStatus
+from message_queue_sqlite.engine import aio
 from message_queue_sqlite.engine.dispatcher import Callback
 from message_queue_sqlite.engine.engine import Engine, SendRequest
 from message_queue_sqlite.engine.hooks import Hook, require_hook
@@ -161,12 +163,41 @@ class TaskHandle:
     def result(self, timeout: float | None = None) -> Any:
         """The task's return value; raises ``TaskFailedError`` if it failed, TimeoutError if it
         has not ended within ``timeout`` seconds (None waits forever)."""
-        outcome = self.outcome(timeout)
+        return self._value(self.outcome(timeout))
+
+    def _value(self, outcome: TaskOutcome) -> Any:
         if outcome.status == TaskStatus.CANCELLED:
             raise TaskCancelled(self.task_id, self.task_name, outcome.error or "cancelled")
         if not outcome.ok:
             raise TaskFailedError(self.task_id, self.task_name, outcome.error or "", outcome.traceback)
         return outcome.value
+
+    # -- the same from asyncio code (README, "Async client") -------------------------
+    async def aoutcome(self, timeout: float | None = None) -> TaskOutcome:
+        """``outcome`` for a coroutine: awaits the end without blocking the event loop and
+        without a thread per wait (the dispatcher resolves a future in this loop);
+        TimeoutError after ``timeout`` seconds. Cancelling the awaiting coroutine forgets
+        its wait (the task itself is not cancelled: see ``acancel``)."""
+        outcome = await self._engine.await_outcome(self.task_id, timeout, self._since)
+        if outcome is None:
+            raise TimeoutError(f"task {self.task_name!r} ({self.task_id}) did not end within {timeout} s")
+        return outcome
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """``result`` for a coroutine: the return value; ``TaskFailedError`` if it failed,
+        ``TaskCancelled`` if it was cancelled, TimeoutError if it has not ended in ``timeout`` s."""
+        return self._value(await self.aoutcome(timeout))
+
+    async def astatus(self) -> TaskStatus:
+        """``status`` for a coroutine (one read: in the loop's thread on SQLite, on a thread
+        on PostgreSQL)."""
+        record = await aio.run_blocking(self._engine.async_inline, self._record)
+        return shown_status(record)
+
+    async def acancel(self, wait: float = 5.0) -> str:
+        """``cancel`` for a coroutine; on a thread, as it may wait up to ``wait`` s for the
+        worker running the task to answer."""
+        return await asyncio.to_thread(self.cancel, wait)
 
     @property
     def progress(self) -> TaskProgress | None:
@@ -232,7 +263,12 @@ class MessageQueue:
                 as priority or delay go through ``mq.send``."""
                 return self.send(f, kwargs, args=args)
 
+            async def asend(*args: Any, **kwargs: Any) -> TaskHandle:
+                """``send`` for a coroutine (see ``MessageQueue.asend``)."""
+                return await self.asend(f, kwargs, args=args)
+
             f.send = send  # type: ignore[attr-defined]
+            f.asend = asend  # type: ignore[attr-defined]
             return f
 
         return register(func) if func is not None else register
@@ -291,7 +327,7 @@ class MessageQueue:
              delay: float | timedelta = 0.0, eta: datetime | None = None,
              unique_key: str | None = None, unique_for: float | timedelta | None = None,
              unique_states: tuple[str, ...] | None = None, queue: str | None = None,
-             timeout: float | timedelta | None = None) -> TaskHandle:
+             timeout: float | timedelta | None = None, connection: Any = None) -> TaskHandle:
         """Store a task durably (committed before this returns) and return its handle.
 
         ``kwargs`` are the task's keyword arguments, ``args`` its positional ones; both are
@@ -301,18 +337,57 @@ class MessageQueue:
         or a timedelta) limits its runs instead of its task's ``timeout``. ``unique_key`` (or the task's
         ``unique=``): when a stored task holds the key, nothing is stored and the handle is the
         holder's, with ``duplicate`` True (and ``callback`` is not registered: the task is the
-        first send's); ``unique_for`` seconds and ``unique_states`` override the task's."""
+        first send's); ``unique_for`` seconds and ``unique_states`` override the task's.
+        ``connection``: the application's own open connection to the queue's database (an
+        ``sqlite3.Connection`` with ``MessageQueue(database=...)``, a psycopg connection on
+        PostgreSQL): the task is stored in the application's transaction, and exists only once
+        that commits (README, "Sending in your own transaction")."""
+        return self._send_one(self._single(task, kwargs, args, priority, callback, use_cache, retries, retry,
+                                           delay, eta, unique_key, unique_for, unique_states, queue, timeout),
+                              connection)
+
+    def _single(self, task: TaskRef, kwargs: dict[str, Any] | None, args: Sequence[Any], priority: int,
+                callback: Callback | None, use_cache: bool, retries: int | None, retry: RetryPolicy | None,
+                delay: float | timedelta, eta: datetime | None, unique_key: str | None,
+                unique_for: float | timedelta | None, unique_states: tuple[str, ...] | None,
+                queue: str | None, timeout: float | timedelta | None) -> SendRequest:
+        """One send's request, checked (``send`` and ``asend`` alike)."""
         request = self._request(task, kwargs, args, priority, callback, use_cache, retries, retry,
                                 _delay_of(delay, eta))
         request.queue, request.timeout = queue, timeout
         if unique_key is not None or unique_for is not None or unique_states is not None:
             request.unique_key, request.unique_for = unique_key, unique_for
             request.unique_states = unique_states
+        return request
+
+    def _send_one(self, request: SendRequest, connection: Any = None) -> TaskHandle:
         since = self._engine.outcome_epoch()
-        task_id = self._engine.send(request)
+        task_id = self._engine.send(request, connection)
         if request.duplicate:
             return self._duplicate_handle(task_id, request.task_name, since)
         return TaskHandle(task_id, request.task_name, self._engine, since)
+
+    async def asend(self, task: TaskRef, kwargs: dict[str, Any] | None = None, *, args: Sequence[Any] = (),
+                    priority: int = 0, callback: Callback | None = None, use_cache: bool = False,
+                    retries: int | None = None, retry: RetryPolicy | None = None,
+                    delay: float | timedelta = 0.0, eta: datetime | None = None,
+                    unique_key: str | None = None, unique_for: float | timedelta | None = None,
+                    unique_states: tuple[str, ...] | None = None, queue: str | None = None,
+                    timeout: float | timedelta | None = None, connection: Any = None) -> TaskHandle:
+        """``send`` for a coroutine, with the same arguments and checks; the task is committed
+        when it returns (with ``connection``: stored in the application's transaction, as for
+        ``send``; psycopg's ``AsyncConnection`` is awaited). On SQLite the write runs in the
+        loop's thread (tens of microseconds: less than the hand-off to a thread would cost);
+        on PostgreSQL, and in immediate mode (the send runs the task), on a thread, so the loop
+        goes on meanwhile. Measured in the README, "Async client". Await its result with
+        ``await handle.aresult(timeout=)``."""
+        request = self._single(task, kwargs, args, priority, callback, use_cache, retries, retry,
+                               delay, eta, unique_key, unique_for, unique_states, queue, timeout)
+        if connection is not None and aio.is_async_connection(connection):
+            since = self._engine.outcome_epoch()
+            (task_id,) = await self._engine.asend_in_transaction([request], connection)
+            return TaskHandle(task_id, request.task_name, self._engine, since)
+        return await aio.run_blocking(self._engine.async_inline, self._send_one, request, connection)
 
     def send_many(self, tasks: Iterable[tuple[Any, ...]], *, priority: int = 0,
                   callback: Callback | None = None, use_cache: bool = False,
@@ -320,12 +395,14 @@ class MessageQueue:
                   delay: float | timedelta = 0.0, eta: datetime | None = None,
                   unique_key: str | None = None, unique_for: float | timedelta | None = None,
                   unique_states: tuple[str, ...] | None = None,
-                  queue: str | None = None, timeout: float | timedelta | None = None) -> list[TaskHandle]:
+                  queue: str | None = None, timeout: float | timedelta | None = None,
+                  connection: Any = None) -> list[TaskHandle]:
         """Store many tasks in one transaction per shard (much faster than one send each).
         Each item is ``(task, kwargs)`` or ``(task, args, kwargs)``; the options apply to all
         (one ``unique_key`` for all stores at most one of them; tasks declared ``unique=`` each
         derive their own). A task whose key is held, by a stored task or by an earlier item of
-        this batch, stores nothing: its handle is the holder's, with ``duplicate`` True."""
+        this batch, stores nothing: its handle is the holder's, with ``duplicate`` True.
+        ``connection``: as for ``send``, all in the application's transaction."""
         seconds = _delay_of(delay, eta)
         requests = []
         for item in tasks:
@@ -339,7 +416,7 @@ class MessageQueue:
             request.unique_states, request.queue, request.timeout = unique_states, queue, timeout
             requests.append(request)
         since = self._engine.outcome_epoch()
-        sent = self._engine.send_many(requests)
+        sent = self._engine.send_many(requests, connection)
         return [self._duplicate_handle(task_id, r.task_name, since) if r.duplicate
                 else TaskHandle(task_id, r.task_name, self._engine, since)
                 for task_id, r in zip(sent, requests, strict=True)]

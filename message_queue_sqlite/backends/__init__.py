@@ -27,5 +27,10 @@ def open_backend(config: Config, shard_count: int | None = None) -> Backend:
         return PostgresBackend(url, config)
     from message_queue_sqlite.backends.sqlite import SQLiteBackend
 
+    if config.database is not None:
+        if url:
+            raise ValueError(f"Config.database={config.database!r} is an SQLite file: it cannot go with "
+                             f"broker_url={url!r}; give one of them")
+        return SQLiteBackend.in_database(config.database, config.durability)
     folder = url[len("sqlite://"):] if url and url.startswith("sqlite://") else config.middleware_path
     return SQLiteBackend(folder, shard_count or config.middleware_num, config.durability)

@@ -18,7 +18,9 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from message_queue_sqlite.core.errors import QueueStorageError
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE
 from message_queue_sqlite.core.rates import Rate
@@ -194,6 +196,20 @@ class Producer(ABC):
         a concurrent sender: no lock is taken beforehand). Returns ``(row id, duplicate)`` per
         task in order; a duplicate stored nothing and its row id is the holder's. Kept counts
         move only for what was stored."""
+
+    def enqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """Store tasks through the application's own open ``connection`` (a driver connection
+        to this queue's database), inside its transaction: they exist, and workers are told,
+        only when the application commits; a rollback leaves nothing. Their queues are declared
+        in that transaction too: nothing may be written through the shard's own connections
+        meanwhile (on SQLite the application holds the file's write lock). Returns their row
+        ids. Plain tasks only (no unique key, no cached arguments)."""
+        raise QueueStorageError(f"{type(self).__name__} cannot send in an application's transaction")
+
+    async def aenqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """``enqueue_in_transaction`` through an application's async connection."""
+        raise TypeError(f"connection={connection!r}: {type(self).__name__} takes no async connection; pass "
+                        "the application's sync connection (sqlite3.Connection), from this thread")
 
     @abstractmethod
     def declare_queues(self, names: Sequence[str]) -> None:
@@ -500,6 +516,9 @@ class Backend(ABC):
 
     shards: Sequence[Shard]
     location: str
+    # Its statements take microseconds (local files, no network): async callers run them in
+    # the event loop's thread instead of handing each to a thread (see engine/aio.py).
+    inline_io: bool = False
 
     def adopt_new_shards(self) -> bool:
         """Open shards that other processes created since this backend opened (a worker

@@ -97,8 +97,8 @@ class Supervisor:
                 if code is None:
                     continue
                 del self._children[slot]
-                if self._signals:
-                    codes[slot] = code
+                if self._signals:  # (one killed by the SIGTERM passed on was still starting: no
+                    codes[slot] = 0 if code == -signal.SIGTERM else code  # handler yet, nothing run)
                     continue
                 self._died(child, code)
                 self._restart(slot, child.started)

@@ -55,6 +55,10 @@ class Config:
     """Run each task in the sending thread before ``send`` returns: for tests and scripts
     (huey's ``immediate``, Celery's ``task_always_eager``). Its tasks are kept in memory, no
     folder, no file, no database server (see ``immediate_use_memory``)."""
+    database: str | None = None
+    """An application's own SQLite database file to keep the queue in (its tables are named
+    ``mqs_*``; one shard): then ``send(..., connection=conn)`` joins that application's
+    transaction. Without it, another application's database is refused, untouched."""
     broker_url: str | None = field(default_factory=_default_broker_url)
     """A ``postgresql://`` URL selects PostgreSQL; None (default) uses SQLite files."""
     immediate_use_memory: bool = True
@@ -84,6 +88,11 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"Config.{name}={value!r} is invalid; it must be True or False")
+        if self.database is not None:
+            self.database = os.fspath(self.database)
+            if self.middleware_num != 1:
+                raise ValueError(f"Config.database={self.database!r} keeps the queue in that one file: "
+                                 f"middleware_num={self.middleware_num} shards cannot apply; leave it 1")
         if self.durability not in DURABILITY_MODES:
             raise ValueError(
                 f"Config.durability={self.durability!r} is not a mode; use one of {DURABILITY_MODES}"

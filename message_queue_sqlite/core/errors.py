@@ -50,3 +50,28 @@ class TaskTimeout(MessageQueueError, TimeoutError):
     def __init__(self, seconds: float | None = None):  # (raised in a thread as a bare class)
         super().__init__("timed out" if seconds is None else f"timed out after {seconds:.1f} s")
         self.seconds = seconds
+
+
+class PartiallySentError(QueueStorageError):
+    """A ``send_many`` over several shards failed on one shard after others had committed
+    their part, and some of that part could not be taken back (a worker had claimed it
+    already, or the storage failed the withdrawal too): those tasks stay sent and run.
+
+    The shards are separate SQLite files, so no one transaction spans them; the send takes
+    back what it stored, if still waiting, and raises the original error when everything
+    was taken back (then nothing was sent). This error is raised only when something stays:
+    ``sent`` maps the request's index to the stored task's id, ``failed`` lists the indexes
+    not stored (resend exactly those), ``cause`` is the original error."""
+
+    def __init__(self, sent: dict[int, str], failed: list[int], cause: BaseException):
+        self.sent = sent
+        self.failed = failed
+        self.cause = cause
+        total = len(sent) + len(failed)
+        super().__init__(
+            f"send_many stored {len(sent)} of {total} tasks and could not take them back (claimed "
+            f"already, or the storage failed the withdrawal too): ids by request index "
+            f"{dict(list(sent.items())[:10])}"
+            f"{' ...' if len(sent) > 10 else ''}; the other {len(failed)} (indexes "
+            f"{failed[:20]}{' ...' if len(failed) > 20 else ''}) were not stored: {cause}. Resend only "
+            "the indexes in .failed; the ids in .sent will run")

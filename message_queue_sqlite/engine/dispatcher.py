@@ -9,7 +9,10 @@ under its own task id, and popped when it runs, so it runs once.
 That a callback ran is recorded (CALLBACKED) in the write transaction the workers of this
 object commit next anyway, when they run: a write of its own would queue behind theirs on
 the shard's single writer and rewrite the pages they just wrote. Marks no worker picked up
-within ``MARK_LATEST_S`` (the workers went idle, or none run here) are written directly.
+within ``MARK_LATEST_S`` (the workers went idle, or none run here) are written directly, in
+one transaction per shard for all of them: a sender whose tasks run in another process
+gets its callbacks in many small batches, and a write per batch competed with its own
+sends (and the worker's commits) for the shard's single writer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from message_queue_sqlite.backends.base import Shard, TaskRecord
 from message_queue_sqlite.core.errors import MessageQueueError
@@ -36,6 +39,13 @@ Callback = Callable[[dict[str, Any]], Any]
 FALLBACK_POLL_S = 0.1
 MIN_POLL_INTERVAL_S = 0.0001  # a burst of change events costs one storage poll
 MAX_POLL_INTERVAL_S = 0.005  # while polls only find what local workers already deliver
+# While each poll finds outcomes of other processes within STREAM_WINDOW_S of the last that
+# did (a stream of them, e.g. a sender whose worker is another process), polls come at most
+# every STREAM_POLL_S: a poll per commit of that worker (one or two outcomes each) cost the
+# sender more interpreter time than its sends did, and took the lock from its sending thread.
+# An outcome after a quiet spell (a round trip) is still polled for at once.
+STREAM_POLL_S = 0.002
+STREAM_WINDOW_S = 0.005
 FETCH_LIMIT = 1000
 MARK_LATEST_S = 0.02  # a CALLBACKED mark waits at most this long for a worker's transaction
 
@@ -49,24 +59,30 @@ def outcome_from_record(record: TaskRecord) -> TaskOutcome:
                        record.started_at, record.ended_at, record.attempts)
 
 
+class Waiter(Protocol):
+    """What a wait registers: ``set()`` is called once, under the dispatcher's lock, when the
+    outcome is there (a ``threading.Event``; an async wait's resolves its future in its loop)."""
+
+    def set(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Pending:
     """One awaited task: a sender may have millions of these in flight, so it is small."""
 
     callback: Callback | None = None
-    waiters: list[threading.Event] | None = None  # allocated by the first wait
+    waiters: list[Waiter] | None = None  # allocated by the first wait
     outcome: TaskOutcome | None = None
     local: bool = False  # a worker of this queue object holds it now
 
 
 class OutcomeDispatcher:
     def __init__(self, node: str, shards: Sequence[Shard], on_remote_interest: Callable[[], None],
-                 workers_running: Callable[[], bool] = lambda: False, hooks: HookChain | None = None):
+                 hooks: HookChain | None = None):
         self._node = node
         self._hooks = hooks
         self._shards = shards
         self._on_remote_interest = on_remote_interest
-        self._workers_running = workers_running
         self._marks: dict[int, list[int]] = defaultdict(list)  # shard -> rows whose callback ran
         self._marks_since = 0.0
         # entered through the lock itself: a with statement on a C lock releases it whatever
@@ -82,6 +98,7 @@ class OutcomeDispatcher:
         self._busy = False
         self._closing = False
         self._last_poll = 0.0
+        self._last_found = -STREAM_WINDOW_S  # when a poll last found outcomes
         self._poll_interval = MIN_POLL_INTERVAL_S
         self._waited: set[str] = set()  # tasks someone waits on without a callback
         # Tasks of this object that its own workers hold (claimed, outcome not delivered yet)
@@ -127,6 +144,15 @@ class OutcomeDispatcher:
             self._ensure_thread()
         self._on_remote_interest()
 
+    def expect_one(self, task_id: str, callback: Callback) -> None:
+        """``expect`` for one send (the seed API's every call): the same, without the loop."""
+        with self._mutex:
+            self._pending[task_id] = _Pending(callback)
+            self._callbacks_pending += 1
+            self._remote += 1
+            self._ensure_thread()
+        self._on_remote_interest()
+
     @property
     def epoch(self) -> int:
         return self._epoch
@@ -138,16 +164,33 @@ class OutcomeDispatcher:
         ended since epoch ``since`` (taken before the task was sent, while watching storage).
         Should that miss an outcome, the poll every ``FALLBACK_POLL_S`` finds it."""
         event = threading.Event()
+        entry, outcome, look = self.add_waiter(task_id, event, since)
+        if outcome is not None:
+            return outcome
+        if look:
+            outcome = self.found_in_storage(task_id, entry, lookup())
+            if outcome is not None:
+                return outcome
+        if not event.wait(timeout):
+            self.remove_waiter(task_id, entry, event)
+        return entry.outcome
+
+    def add_waiter(self, task_id: str, waiter: Waiter,
+                   since: int | None = None) -> tuple[_Pending, TaskOutcome | None, bool]:
+        """Register ``waiter`` for ``task_id``'s outcome: ``(entry, outcome, look)``; the
+        outcome if it is already here (nothing registered then), else whether storage must be
+        read once (``found_in_storage``): not for a task this object's workers hold (it ends
+        in memory, after this registration), nor when nothing ended since epoch ``since``."""
         with self._mutex:
             entry = self._pending.get(task_id)
             if entry is not None and entry.outcome is not None:
-                return entry.outcome
+                return entry, entry.outcome, False
             if entry is None:
                 entry = self._pending[task_id] = _Pending()
                 self._remote += 1
             if entry.waiters is None:
                 entry.waiters = []
-            entry.waiters.append(event)
+            entry.waiters.append(waiter)
             self._waited.add(task_id)
             self._ensure_thread()
             held_here = task_id in self._held_here
@@ -156,26 +199,35 @@ class OutcomeDispatcher:
                 self._remote -= 1
             unchanged = since is not None and since == self._epoch
         self._on_remote_interest()
-        # A task this object's workers hold ends in memory, after this registration: only
-        # one that may have ended elsewhere (or before we looked) is looked up in storage.
-        record = None if held_here or unchanged else lookup()
-        if record is not None and TaskStatus(record.status).is_terminal:
-            outcome = outcome_from_record(record)
-            with self._mutex:
-                self._finish_waiter(task_id, entry, outcome)
-            return outcome
-        if not event.wait(timeout):
-            with self._mutex:
-                if entry.waiters and event in entry.waiters:
-                    entry.waiters.remove(event)
-                if not entry.waiters and entry.callback is None and entry.outcome is None:
-                    self._waited.discard(task_id)  # nobody waits any more: stop looking for it
-                    if self._pending.get(task_id) is entry:
-                        del self._pending[task_id]
-                        if not entry.local:
-                            self._remote -= 1
-            return entry.outcome
-        return entry.outcome
+        return entry, None, not (held_here or unchanged)
+
+    def found_in_storage(self, task_id: str, entry: _Pending,
+                         record: TaskRecord | None) -> TaskOutcome | None:
+        """The lookup ``add_waiter`` asked for: an ended task's outcome wakes its waiters."""
+        if record is None or not TaskStatus(record.status).is_terminal:
+            return None
+        outcome = outcome_from_record(record)
+        with self._mutex:
+            self._finish_waiter(task_id, entry, outcome)
+        return outcome
+
+    def remove_waiter(self, task_id: str, entry: _Pending, waiter: Waiter) -> None:
+        """A wait gave up (timed out, or its coroutine was cancelled): forget its waiter, and
+        the task with it when nobody else waits and no callback does."""
+        with self._mutex:
+            if entry.waiters and waiter in entry.waiters:
+                entry.waiters.remove(waiter)
+            if not entry.waiters and entry.callback is None and entry.outcome is None:
+                self._waited.discard(task_id)  # nobody waits any more: stop looking for it
+                if self._pending.get(task_id) is entry:
+                    del self._pending[task_id]
+                    if not entry.local:
+                        self._remote -= 1
+
+    def waiting_on(self, task_id: str) -> bool:
+        """Whether anything here still waits for ``task_id`` (a handle or a callback)."""
+        with self._mutex:
+            return task_id in self._pending or task_id in self._waited
 
     def _finish_waiter(self, task_id: str, entry: _Pending, outcome: TaskOutcome) -> None:
         entry.outcome = outcome
@@ -318,10 +370,15 @@ class OutcomeDispatcher:
                         found.append((outcome_from_record(record), shard.index, record.row_id))
         # Rows our own workers ended (delivered in memory, marked soon) are all a poll found:
         # poll less often. Anything run elsewhere brings the interval straight back down.
+        # A stream of outcomes from elsewhere: gather them for a few milliseconds a poll.
         if seen and not useful:
             self._poll_interval = min(MAX_POLL_INTERVAL_S, self._poll_interval * 2)
+        elif found and self._last_poll - self._last_found < STREAM_WINDOW_S:
+            self._poll_interval = STREAM_POLL_S
         else:
             self._poll_interval = MIN_POLL_INTERVAL_S
+        if found:
+            self._last_found = self._last_poll
         return found
 
     def _run_callbacks(self, batch: list[tuple[TaskOutcome, int, int]]) -> None:
@@ -355,8 +412,6 @@ class OutcomeDispatcher:
                     self._marks_since = time.monotonic()
                 for shard, row_id in called:
                     self._marks[shard].append(row_id)
-            if not self._workers_running():
-                self.write_marks()
 
     # -- CALLBACKED marks ------------------------------------------------------------
     def take_marks(self, shard: int) -> list[int]:

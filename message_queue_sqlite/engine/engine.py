@@ -6,6 +6,7 @@ hold two queues, and tests do. Both public APIs are thin layers over this class.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import itertools
@@ -32,7 +33,7 @@ from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane, check_queue_name, plan_lanes
 from message_queue_sqlite.core.registry import TaskDefinition, TaskRegistry
 from message_queue_sqlite.core.retry import RetryPolicy
-from message_queue_sqlite.engine import cancellation
+from message_queue_sqlite.engine import aio, cancellation
 from message_queue_sqlite.engine.bell import Bell
 from message_queue_sqlite.engine.dispatcher import Callback, OutcomeDispatcher
 from message_queue_sqlite.engine.executors import Executor, InlineExecutor, ThreadExecutor
@@ -41,6 +42,7 @@ from message_queue_sqlite.engine.executors.processes import ProcessExecutor
 from message_queue_sqlite.engine.executors.routing import RoutingExecutor
 from message_queue_sqlite.engine.hooks import Hook, HookChain, default_hooks
 from message_queue_sqlite.engine.leases import Housekeeper
+from message_queue_sqlite.engine.partial_send import withdraw_partial_send
 from message_queue_sqlite.engine.progress import ProgressWriter
 from message_queue_sqlite.engine.running import TaskRunner
 from message_queue_sqlite.engine.scheduler import Scheduler
@@ -110,8 +112,7 @@ class Engine:
         where the parent's threads do not exist and its locks may be held forever."""
         self.node = node or uuid.uuid4().hex[:16]
         self.bell = Bell()
-        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage,
-                                            lambda: bool(self._workers), self.hooks)
+        self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage, self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
         self.progress = ProgressWriter(self)
         self.runner = TaskRunner(self.registry, self.cache, self.hooks, lambda: self.node, self.clock,
@@ -149,9 +150,10 @@ class Engine:
         self._fresh_process_state(node)
 
     # -- sending ---------------------------------------------------------------------
-    def send(self, request: SendRequest) -> str:
-        if not self.balancer.single or self.hooks.before_send or self.hooks.after_send:
-            return self.send_many([request])[0]
+    def send(self, request: SendRequest, connection: Any = None) -> str:
+        if (connection is not None or not self.balancer.single or self.hooks.before_send
+                or self.hooks.after_send):
+            return self.send_many([request], connection)[0]
         self._check_open()  # the common case, without the batch bookkeeping
         if request.callback is not None:
             self.dispatcher.make_room(1, self.config.max_pending_callbacks, BACKPRESSURE_WAIT_S)
@@ -170,18 +172,70 @@ class Engine:
             raise
         task_id = format_task_id(0, row_id)
         if request.callback is not None and not request.duplicate:
-            self.dispatcher.expect(((task_id, request.callback),))
+            self.dispatcher.expect_one(task_id, request.callback)
         self.bell.ring()
         if self.config.immediate:
             self._run_inline((task_id,))
         return task_id
 
-    def send_many(self, requests: Sequence[SendRequest]) -> list[str]:
+    def send_many(self, requests: Sequence[SendRequest], connection: Any = None) -> list[str]:
         """Store tasks durably (one transaction per shard touched); return their ids in order.
+        With ``connection`` (the application's own open connection to the queue's database),
+        in the application's transaction instead: see ``_store_in_transaction``.
 
         Callbacks are registered after the commit, when the ids exist; an outcome that a
         worker records before that is found in storage by the dispatcher, so none is lost."""
+        by_shard, placed, cached = self._prepare_send(requests, connection is not None)
+        kept_cache: set[str] = set()  # cached arguments of tasks a failed send could not take back
+        try:
+            if connection is not None:
+                row_ids = {0: self._store_in_transaction(connection, by_shard[0])}
+            else:
+                row_ids = {}
+                for shard, tasks in by_shard.items():
+                    try:
+                        row_ids[shard] = self._store(shard, tasks)
+                    except Exception as exc:
+                        if not row_ids:
+                            raise
+                        # shards commit one by one: take back what others stored (see partial_send)
+                        partial, kept_cache = withdraw_partial_send(self.shards, by_shard, placed,
+                                                                    row_ids, exc)
+                        if partial is None:
+                            if hasattr(exc, "add_note"):  # (Python 3.11+)
+                                exc.add_note("the tasks of this send_many stored on other shards were "
+                                             "taken back: nothing was sent")
+                            raise
+                        raise partial from exc
+        except BaseException:
+            for key in cached:
+                if key not in kept_cache:
+                    self.cache.pop(key, None)
+            raise
+        return self._sent(requests, row_ids, placed)
+
+    async def asend_in_transaction(self, requests: Sequence[SendRequest], connection: Any) -> list[str]:
+        """``send_many`` with an application's async connection (psycopg's ``AsyncConnection``),
+        awaited in its transaction."""
+        by_shard, placed, cached = self._prepare_send(requests, True)
+        try:
+            tasks = by_shard[0]
+            self._check_in_transaction(tasks)
+            ids = await self.shards[0].aenqueue_in_transaction(connection, tasks)
+        except BaseException:
+            for key in cached:
+                self.cache.pop(key, None)
+            raise
+        return self._sent(requests, {0: (ids, NO_DUPLICATES)}, placed)
+
+    def _prepare_send(self, requests: Sequence[SendRequest], in_transaction: bool,
+                      ) -> tuple[dict[int, list[NewTask]], list[tuple[int, int]], list[str]]:
+        """The rows of a send, by shard (and, with several shards, where each request went),
+        after the ``before_send`` hooks; the keys of arguments put in the cache."""
         self._check_open()
+        if in_transaction and self.config.immediate:
+            raise ValueError("connection= is not for immediate mode: its send runs the task at once, but a "
+                             "task sent in the application's transaction exists only once that commits")
         with_callback = sum(1 for request in requests if request.callback is not None)
         if with_callback:
             self.dispatcher.make_room(with_callback, self.config.max_pending_callbacks, BACKPRESSURE_WAIT_S)
@@ -193,29 +247,32 @@ class Engine:
         placed: list[tuple[int, int]] = []  # (shard, position in that shard's batch)
         by_shard: dict[int, list[NewTask]] = {}
         cached: list[str] = []
-        single = self.balancer.single
         try:
-            if single:
-                tasks = [self._prepare(request, now, cached) for request in requests]
-                by_shard[0] = tasks
-            else:
-                for request in requests:
-                    task = self._prepare(request, now, cached)
-                    # a key always goes to the shard its hash names: that shard's index enforces
-                    # it; so does a task with a concurrency limit (its shard counts its runs)
-                    key = task.unique_key
-                    if key is None and request.task_name in self._limited_names():
-                        key = request.task_name
-                    shard = self.balancer.pick() if key is None else self.balancer.route(key)
-                    batch = by_shard.setdefault(shard, [])
-                    placed.append((shard, len(batch)))
-                    batch.append(task)
-            row_ids = {shard: self._store(shard, tasks) for shard, tasks in by_shard.items()}
+            if self.balancer.single:
+                by_shard[0] = [self._prepare(request, now, cached) for request in requests]
+                return by_shard, placed, cached
+            for request in requests:
+                task = self._prepare(request, now, cached)
+                # a key always goes to the shard its hash names: that shard's index enforces
+                # it; so does a task with a concurrency limit (its shard counts its runs)
+                key = task.unique_key
+                if key is None and request.task_name in self._limited_names():
+                    key = request.task_name
+                shard = self.balancer.pick() if key is None else self.balancer.route(key)
+                batch = by_shard.setdefault(shard, [])
+                placed.append((shard, len(batch)))
+                batch.append(task)
+            return by_shard, placed, cached
         except BaseException:
             for key in cached:
                 self.cache.pop(key, None)
             raise
-        if single:
+
+    def _sent(self, requests: Sequence[SendRequest], row_ids: dict[int, tuple[list[int], Any]],
+              placed: list[tuple[int, int]]) -> list[str]:
+        """After the rows are stored: the ids in request order, callbacks registered, workers
+        rung, ``after_send`` hooks fired, and in immediate mode the tasks run."""
+        if not placed:
             ids, duplicates = row_ids[0]
             task_ids = [format_task_id(0, row_id) for row_id in ids]
             for pos in duplicates:
@@ -230,6 +287,7 @@ class Engine:
         if callbacks:
             self.dispatcher.expect(callbacks)
         self.bell.ring()
+        hooks = self.hooks
         if hooks.after_send:
             for request, task_id in zip(requests, task_ids, strict=True):
                 hooks.fire(hooks.after_send, task_id, request)
@@ -247,6 +305,27 @@ class Engine:
         answers = self.shards[shard].enqueue_unique(tasks)
         return ([row_id for row_id, _ in answers],
                 {pos for pos, (_, duplicate) in enumerate(answers) if duplicate})
+
+    def _store_in_transaction(self, connection: Any,
+                              tasks: list[NewTask]) -> tuple[list[int], frozenset[int]]:
+        """A send in the application's own transaction (the outbox pattern): the rows go in
+        through its connection and commit or roll back with its writes; its commit wakes the
+        workers through the change feed. One shard (the application's database, or the
+        PostgreSQL schema); plain tasks only."""
+        self._check_in_transaction(tasks)
+        # (nothing is written through this object's own connections meanwhile: on SQLite the
+        # application's transaction holds the file's write lock; the queues are declared in it)
+        return self.shards[0].enqueue_in_transaction(connection, tasks), NO_DUPLICATES
+
+    def _check_in_transaction(self, tasks: Sequence[NewTask]) -> None:
+        if not self.balancer.single:
+            raise ValueError("connection= needs a queue of one shard: the application's database")
+        for task in tasks:
+            if task.unique_key is not None or task.cache_owner is not None:
+                what = "a unique key" if task.unique_key is not None else "use_cache=True"
+                raise ValueError(f"task {task.task_name!r} has {what}, which connection= does not support "
+                                 "(the key's holder, or the cached arguments, live outside the "
+                                 "application's transaction); send it without connection=")
 
     def _declare_queues(self, shard: int, tasks: Sequence[NewTask]) -> None:
         """Store the queues of ``tasks`` not stored yet by this object (the default one is
@@ -529,6 +608,36 @@ class Engine:
                      since: int | None = None) -> TaskOutcome | None:
         self.shard_of(task_id)
         return self.dispatcher.wait(task_id, timeout, lambda: self.find(task_id), since)
+
+    @property
+    def async_inline(self) -> bool:
+        """Whether async callers run this object's storage calls in the event loop's thread:
+        on SQLite files (tens of microseconds, less than a hand-off to a thread), not on
+        PostgreSQL (a network round trip) nor in immediate mode (a send runs its task)."""
+        return self.backend.inline_io and not self.config.immediate
+
+    async def await_outcome(self, task_id: str, timeout: float | None,
+                            since: int | None = None) -> TaskOutcome | None:
+        """``wait_outcome`` for a coroutine: no thread waits; None on timeout. A cancelled
+        caller's registration is removed (nothing is left waiting for the task)."""
+        self.shard_of(task_id)
+        waiter = aio.LoopWaiter(asyncio.get_running_loop())
+        entry, outcome, look = self.dispatcher.add_waiter(task_id, waiter, since)
+        if outcome is not None:
+            return outcome
+        try:
+            if look:
+                record = await aio.run_blocking(self.async_inline, self.find, task_id)
+                outcome = self.dispatcher.found_in_storage(task_id, entry, record)
+                if outcome is not None:
+                    return outcome
+            try:
+                await asyncio.wait_for(waiter.future, timeout)
+            except asyncio.TimeoutError:
+                pass
+            return entry.outcome
+        finally:
+            self.dispatcher.remove_waiter(task_id, entry, waiter)
 
     # -- liveness and change feed ----------------------------------------------------
     def _watch_storage(self) -> None:

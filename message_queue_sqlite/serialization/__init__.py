@@ -7,6 +7,7 @@ JSON cannot carry (a lock, a socket, an open file) belong to cache mode instead.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from typing import Any
 
@@ -50,6 +51,37 @@ if _make_c_scanner is not None:
         return value if end == len(text) else json.loads(text)
 
 
+NESTING_SCAN_LIMIT = 1_000_000  # values looked at, at most, to say how deep an argument is nested
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and dicts, measured without recursion (the value is
+    one that recursion could not encode); a lower bound past ``NESTING_SCAN_LIMIT`` values."""
+    deepest, seen = 0, 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack and seen < NESTING_SCAN_LIMIT:
+        item, depth = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(what: str, value: Any) -> TypeError:
+    """The documented TypeError for a value nested deeper than the encoder can recurse (it
+    raised RecursionError), naming the depth and the limit."""
+    return TypeError(
+        f"{what} is nested {_nesting_depth(value)} levels deep, deeper than JSON storage can encode "
+        f"(about {sys.getrecursionlimit()} levels, Python's recursion limit); flatten it, or store "
+        "the structure elsewhere (a file, a database) and pass a reference to it")
+
+
 def dumps_args(task_name: str, args: Any) -> str:
     """Encode a task's keyword arguments; the error names the argument that cannot be stored."""
     if not args and type(args) is dict:
@@ -61,6 +93,9 @@ def dumps_args(task_name: str, args: Any) -> str:
         )
     try:
         return _encode(args)
+    except RecursionError:
+        key, value = max(args.items(), key=lambda item: _nesting_depth(item[1]))
+        raise _too_deep(f"argument {key!r} of task {task_name!r}", value) from None
     except (TypeError, ValueError) as exc:
         for key, value in args.items():
             if not isinstance(key, str):
@@ -92,6 +127,9 @@ def dumps_call(task_name: str, args: tuple[Any, ...], kwargs: Any) -> str:
         return keywords
     try:
         positional = _encode(list(args))
+    except RecursionError:
+        index = max(range(len(args)), key=lambda i: _nesting_depth(args[i]))
+        raise _too_deep(f"positional argument {index} of task {task_name!r}", args[index]) from None
     except (TypeError, ValueError) as exc:
         for index, value in enumerate(args):
             try:
@@ -121,6 +159,8 @@ def dumps_result(value: Any) -> str:
         return "null"
     try:
         return _encode(value)
+    except RecursionError:
+        raise _too_deep(f"the task's return value ({type(value).__name__})", value) from None
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the task's return value ({type(value).__name__}) cannot be stored as JSON: {exc}"

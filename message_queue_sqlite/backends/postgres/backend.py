@@ -273,6 +273,7 @@ class PostgresShard(Shard):
         self._limits_read_at = -LIMITS_FRESH_S
         self._last_stamp = 0.0
         self._id_floor = 0  # the largest row id an enqueue of this object got back
+        self._identity: tuple | None = None  # (database, server, port): see _check_same_database
         self._writer = _Session(target, durability, "writer", open_schema(target, durability))
         self._reader = _Session(target, durability, "reader")
 
@@ -401,10 +402,7 @@ class PostgresShard(Shard):
         chunks = _chunks(sizes, ENQUEUE_CHUNK_BYTES)
         allowance = max(sum(sizes[start:end]) for start, end in chunks) / SEND_BYTES_PER_S
         now = tasks[0].created_at
-        rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
-                 t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout,
-                 t.headers] for t in tasks]
-        params = [{"tasks": _json(rows[start:end]), **self._channel} for start, end in chunks]
+        params = [self._enqueue_params(tasks[start:end]) for start, end in chunks]
         # every id returned before this call is below this batch's (the sequence only grows): a
         # committed batch is found above it, on the primary key
         batch = {"sender": tasks[0].sender, "created_at": float(tasks[0].created_at),
@@ -425,6 +423,62 @@ class PostgresShard(Shard):
         ids = self._run("enqueue", body, send=True)
         self._id_floor = max(self._id_floor, ids[-1])
         return ids
+
+    def enqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """The batch goes in through the application's psycopg connection, in its open
+        transaction (psycopg opens one at the first statement unless in autocommit): it
+        commits or rolls back with the application's writes, and the NOTIFY that wakes
+        workers is sent by PostgreSQL only at that commit."""
+        if not isinstance(connection, psycopg.Connection):
+            raise TypeError(f"connection={connection!r} must be the application's psycopg.Connection "
+                            "(an AsyncConnection goes to asend)")
+        if not tasks:
+            return []
+        _args_bytes(tasks)  # arguments no claim could return are refused here too
+        try:
+            self._check_same_database(connection.execute(self._q["database_identity"]).fetchone())
+            connection.execute(self._q["declare_queues"], {"names": sorted({t.queue for t in tasks})})
+            return list(connection.execute(self._q["enqueue"], self._enqueue_params(tasks)).fetchone()[0])
+        except psycopg.Error as exc:
+            raise QueueStorageError(f"enqueue in the application's transaction on {self.name} failed: "
+                                    f"{exc}") from exc
+
+    async def aenqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """``enqueue_in_transaction`` through the application's ``psycopg.AsyncConnection``,
+        awaited: the event loop goes on while PostgreSQL answers."""
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise TypeError(f"connection={connection!r} must be the application's psycopg.AsyncConnection "
+                            "(a sync Connection goes to send, or asend runs it on a thread)")
+        if not tasks:
+            return []
+        _args_bytes(tasks)  # arguments no claim could return are refused here too
+        try:
+            cursor = await connection.execute(self._q["database_identity"])
+            self._check_same_database(await cursor.fetchone())
+            await connection.execute(self._q["declare_queues"], {"names": sorted({t.queue for t in tasks})})
+            cursor = await connection.execute(self._q["enqueue"], self._enqueue_params(tasks))
+            return list((await cursor.fetchone())[0])
+        except psycopg.Error as exc:
+            raise QueueStorageError(f"enqueue in the application's transaction on {self.name} failed: "
+                                    f"{exc}") from exc
+
+    def _check_same_database(self, theirs: Any) -> None:
+        """An application's connection must be to the queue's database, or its transaction
+        would not hold the task. Ours is read once (it does not change)."""
+        if self._identity is None:
+            self._identity = tuple(self._fetch("database identity", "database_identity")[0])
+        ours = self._identity
+        if tuple(theirs) != ours:
+            raise ValueError(f"connection= is a connection to database {theirs[0]!r} (server {theirs[1]}:"
+                             f"{theirs[2]}), not to the queue's {ours[0]!r} ({ours[1]}:{ours[2]}): the task "
+                             "would not be in the same transaction")
+
+    def _enqueue_params(self, tasks: Sequence[NewTask]) -> dict[str, Any]:
+        """The parameters of the ``enqueue`` statement for a batch."""
+        rows = [[_text(t.task_name), t.args, t.priority, t.sender, bool(t.notify), t.cache_owner,
+                 t.max_retries, t.retry, float(t.delay), float(t.created_at), t.queue, t.timeout,
+                 t.headers] for t in tasks]
+        return {"tasks": _json(rows), **self._channel}
 
     def enqueue_unique(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
         """Each round is one transaction (expired holders of the batch's keys let go, then one

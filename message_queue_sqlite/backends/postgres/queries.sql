@@ -29,6 +29,10 @@ WITH inserted AS (
 SELECT ids, CASE WHEN ids IS NOT NULL THEN pg_notify(%(channel)s, '') END
   FROM (SELECT array_agg(id ORDER BY id) AS ids FROM inserted) AS c;
 
+-- name: database_identity
+-- Which database and server a session is on (to check an application's connection is to the queue's database).
+SELECT current_database(), coalesce(host(inet_server_addr()), 'local'), coalesce(inet_server_port(), 0);
+
 -- name: enqueue_unique
 -- As enqueue, for a batch in which tasks may carry a unique key (JSON rows, fields 10-12: key, states bitmask, unique_for seconds or null; 13: the queue; 14: the timeout or null; 15: the headers or null): a task whose key a stored task holds, or an earlier row of this batch, is not stored (ON CONFLICT DO NOTHING on the unique index; a concurrent insert of the key waits for the other transaction, then conflicts). Returns the stored rows as one JSON array of [id, unique key] in id order (= batch order), and notifies listeners at commit if any was stored.
 WITH inserted AS (

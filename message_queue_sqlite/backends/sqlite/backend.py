@@ -18,6 +18,7 @@ import re
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,10 +37,13 @@ from message_queue_sqlite.backends.base import (
 from message_queue_sqlite.backends.sql_files import listing_query, load_queries, page_query
 from message_queue_sqlite.backends.sqlite.clock import BOOT_ID, Clock
 from message_queue_sqlite.backends.sqlite.connection import (
+    arrange,
     check_sqlite_library,
     connect,
     is_locked_error,
+    prepare_statement,
     retry_locked,
+    storage_condition,
     warn_if_network_filesystem,
 )
 from message_queue_sqlite.backends.sqlite.watch import ChangeWatcher
@@ -50,13 +54,17 @@ from message_queue_sqlite.core.status import TaskStatus
 
 log = logging.getLogger(__name__)
 
-Q = load_queries(__package__)
+Q = {name: prepare_statement(sql) for name, sql in load_queries(__package__).items()}
 SHARD_FILE = "mq-shard-{index}.db"
 SHARD_PATTERN = re.compile(r"mq-shard-(\d+)\.db$")
 # the NUL-padded name field of a change event on a shard file or its WAL: "mq-shard-3.db-wal\0"
 SHARD_EVENT_NAME = re.compile(rb"(mq-shard-\d+\.db)(?:-wal)?\x00")
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 FORK_LOCK_WAIT_S = 5.0  # a fork waits at most this long for a write in progress to end
+# An own write looks whether another connection committed (PRAGMA data_version) at most this
+# often: in a burst of one-row sends the look cost about a tenth of each; a commit it skips
+# is seen by the next write's look, or by the change watcher's once the writes pause.
+VERSION_LOOK_S = 0.001
 PURGE_CLOCK_SLACK_S = 60.0  # rows stamped by senders whose clocks differ a little still get swept
 _inherited: list[sqlite3.Connection] = []  # connections a fork() child must never close
 TIMINGS_WINDOW = 4  # ended_timings looks at most this many times its limit of newest rows
@@ -89,6 +97,16 @@ def existing_shard_count(folder: str) -> int:
     while count in indexes:
         count += 1
     return count
+
+
+def _file_version(path: str) -> tuple[int, int, int, int] | None:
+    """What tells one version of a file from the next (inode, size, change times), without
+    opening it (a descriptor closed on a database drops SQLite's locks); None if missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -132,28 +150,31 @@ class SQLiteShard(Shard):
     (see clock.py): leases and node liveness on the host's boot clock, so no process's
     wall clock (stepped, or wrong) can expire a live lease or stretch a dead one."""
 
-    def __init__(self, path: str, index: int, durability: str, clock: Clock | None = None):
+    def __init__(self, path: str, index: int, durability: str, clock: Clock | None = None,
+                 embedded: bool = False):
         self.path = path
         self.index = index
+        self.embedded = embedded  # inside an application's own database (Config.database)
         self.name = os.path.basename(path)
         self._durability = durability
         self.clock = clock or Clock()
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._pid = os.getpid()
-        self._conn: sqlite3.Connection | None = connect(path, durability, self.clock)
+        self._conn: sqlite3.Connection | None = connect(path, durability, self.clock, embedded)
         self._reader: sqlite3.Connection | None = None
         self._sent_here = False  # this object stored ready work since its last claim
         # Telling another process's commits from this object's own: PRAGMA data_version on
         # the writer connection changes only when some other connection committed.
         self._seen_version: int | None = None
+        self._version_looked_at = 0.0  # monotonic time of an own write's last look
         self.on_foreign_commit: Callable[[], None] | None = None  # set while watched
         self._watcher: ChangeWatcher | None = None  # muted during this object's own writes
         self._purge_after = 0  # the retention sweep's position (a row id)
         self._held_at_fork: list[threading.Lock] = []
         self._unusable_in_child: str | None = None
         try:
-            self._reader = connect(path, durability, self.clock)
+            self._reader = connect(path, durability, self.clock, embedded)
             self._adopt_boot()
         except BaseException:
             self.close()
@@ -243,7 +264,13 @@ class SQLiteShard(Shard):
         be reported once the lock is released)? Looked for only when the work succeeded."""
         if self._watcher is not None:
             self._watcher.unmute()
-        return succeeded and self._foreign_commit_seen(self._connection())
+        if not succeeded or self.on_foreign_commit is None:
+            return False
+        now = time.monotonic()
+        if now - self._version_looked_at < VERSION_LOOK_S:
+            return False  # looked a moment ago: the next write or the watcher looks again
+        self._version_looked_at = now
+        return self._foreign_commit_seen(self._connection())
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -261,7 +288,10 @@ class SQLiteShard(Shard):
                 succeeded = True
             except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # (an I/O error may fail the rollback too: SQLite
+                        pass               # then rolls back itself; the first error is the news)
                 if isinstance(exc, sqlite3.Error):
                     raise self._storage_error(what, exc) from exc
                 raise
@@ -354,13 +384,11 @@ class SQLiteShard(Shard):
                 raise self._storage_error("read", exc) from exc
 
     def _storage_error(self, what: str, exc: sqlite3.Error) -> QueueStorageError:
-        text = str(exc)
-        hint = ""
-        if "full" in text:
-            hint = "; free disk space (the transaction was rolled back, the file is intact)"
-        elif "readonly" in text or "read-only" in text:
-            hint = "; make the file and its folder writable (nothing was written)"
-        return QueueStorageError(f"{what} on {self.path} failed: {text}{hint}")
+        """Our error for a failed SQLite call: the file, SQLite's words, and the OS condition
+        behind them (disk full, read-only file system, I/O error) with what to do."""
+        condition = storage_condition(self.path, exc)
+        return QueueStorageError(f"{what} on {self.path} failed: {exc}"
+                                 f"{'; ' + condition if condition else ''}")
 
     # -- sending ---------------------------------------------------------------------
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
@@ -386,6 +414,45 @@ class SQLiteShard(Shard):
             _add_to_counts(conn, {SCHEDULED_KEY: delayed})
         # one writer inside BEGIN IMMEDIATE, each rowid one past the largest: consecutive
         return list(range(last - len(rows) + 1, last + 1))
+
+    def enqueue_in_transaction(self, connection: Any, tasks: Sequence[NewTask]) -> list[int]:
+        """The rows go in through the application's ``sqlite3.Connection`` (a Python sqlite3
+        connection opens its transaction before the first INSERT unless it is in autocommit
+        mode), so they commit or roll back with the application's own writes. When it commits,
+        the change watcher of every process serving this file sees the write and wakes them."""
+        if not self.embedded:
+            raise QueueStorageError(
+                f"connection= sends in the application's transaction, which needs the queue inside "
+                f"that application's database: MessageQueue(database='app.db'); this queue is the "
+                f"shard file {self.path}")
+        if not isinstance(connection, sqlite3.Connection):
+            raise TypeError(f"connection={connection!r} must be the application's sqlite3.Connection to "
+                            f"{self.path}")
+        try:
+            (file,) = connection.execute(Q["database_file"]).fetchone()
+        except sqlite3.Error as exc:
+            raise QueueStorageError(f"connection= cannot be used: {exc}") from exc
+        if not file or os.path.realpath(file) != os.path.realpath(self.path):
+            raise ValueError(f"connection= is a connection to {file or 'an in-memory database'!r}, not to "
+                             f"the queue's database {self.path!r}: the task would not be in the same "
+                             "transaction (SQLite in WAL mode cannot commit across files atomically)")
+        now = self.clock.wall()
+        rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.max_retries, t.retry,
+                 t.created_at, now + t.delay if t.delay > 0 else 0, t.queue, t.timeout, t.headers)
+                for t in tasks]
+        insert = Q["enqueue_in_transaction"]
+        try:
+            # (the application's own connection: its tuples arranged as ours are, see arrange)
+            for queue in sorted({t.queue for t in tasks}):
+                connection.execute(Q["declare_queue"], (queue,))
+            ids = [connection.execute(insert, arrange(insert, row)).lastrowid for row in rows]
+            delayed = sum(1 for t in tasks if t.delay > 0)
+            if delayed:
+                count = Q["add_to_count"]
+                connection.execute(count, arrange(count, (*SCHEDULED_KEY, delayed)))
+        except sqlite3.Error as exc:
+            raise self._storage_error("enqueue in the application's transaction", exc) from exc
+        return ids
 
     def enqueue_unique(self, tasks: Sequence[NewTask]) -> list[tuple[int, bool]]:
         """One transaction under the write lock (so the holder a conflict names is the one
@@ -636,13 +703,17 @@ class SQLiteShard(Shard):
         return failed
 
     def get_tasks(self, row_ids: Sequence[int]) -> list[TaskRecord]:
+        """The stored tasks among ``row_ids``, in that order (each once). One statement for
+        many: a sender's poll reads its outcomes by the batch, and a statement per row cost
+        it (and its interpreter lock) about as much as the send of that row."""
+        if not row_ids:
+            return []
         with self._read() as conn:
-            found = []
-            for row_id in row_ids:
-                row = conn.execute(Q["get_task"], (row_id,)).fetchone()
-                if row is not None:
-                    found.append(_record(self.index, row))
-            return found
+            if len(row_ids) == 1:
+                row = conn.execute(Q["get_task"], (row_ids[0],)).fetchone()
+                return [] if row is None else [_record(self.index, row)]
+            by_id = {row[0]: row for row in conn.execute(Q["get_tasks"], (json.dumps(list(row_ids)),))}
+        return [_record(self.index, by_id[i]) for i in dict.fromkeys(row_ids) if i in by_id]
 
     def list_tasks(self, status: int | None, task_name: str | None, limit: int,
                    queue: str | None = None) -> list[TaskRecord]:
@@ -855,15 +926,24 @@ class SQLiteShard(Shard):
 class SQLiteBackend(Backend):
     """The shard files in one folder."""
 
+    inline_io = True  # a one-row send commits in tens of microseconds (README, "Async client")
+
     def __init__(self, folder: str, shard_count: int, durability: str = "normal",
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, database: str | None = None):
         check_sqlite_library()
         self.clock = clock or Clock()  # every shard's, the ones adopted later too
         self.location = folder
+        self.database = database  # an application's database holding the queue, or None
+        self._event_name = SHARD_EVENT_NAME
+        if database is not None:
+            self._open_database(database, durability)
+            return
         mistake = folder_mistake(folder)
         if mistake is not None:
+            inside = (f", or, to keep it inside that application database (to send in its "
+                      f"transactions): MessageQueue(database={folder!r})") if os.path.isfile(folder) else ""
             raise QueueStorageError(f"{mistake[0]}; the queue is a folder of shard files: "
-                                    f"MessageQueue({mistake[1]!r})")
+                                    f"MessageQueue({mistake[1]!r}){inside}")
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
@@ -876,6 +956,7 @@ class SQLiteBackend(Backend):
         self._on_change: Callable[[], None] | None = None
         self._adopt_lock = threading.Lock()
         self._watch_lock = threading.Lock()
+        self._refused: dict[str, tuple[int, int, int, int] | None] = {}  # path: version refused
         self.shards: list[SQLiteShard] = []
         try:
             for index in range(shard_count):
@@ -883,6 +964,30 @@ class SQLiteBackend(Backend):
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def in_database(cls, path: str, durability: str = "normal", clock: Clock | None = None) -> SQLiteBackend:
+        """The queue inside an application's own SQLite database ``path`` (``Config.database``):
+        one shard, that file; its ``mqs_*`` tables made by the migrations, nothing else touched."""
+        return cls(os.path.dirname(os.path.abspath(path)), 1, durability, clock, database=path)
+
+    def _open_database(self, path: str, durability: str) -> None:
+        if os.path.isdir(path):
+            raise QueueStorageError(f"Config.database={path!r} is a folder; it names an SQLite database "
+                                    f"file (for a folder of shard files: MessageQueue({path!r}))")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise QueueStorageError(f"Config.database={path!r}: its folder {folder!r} does not exist")
+        warn_if_network_filesystem(folder)
+        self.location = folder
+        self._durability = durability
+        self._watcher = None
+        self._on_change = None
+        self._adopt_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        name = os.path.basename(path)
+        self._event_name = re.compile(rb"(" + re.escape(os.fsencode(name)) + rb")(?:-wal)?\x00")
+        self.shards = [SQLiteShard(os.path.abspath(path), 0, durability, self.clock, embedded=True)]
 
     def after_fork_in_child(self) -> None:
         self._adopt_lock = threading.Lock()
@@ -892,20 +997,45 @@ class SQLiteBackend(Backend):
         super().after_fork_in_child()
 
     def adopt_new_shards(self) -> bool:
-        """Shard files another process added (``middleware_num`` raised there) are served too."""
+        """Shard files another process added (``middleware_num`` raised there) are served too.
+
+        A file that is not ours (another application's database dropped in under a shard's
+        name, a file that is not SQLite) is refused, untouched, and logged once per version of
+        it: the callers (housekeeping before renewal and recovery, idle workers, the change
+        watcher) must go on serving the shards they have, or one foreign file would stop the
+        recovery of every task a dead worker held. Shards are numbered without gaps, so the
+        files after a refused one wait until it is removed or replaced (then it is looked at
+        again). True when a shard was adopted."""
+        if self.database is not None:
+            return False  # the one file: no shard files to adopt
         present = existing_shard_count(self.location)
         if present <= len(self.shards):
             return False
+        adopted = False
         with self._adopt_lock:  # the watcher, the housekeeper and idle workers all look
             for index in range(len(self.shards), present):
-                shard = SQLiteShard(shard_path(self.location, index), index, self._durability, self.clock)
+                path = shard_path(self.location, index)
+                version = _file_version(path)
+                if self._refused.get(path) == version:
+                    break  # refused as it is; already said so
+                try:
+                    shard = SQLiteShard(path, index, self._durability, self.clock)
+                except QueueStorageError as exc:
+                    self._refused[path] = version
+                    log.error("refusing %s, which appeared in the live queue folder %s: %s. This process "
+                              "goes on serving, renewing and recovering shards 0-%d; remove or rename "
+                              "that file (it is not modified here) for shard %d and later ones to be "
+                              "served.", path, self.location, exc, index - 1, index)
+                    break
+                self._refused.pop(path, None)
                 watcher = self._watcher
                 shard.watch_foreign_commits(self._on_change, watcher)
                 if watcher is not None:  # (its polling, if it polls, opens only what it is told)
                     watcher.add_database(shard.path)
                 self.shards.append(shard)
+                adopted = True
                 log.info("serving %s, created by another process", shard.name)
-        return True
+        return adopted
 
     def watch(self, on_change: Callable[[], None]) -> None:
         """Only other processes' commits are reported: this object's own writes would wake
@@ -914,7 +1044,7 @@ class SQLiteBackend(Backend):
             if self._watcher is None:
                 self._on_change = on_change
                 self._watcher = ChangeWatcher(self.location, [s.path for s in self.shards],
-                                              self._files_changed, SHARD_EVENT_NAME)
+                                              self._files_changed, self._event_name)
                 for shard in self.shards:
                     shard.watch_foreign_commits(on_change, self._watcher)
 

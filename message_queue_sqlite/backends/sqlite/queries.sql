@@ -16,6 +16,16 @@ VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?8,
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, created_at, queue)
 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7);
 
+-- name: enqueue_in_transaction
+-- Store one new task through the application's own connection, in its open transaction (Config.database): no function of ours exists there, so a delayed task's run-after time ?9 comes from this process's wall clock (0: ready now).
+INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, max_retries, retry,
+                       run_after, created_at, queue, timeout, headers)
+VALUES (?1, ?2, ?3, CASE WHEN ?9 > 0 THEN 6 ELSE 1 END, ?4, ?5, ?6, ?7, ?9, ?8, ?10, ?11, ?12);
+
+-- name: database_file
+-- The file of a connection's main database (to check an application's connection is to the queue's database).
+SELECT file FROM pragma_database_list WHERE name = 'main';
+
 -- name: enqueue_unique
 -- Store one new task (in queue ?14, with timeout ?15 and headers ?16) holding unique key ?11 in the states of bitmask ?12 for ?13 seconds from now (NULL: no limit), unless a stored task holds that key: then nothing is stored (changes() = 0) and no row id is used.
 INSERT INTO mqs_tasks (task_name, args, priority, status, sender, notify, cache_owner,
@@ -486,6 +496,14 @@ SELECT * FROM (
                      FROM mqs_tasks WHERE status = 6 AND run_after > ?1
                     ORDER BY run_after, id LIMIT ?3))
  ORDER BY run_after, id LIMIT ?3;
+
+-- name: get_tasks
+-- Several tasks by row id (?1: a JSON array), in one statement: a sender's poll reads a
+-- batch of outcomes at a time.
+SELECT id, task_name, status, outcome, result, traceback, priority, attempts, max_retries,
+       sender, notify, cache_owner, lease_owner, lease_expires, run_after, created_at, started_at, ended_at,
+       queue
+  FROM mqs_tasks WHERE id IN (SELECT value FROM json_each(?1)) AND status <> 0;
 
 -- name: get_task_detail
 -- One task by its row id with its arguments and progress (the task page); a removed one's tombstone is not a task.

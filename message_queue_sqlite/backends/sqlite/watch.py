@@ -12,7 +12,13 @@ step of the same round trip, and a woken thread competes for the interpreter loc
 commit of another process that lands while muted is caught by the writer itself (it
 looks at ``data_version`` when its write ends) or, for a commit still in flight then, by
 one more look at every shard once this process's writes pause (a timer, so nothing
-wakes meanwhile).
+wakes meanwhile). During a burst of own writes (each within ``BURST_S`` of the one before,
+as a sender's loop makes them) the watch stays muted between them, and is unmuted by that
+timer once they pause: changing the mask costs two system calls (a path lookup each), about
+a tenth of a one-row send, and between writes so close together another process's commit is
+seen by the next write's own look, or by the timer's, within ``TRAILING_NOTIFY_MS``.
+Other processes' writes are reported at once, except in a stream of them (many reports in a
+few milliseconds): then at most every ``NOTIFY_GAP_S`` (the writes in between together).
 
 The watcher degrades, it never stops: if the inotify loop fails (a read error, anything
 unexpected), the thread logs it once and polls ``PRAGMA data_version`` from then on, as it
@@ -22,6 +28,7 @@ is reported as a change of every shard.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -51,6 +58,15 @@ CLOCK_MONOTONIC = 1
 POLL_INTERVAL_S = 0.002  # fallback only
 POLL_RETRY_S = 0.1  # after the fallback's own error, before it opens its connections again
 TRAILING_NOTIFY_MS = 2  # after a burst of WAL writes, notify once more when it pauses this long
+BURST_S = 0.0005  # an own write ending this soon after the previous one leaves the watch muted
+# In a stream of other processes' commits (STREAM_NOTIFIES reports within STREAM_SPAN_S) they
+# are reported at most every NOTIFY_GAP_S: a sender next door committing one task at a time
+# woke idle workers once per commit, each claiming one task in a write transaction of its
+# own. Otherwise each is reported at once: a round trip's few commits are never held (a
+# commit's WAL writes are seen before it is visible, so its last read batch must not wait).
+NOTIFY_GAP_S = 0.001
+STREAM_NOTIFIES = 8
+STREAM_SPAN_S = 0.004
 EVENT_HEADER = struct.Struct("@iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
@@ -82,6 +98,7 @@ class ChangeWatcher:
         self._wd = -1
         self._mute_lock = threading.Lock()
         self._muted = 0  # own writes in progress
+        self._mask_muted = False  # the folder watch's mask leaves modifications out
         self._look_pending = False  # the timer is set for a look after own writes
         self._last_unmute = 0.0
         self._inotify_fd = self._open_inotify()
@@ -132,7 +149,8 @@ class ChangeWatcher:
             return
         with self._mute_lock:
             self._muted += 1
-            if self._muted == 1 and self._wd >= 0:
+            if not self._mask_muted and self._wd >= 0:
+                self._mask_muted = True
                 self._set_mask(WATCHED_MUTED)
 
     def unmute(self) -> None:
@@ -144,8 +162,11 @@ class ChangeWatcher:
                 self._muted -= 1
             if self._muted or self._wd < 0:  # (muting off, or closed, meanwhile)
                 return
-            self._set_mask(WATCHED)
-            self._last_unmute = time.monotonic()
+            now = time.monotonic()
+            if now - self._last_unmute >= BURST_S:  # not in a burst: report at once again
+                self._mask_muted = False
+                self._set_mask(WATCHED)
+            self._last_unmute = now
             if not self._look_pending:
                 self._look_pending = True
                 self._set_timer(TRAILING_NOTIFY_MS / 1000)
@@ -182,6 +203,9 @@ class ChangeWatcher:
             self._look_pending = again
             if again:  # (a write still in progress: look again a full delay later)
                 self._set_timer(pause - since if since < pause else pause)
+            elif self._mask_muted and self._wd >= 0:  # a burst ended muted: before the last look
+                self._mask_muted = False
+                self._set_mask(WATCHED)
         # A look while own writes go on skips a shard whose lock a write holds (that write
         # looks when it ends, and if it fails, the next look comes): the watcher never makes
         # a busy writer wait. The last look, once the writes paused, waits for the lock.
@@ -231,12 +255,27 @@ class ChangeWatcher:
         poller.register(self._wake_r, select.POLLIN)
         burst: set[str] = set()
         burst_everywhere = False  # events were dropped during this burst
+        # Reported at most every NOTIFY_GAP_S: what came meanwhile waits for the gap's end
+        held: set[str] = set()
+        held_everywhere = False
+        last_notify = -NOTIFY_GAP_S
+        recent: collections.deque[float] = collections.deque(maxlen=STREAM_NOTIFIES)  # report times
         while not self._stop.is_set():
             # The WAL write is seen before its commit is visible to readers (the commit mark
             # lands in the shared-memory index, which inotify does not report): one more
             # notification once the writes pause lets a reader that looked too early see it.
-            ready = poller.poll(TRAILING_NOTIFY_MS if burst or burst_everywhere else None)
+            if held or held_everywhere:
+                wait_ms: float | None = max(0.0, (last_notify + NOTIFY_GAP_S - time.monotonic()) * 1000)
+            else:
+                wait_ms = TRAILING_NOTIFY_MS if burst or burst_everywhere else None
+            ready = poller.poll(wait_ms)
             if not ready:
+                if held or held_everywhere:
+                    self._notify(None if held_everywhere else held)
+                    last_notify = time.monotonic()
+                    recent.append(last_notify)
+                    held, held_everywhere = set(), False
+                    continue
                 self._notify(None if burst_everywhere else burst, trailing=True)
                 burst = set()
                 burst_everywhere = False
@@ -253,11 +292,19 @@ class ChangeWatcher:
                 raise
             names = self._databases_written(data)
             if names is None:  # events were dropped: any shard may have been written
-                self._notify(None)
-                burst_everywhere = True
+                held_everywhere = burst_everywhere = True
             elif names:
-                self._notify(names)
+                held |= names
                 burst |= names
+            else:
+                continue
+            now = time.monotonic()
+            streaming = len(recent) == STREAM_NOTIFIES and now - recent[0] < STREAM_SPAN_S
+            if not streaming or now - last_notify >= NOTIFY_GAP_S:
+                self._notify(None if held_everywhere else held)
+                last_notify = now
+                recent.append(now)
+                held, held_everywhere = set(), False
 
     def _databases_written(self, data: bytes) -> set[str] | None:
         """Base names of the shard databases whose WAL was written (a commit) or that appeared;

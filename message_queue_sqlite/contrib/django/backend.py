@@ -52,7 +52,8 @@ from message_queue_sqlite.core.registry import make_task_options
 from message_queue_sqlite.serialization import loads_call
 
 APP = "message_queue_sqlite.contrib.django"
-OPTION_KEYS = ("PATH", "BROKER_URL", "WORKERS", "SHARDS", "SETTINGS", "TASK_OPTIONS", "TASK_MODULES")
+OPTION_KEYS = ("PATH", "BROKER_URL", "DATABASE", "SCHEMA", "WORKERS", "SHARDS", "SETTINGS", "TASK_OPTIONS",
+               "TASK_MODULES")
 # What TASK_OPTIONS may give every Django task (the rest is Django's to say, or cannot apply).
 TASK_OPTION_KEYS = ("retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "retry_on", "timeout",
                     "concurrency", "rate", "unique", "unique_for", "unique_states")
@@ -111,10 +112,13 @@ class DjangoTaskRegistry(TaskRegistry):
 class TaskBackend(BaseTaskBackend):
     """Django's task backend on message_queue_sqlite: durable, run by ``manage.py mqs_worker``.
 
-    ``OPTIONS``: ``PATH`` (a folder of SQLite files) or ``BROKER_URL`` (``postgresql://...``;
-    ``?schema=NAME`` picks the schema), one of them; ``WORKERS`` (threads of a worker,
-    default 5), ``SHARDS`` (SQLite files, default 1), ``SETTINGS`` (other ``Config`` fields:
-    ``visibility_timeout``, ``drain_timeout``, ``task_timeout``, ``retention``, ...),
+    ``OPTIONS``: ``PATH`` (a folder of SQLite files), ``BROKER_URL`` (``postgresql://...``;
+    ``?schema=NAME`` picks the schema) or ``DATABASE`` (a Django database alias: the queue
+    lives in that database, and a task enqueued inside ``transaction.atomic()`` on it joins
+    that transaction; ``SCHEMA`` names the queue's schema on a PostgreSQL one), one of them;
+    ``WORKERS`` (threads of a worker, default 5), ``SHARDS`` (SQLite files, default 1),
+    ``SETTINGS`` (other ``Config`` fields: ``visibility_timeout``, ``drain_timeout``,
+    ``task_timeout``, ``retention``, ...),
     ``TASK_OPTIONS`` (options of ``@mq.task`` for every Django task: ``retries``,
     ``timeout``, ...) and ``TASK_MODULES`` (modules a worker imports besides each app's
     ``tasks``)."""
@@ -147,16 +151,27 @@ class TaskBackend(BaseTaskBackend):
         setting fails when Django loads the backend, naming it, not at the first send."""
         where = f"TASKS[{self.alias!r}]['OPTIONS']"
         path, url = self.options.get("PATH"), self.options.get("BROKER_URL")
-        if (path is None) == (url is None):
+        database = self.options.get("DATABASE")
+        if sum(value is not None for value in (path, url, database)) != 1:
             raise InvalidTaskBackend(
-                f"{where} must give one of PATH (a folder for the SQLite files, e.g. BASE_DIR / 'tasks') "
-                f"or BROKER_URL (postgresql://user@host/db); got PATH={path!r}, BROKER_URL={url!r}")
+                f"{where} must give one of PATH (a folder for the SQLite files, e.g. BASE_DIR / 'tasks'), "
+                f"BROKER_URL (postgresql://user@host/db) or DATABASE (a Django database alias, e.g. "
+                f"'default'); got PATH={path!r}, BROKER_URL={url!r}, DATABASE={database!r}")
+        in_database: dict[str, Any] = {}
+        if database is not None:
+            in_database = _database_location(database, where, self.options.get("SCHEMA"))
+            url = in_database.get("broker_url")
+        elif self.options.get("SCHEMA") is not None:
+            raise InvalidTaskBackend(f"{where}['SCHEMA'] goes with DATABASE (a PostgreSQL one); with "
+                                     "BROKER_URL, name the schema in it: ?schema=NAME")
         if url is not None and (not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://"))):
             raise InvalidTaskBackend(f"{where}['BROKER_URL']={url!r} is not a postgresql:// URL")
         fields: dict[str, Any] = dict(self.options.get("SETTINGS") or {})
         fields["broker_url"] = url  # explicit: PATH means SQLite even if MQS_BROKER_URL is set
         if path is not None:
             fields["middleware_path"] = str(path)
+        if "database" in in_database:
+            fields["database"] = in_database["database"]
         for key, field_name in (("WORKERS", "max_workers"), ("SHARDS", "middleware_num")):
             if key in self.options:
                 fields[field_name] = self.options[key]
@@ -246,7 +261,8 @@ class TaskBackend(BaseTaskBackend):
         queue = self.queue
         name = self._register(task)
         handle = queue.send(name, result.kwargs, args=result.args, priority=int(task.priority),
-                            queue=task.queue_name, **self._when(task.run_after))
+                            queue=task.queue_name, connection=self._atomic_connection(),
+                            **self._when(task.run_after))
         object.__setattr__(result, "id", handle.task_id)
         object.__setattr__(result, "enqueued_at", _datetime(time.time()))
         info = queue.task_info(handle.task_id)
@@ -254,6 +270,21 @@ class TaskBackend(BaseTaskBackend):
             result = self._to_result(info, task, exact=True)
         task_enqueued.send(type(self), task_result=result)
         return result
+
+    def _atomic_connection(self) -> Any:
+        """With ``DATABASE``, inside ``transaction.atomic()`` on that database: its driver
+        connection, so the task commits or rolls back with the view's writes. Otherwise None
+        (the task is committed by itself, at once)."""
+        alias = self.options.get("DATABASE")
+        if alias is None:
+            return None
+        from django.db import connections
+
+        wrapper = connections[alias]
+        if not wrapper.in_atomic_block:
+            return None
+        wrapper.ensure_connection()
+        return wrapper.connection
 
     @staticmethod
     def _when(run_after: datetime | timedelta | None) -> dict[str, Any]:
@@ -436,6 +467,37 @@ class TaskBackend(BaseTaskBackend):
             return dataclasses.replace(task, **changes)
         except InvalidTask:  # e.g. sent to a queue this backend does not list: show it as declared
             return task
+
+
+def _database_location(alias: Any, where: str, schema: Any = None) -> dict[str, Any]:
+    """Where the queue lives for ``DATABASE=alias``: inside that SQLite file, or on that
+    PostgreSQL database (in ``schema``, else the PostgreSQL backend's default schema)."""
+    from urllib.parse import quote
+
+    from django.conf import settings
+
+    db = settings.DATABASES.get(alias) if isinstance(alias, str) else None
+    if db is None:
+        raise InvalidTaskBackend(f"{where}['DATABASE']={alias!r} is not a database alias of DATABASES "
+                                 f"({', '.join(map(repr, settings.DATABASES)) or 'none'})")
+    engine, name = db.get("ENGINE", ""), str(db.get("NAME") or "")
+    if engine.endswith("sqlite3"):
+        if not name or name == ":memory:" or "mode=memory" in name:
+            raise InvalidTaskBackend(f"{where}['DATABASE']={alias!r} is an in-memory SQLite database; the "
+                                     "queue needs a file that worker processes open too")
+        if schema is not None:
+            raise InvalidTaskBackend(f"{where}['SCHEMA']={schema!r} applies to a PostgreSQL database; "
+                                     f"{alias!r} is SQLite")
+        return {"database": name}
+    if "postgresql" in engine:
+        user = quote(str(db.get("USER") or ""), safe="")
+        password = quote(str(db.get("PASSWORD") or ""), safe="")
+        auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+        port = f":{db['PORT']}" if db.get("PORT") else ""
+        tail = f"?schema={quote(str(schema), safe='')}" if schema is not None else ""
+        return {"broker_url": f"postgresql://{auth}{db.get('HOST') or ''}{port}/{quote(name, safe='')}{tail}"}
+    raise InvalidTaskBackend(f"{where}['DATABASE']={alias!r} uses {engine!r}; the queue can live in a "
+                             "django.db.backends.sqlite3 or django.db.backends.postgresql database")
 
 
 def _datetime(stamp: float | None) -> datetime | None:

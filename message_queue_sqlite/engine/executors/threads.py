@@ -142,6 +142,7 @@ class ThreadExecutor(Executor):
         with self._cv_mutex:
             left = list(self._running) + self._buffer
             self._buffer = []
+            self._taken.clear()  # given back: a batch's claims not started yet never start here
             self._watched.clear()  # given back: no timeout is recorded for them any more
             self._watch_cv.notify()
             return left
@@ -388,6 +389,7 @@ class ThreadExecutor(Executor):
         with self._cv_mutex:
             for claim in taken:
                 self._running.discard(claim)
+                self._taken.discard(claim)
         try:
             if done:
                 worker.record(list(done), flush_hint=True)
