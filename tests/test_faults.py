@@ -17,13 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 POSTGRES_DSN = os.environ.get("MQS_TEST_POSTGRES_DSN")
 
 
-def run_short(*extra: str) -> dict[str, str]:
-    """Run ``faults.py --short`` and check its one verdict line; returns the line's figures."""
+def run_script(script: str, *args: str, timeout: float = 110) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>`` with this checkout first on the path and no broker URL inherited."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
     env.pop("MQS_BROKER_URL", None)
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "faults.py"), "--short", *extra],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
+    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_short(*extra: str) -> dict[str, str]:
+    """Run ``faults.py --short`` and check its one verdict line; returns the line's figures."""
+    done = run_script("faults.py", "--short", *extra)
     output = done.stdout + done.stderr
     verdicts = [line for line in done.stdout.splitlines() if line.startswith("faults: sent=")]
     assert len(verdicts) == 1, output
@@ -76,11 +81,7 @@ def test_network_faults_short_run_passes() -> None:
     reason = faults_network.skip_reason()
     if reason:
         pytest.skip(f"the network fault runner cannot run here: {reason}")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH")] if p)
-    env.pop("MQS_BROKER_URL", None)
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "faults_network.py"), "--short"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
+    done = run_script("faults_network.py", "--short")
     output = done.stdout + done.stderr
     verdicts = [line for line in done.stdout.splitlines() if line.startswith("faults-network: sent=")]
     assert len(verdicts) == 1, output
