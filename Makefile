@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-django lint chromium bench bench-quick bench-pg faults storage-faults clean
+.PHONY: demo test test-django lint chromium bench bench-quick bench-pg faults storage-faults faults-network clean
 
 # The Django backend (message_queue_sqlite/contrib/django) is tested in a venv of its own:
 # Django 6 needs Python >= 3.12, and the main venv's Python may be older. DJANGO_PYTHON is a
@@ -73,3 +73,8 @@ faults: $(STAMP)
 # EIO/EROFS injected under SQLite by an LD_PRELOAD shim built with cc (root; ~3-4 min).
 storage-faults: $(STAMP)
 	$(BIN)/python scripts/storage_faults.py
+
+# The network fault runner (README, "Proof"): worker and sender hosts behind loopback proxies that
+# partition, lose and delay; kills, clock steps, fast and immediate restarts of a PostgreSQL of its own.
+faults-network: $(STAMP)
+	$(BIN)/python scripts/faults_network.py
