@@ -125,6 +125,32 @@ def test_prefetched_tasks_never_start_once_cancelled(make_queue):
         release.set()
 
 
+def test_the_cancel_watcher_wakes_for_changes_of_storage_not_for_every_local_send(make_queue, monkeypatch):
+    """A cancel request is a change of storage: local sends (each rings the workers' bell) must
+    not wake the cancel watcher, whose look would compete with the worker for the interpreter
+    on the send's way to it; a change of storage (another process's commit, a cancel) must."""
+    from message_queue_sqlite.engine import cancellation
+
+    monkeypatch.setattr(cancellation, "MIN_GAP_S", 0.0)
+    monkeypatch.setattr(cancellation, "LOOK_EVERY_S", 60.0)
+    looks: list[float] = []
+    original = cancellation.CancelWatcher.look
+    monkeypatch.setattr(cancellation.CancelWatcher, "look", lambda self: (looks.append(1), original(self)))
+    mq = make_queue()
+
+    @mq.task
+    def job(n):
+        return n
+
+    with mq.running():
+        wait_until(lambda: looks, what="the cancel watcher's first look")
+        for n in range(20):  # one at a time: each send rings the bell while the workers idle
+            assert mq.send(job, {"n": n}).result(timeout=10) == n
+        assert len(looks) == 1
+        mq._engine.storage_changed()
+        wait_until(lambda: len(looks) == 2, what="a look after storage changed")
+
+
 def test_cancel_by_name_takes_every_waiting_task_of_that_name(make_queue):
     mq = make_queue()
 

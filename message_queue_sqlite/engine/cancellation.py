@@ -86,9 +86,10 @@ def _wait_until_seen(engine: Engine, asked: dict[int, list[int]], wait: float) -
 
 
 class CancelWatcher:
-    """One thread per process running workers: whenever storage changed (and at least every
-    second), if its workers hold leases, it asks storage which of them have a cancel request
-    and hands those to the worker holding them."""
+    """One thread per process running workers: whenever storage changed (``Engine.storage_bell``:
+    another process's commit or a cancel here; and at least every second), if its workers hold
+    leases, it asks storage which of them have a cancel request and hands those to the worker
+    holding them."""
 
     def __init__(self, engine: Engine):
         self._engine = engine
@@ -100,11 +101,11 @@ class CancelWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._engine.bell.ring()
+        self._engine.storage_bell.ring()
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        bell = self._engine.bell
+        bell = self._engine.storage_bell  # (a cancel request is a change of storage: no local send rings it)
         while not self._stop.is_set():
             seen = bell.generation
             try:

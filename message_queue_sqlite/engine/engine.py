@@ -111,7 +111,11 @@ class Engine:
         callbacks waiting here. Set at creation, and again in a child after ``fork()``,
         where the parent's threads do not exist and its locks may be held forever."""
         self.node = node or uuid.uuid4().hex[:16]
-        self.bell = Bell()
+        self.bell = Bell()  # rung by everything that may make work claimable: idle workers wait on it
+        # rung only when storage changed outside this object's sends and worker commits (another
+        # process's commit, a cancel, a recovery): what waits for those alone (the cancel
+        # watcher) is not woken by every local send, on the send's way to its worker
+        self.storage_bell = Bell()
         self.dispatcher = OutcomeDispatcher(self.node, self.shards, self._watch_storage, self.hooks)
         self.balancer = ShardBalancer(self.shards, self.config.middleware_num)
         self.progress = ProgressWriter(self)
@@ -649,8 +653,10 @@ class Engine:
 
     def storage_changed(self) -> None:
         """Another process committed (the change feed), or this object made work ready or
-        ended tasks outside the send and worker paths: wake idle workers and the outcome poller."""
+        ended tasks outside the send and worker paths: wake idle workers, the cancel watcher and
+        the outcome poller."""
         self.bell.ring()
+        self.storage_bell.ring()
         self.dispatcher.storage_changed()
 
     def _ensure_node(self) -> None:
