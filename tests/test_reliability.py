@@ -498,3 +498,28 @@ def test_without_a_change_feed_work_and_outcomes_still_arrive_by_the_fallback_po
     wait_until(lambda: worker.engine.bell._waiting, what="the worker to wait, idle")
     handles = [sender.send("echo", {"i": i}) for i in range(3)]
     assert [h.result(timeout=15) for h in handles] == [0, 1, 2]
+
+
+def test_more_outcomes_from_elsewhere_than_one_poll_reads_all_reach_their_callbacks_at_once(
+        make_queue, monkeypatch):
+    """Another queue object (as another process would) ends more of a sender's tasks than one
+    storage poll reads, then goes quiet: the sender reads on at once, past the rows it has
+    just delivered (their CALLBACKED marks written first), instead of waiting for a change
+    that never comes. It once delivered one poll's page per fallback poll (1,000 per 100 ms)."""
+    from message_queue_sqlite.engine import dispatcher
+
+    monkeypatch.setattr(dispatcher, "FETCH_LIMIT", 5)
+    monkeypatch.setattr(dispatcher, "FALLBACK_POLL_S", 600.0)  # no rescue by the slow poll
+    sender = make_queue(workers=1)
+    other = make_queue(workers=1)
+    for mq in (sender, other):
+        @mq.task
+        def double(n):
+            return 2 * n
+
+    got: list[int] = []
+    for n in range(40):
+        sender.send("double", {"n": n}, callback=lambda outcome: got.append(outcome["result"]))
+    with other.running():
+        wait_until(lambda: len(got) == 40, what=lambda: f"all 40 callbacks (got {len(got)})")
+    assert sorted(got) == [2 * n for n in range(40)]

@@ -46,7 +46,7 @@ MAX_POLL_INTERVAL_S = 0.005  # while polls only find what local workers already 
 # An outcome after a quiet spell (a round trip) is still polled for at once.
 STREAM_POLL_S = 0.002
 STREAM_WINDOW_S = 0.005
-FETCH_LIMIT = 1000
+FETCH_LIMIT = 1000  # ended rows' ids a poll reads per shard (the rest come with the next poll)
 MARK_LATEST_S = 0.02  # a CALLBACKED mark waits at most this long for a worker's transaction
 
 
@@ -99,6 +99,10 @@ class OutcomeDispatcher:
         self._closing = False
         self._last_poll = 0.0
         self._last_found = -STREAM_WINDOW_S  # when a poll last found outcomes
+        # The last poll read a full page of ended rows: more may wait behind it (read at once,
+        # not at the next change: the worker that ended them may have gone quiet), and the
+        # rows delivered from it stay in the way until their CALLBACKED marks are written.
+        self._page_full = False
         self._poll_interval = MIN_POLL_INTERVAL_S
         self._waited: set[str] = set()  # tasks someone waits on without a callback
         # Tasks of this object that its own workers hold (claimed, outcome not delivered yet)
@@ -313,13 +317,13 @@ class OutcomeDispatcher:
                 timeout = FALLBACK_POLL_S
                 if self._marks:
                     timeout = min(timeout, max(0.0, self._marks_since + MARK_LATEST_S - time.monotonic()))
-                self._lock.wait_for(lambda: self._inbox or self._changed or self._closing,
+                self._lock.wait_for(lambda: self._inbox or self._changed or self._page_full or self._closing,
                                     timeout)
                 if self._closing and not self._inbox:
                     return
                 overdue = bool(self._marks) and time.monotonic() - self._marks_since >= MARK_LATEST_S
                 since = time.monotonic() - self._last_poll
-                poll = self._remote > 0 and (self._changed or since >= FALLBACK_POLL_S)
+                poll = self._remote > 0 and (self._changed or self._page_full or since >= FALLBACK_POLL_S)
                 if poll and since < self._poll_interval and not self._inbox:
                     self._lock.wait(self._poll_interval - since)  # collapse a burst of events
                 self._changed = False
@@ -344,6 +348,9 @@ class OutcomeDispatcher:
         """Outcomes in storage of awaited tasks that no local worker holds. Only ids are read
         first, so tasks this object's workers ran (delivered in memory) cost next to nothing."""
         self._last_poll = time.monotonic()
+        if self._page_full and self._marks:
+            self.write_marks()  # the last page's delivered rows, out of the way of this one
+        self._page_full = False
         found: list[tuple[TaskOutcome, int, int]] = []
         wanted: dict[int, list[int]] = defaultdict(list)
         with self._mutex:
@@ -358,11 +365,16 @@ class OutcomeDispatcher:
             ended = shard.outcome_row_ids(self._node, FETCH_LIMIT) if self._callbacks_pending else []
             seen += len(ended)
             with self._mutex:
+                useful_here = 0
                 for row_id in ended:
                     entry = self._pending.get(format_task_id(shard.index, row_id))
                     if entry is not None and not entry.local and entry.callback is not None:
                         wanted[shard.index].append(row_id)
-                        useful += 1
+                        useful_here += 1
+                useful += useful_here
+                # (a full page of nothing useful, with no marks to write, is no reason to hurry)
+                if len(ended) >= FETCH_LIMIT and (useful_here or self._marks):
+                    self._page_full = True
             ids = wanted.get(shard.index)
             if ids:
                 for record in shard.get_tasks(ids):
