@@ -50,10 +50,12 @@ clean:
 	rm -rf $(VENV) $(DJANGO_VENV) .pytest_cache .ruff_cache .import_linter_cache *.egg-info
 
 # The benchmark (bench/README.md): `make bench` compares this package with its peers and a
-# raw sqlite3 loop (~15-20 min; peers go into bench/.venvs); `make bench-quick` is a
-# seconds-long regression guard of this package against the raw loop.
+# raw sqlite3 loop (~15-20 min; peers go into bench/.venvs), then the seed's own usage (a
+# callback on every send, bench/seed_usage.py, ~1 min); `make bench-quick` is a seconds-long
+# regression guard of this package against the raw loop, both ways.
 bench:
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/seed_usage.py --json bench/results/seed_usage.json --markdown bench/results/seed_usage.md
 	$(PYTHON) bench/pg.py
 
 # The PostgreSQL part (bench/results/pg.md): ours vs a raw psycopg loop, pgqueuer and
@@ -63,6 +65,7 @@ bench-pg:
 
 bench-quick:
 	$(PYTHON) bench/run.py --quick
+	$(PYTHON) bench/seed_usage.py --quick
 
 # The fault-injection runner (README, "Proof"): kills workers and senders at random and
 # checks from the files that nothing was lost or stuck. `--short` is what the tests run.

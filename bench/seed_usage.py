@@ -300,6 +300,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated: " + ",".join(MEASURES))
     parser.add_argument("--against", help="another checkout whose package runs too, as 'base'")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--markdown", help="write the table here (`make bench`: bench/results/seed_usage.md)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     reps = 2 if args.quick and args.reps == 3 else args.reps
@@ -328,6 +329,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     summary: dict[str, dict] = {}
+    rows: list[str] = []
     for measure in measures:
         key, unit, goal, passes = GOALS[measure]
         raw = [r[key] for r in figures[measure]["raw"]]
@@ -346,10 +348,39 @@ def main() -> None:
             ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
             print(f"{measure:<12} {system:<6} {median:>12,.2f} {spread:>22} {ratio_text:>7}  {verdict}"
                   f"  ({unit})")
+            rows.append(f"| {measure} | {system} | {median:,.2f} {unit} | {spread} | {ratio_text} | "
+                        f"{verdict or '—'} |")
             summary.setdefault(measure, {})[system] = {"median": median, "values": values, "ratio": ratio}
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"sizes": sizes, "reps": reps, "figures": summary}, f, indent=2)
+    if args.markdown:
+        write_markdown(args.markdown, rows, sizes, reps, measures)
+
+
+def write_markdown(path: str, rows: list[str], sizes: dict, reps: int, measures: list[str]) -> None:
+    """The table as the README quotes it: when, where, the sizes, and how to run it again."""
+    import platform
+    import sqlite3
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# The seed's own usage: `send_message(name, args, callback, priority)`, a callback on every send",
+        "",
+        f"{when}; {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}; "
+        f"median of {reps} alternated repetitions, each in a fresh process. Done = the callback ran in "
+        "the sender (raw: its sender counted every result recorded). Again: `python3 bench/seed_usage.py`.",
+        "",
+        "Sizes: " + "; ".join(f"{m} {sizes[m]}" for m in measures),
+        "",
+        "| measurement | system | median | min-max | vs raw | goal |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
 
 
 if __name__ == "__main__":
