@@ -114,6 +114,7 @@ class OutcomeDispatcher:
         # that is about to run it.
         self._epoch = 0
         self._thread: threading.Thread | None = None
+        self._thread_running = False  # the delivery thread started and has not ended
 
     # -- registration (sender threads) ------------------------------------------------
     def make_room(self, count: int, limit: int, timeout: float) -> None:
@@ -307,11 +308,21 @@ class OutcomeDispatcher:
 
     # -- the delivery thread ---------------------------------------------------------
     def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        """Under the lock: the delivery thread runs (a flag, not ``is_alive()``: this is on
+        every send with a callback)."""
+        if not self._thread_running:
             self._thread = threading.Thread(target=self._run, name="mqs-callbacks", daemon=True)
             self._thread.start()
+            self._thread_running = True
 
     def _run(self) -> None:
+        try:
+            self._deliver_until_closed()
+        finally:
+            with self._mutex:
+                self._thread_running = False
+
+    def _deliver_until_closed(self) -> None:
         while True:
             with self._mutex:
                 timeout = FALLBACK_POLL_S

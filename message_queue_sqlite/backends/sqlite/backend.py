@@ -142,6 +142,19 @@ def _record(shard: int, row: tuple) -> TaskRecord:
 RECENT_ENDS_WINDOW = 10  # recent_ends looks at most this many times its limit of newest rows
 
 
+def _is_plain(t: NewTask) -> bool:
+    """Whether ``enqueue_plain`` stores this task (most sends): no cached arguments, retries,
+    delay, timeout or headers of its own."""
+    return (t.cache_owner is None and not t.max_retries and t.retry is None and not t.delay
+            and t.timeout is None and t.headers is None)
+
+
+def _full_row(t: NewTask) -> tuple:
+    """The values of ``enqueue`` for one task."""
+    return (t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner, t.max_retries,
+            t.retry, t.delay, t.created_at, t.queue, t.timeout, t.headers)
+
+
 class SQLiteShard(Shard):
     """A writer connection for every write, and a reader connection so that lookups,
     probes and counts never wait behind a write transaction (WAL readers never block).
@@ -361,7 +374,8 @@ class SQLiteShard(Shard):
             succeeded = False
             try:
                 try:
-                    result = run()
+                    cursor = conn.execute(sql, params)  # (run, inline: a send's every call)
+                    result = cursor.fetchall() if fetch else cursor
                 except sqlite3.OperationalError as exc:
                     if not is_locked_error(exc):
                         raise
@@ -394,20 +408,23 @@ class SQLiteShard(Shard):
     def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
         if not tasks:
             return []
-        if all(t.cache_owner is None and not t.max_retries and t.retry is None and not t.delay
-               and t.timeout is None and t.headers is None for t in tasks):
+        self._sent_here = True
+        if len(tasks) == 1:  # a send's every call: one statement, its own write transaction
+            task = tasks[0]
+            if _is_plain(task):
+                row = (task.task_name, task.args, task.priority, task.sender, int(task.notify),
+                       task.created_at, task.queue)
+                return [self._write_one(Q["enqueue_plain"], row, "enqueue").lastrowid]
+            if not task.delay > 0:  # (a delayed one is counted: SCHEDULED, below)
+                return [self._write_one(Q["enqueue"], _full_row(task), "enqueue").lastrowid]
+        if all(map(_is_plain, tasks)):
             sql = Q["enqueue_plain"]
             rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at, t.queue)
                     for t in tasks]
         else:
             sql = Q["enqueue"]
-            rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner,
-                     t.max_retries, t.retry, t.delay, t.created_at, t.queue, t.timeout, t.headers)
-                    for t in tasks]
-        self._sent_here = True
+            rows = [_full_row(t) for t in tasks]
         delayed = sum(1 for t in tasks if t.delay > 0)  # stored SCHEDULED: counted; ready is not
-        if len(rows) == 1 and not delayed:  # its own write transaction: no BEGIN/COMMIT round
-            return [self._write_one(sql, rows[0], "enqueue").lastrowid]
         with self._write("enqueue") as conn:
             conn.executemany(sql, rows)
             last = conn.execute(Q["last_row_id"]).fetchone()[0]
