@@ -286,3 +286,39 @@ def test_skipped_missed_slots_are_logged(make_queue, caplog):
         wait_until(lambda: "missed slot(s) not run (missed='skip')" in caplog.text, timeout=10,
                    what="the skipped slots to be logged")
         mq.stop()
+
+
+def test_a_storage_outage_is_said_once_in_one_line_and_its_end_too(make_queue, caplog, monkeypatch):
+    """While storage does not answer, the scheduler retries every ERROR_BACKOFF_S: it says so
+    once (no traceback: nothing is wrong with the code), not once a second, and says when
+    storage answers again."""
+    from message_queue_sqlite.core.errors import QueueStorageError
+    from message_queue_sqlite.engine import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "ERROR_BACKOFF_S", 0.01)
+    real_tick = scheduler_module.Scheduler.tick
+    failures: list[int] = []
+
+    def tick(self):
+        if len(failures) < 5:
+            failures.append(1)
+            raise QueueStorageError("queue.db is unreachable (as in a partition)")
+        return real_tick(self)
+
+    monkeypatch.setattr(scheduler_module.Scheduler, "tick", tick)
+    mq = make_queue(workers=1)
+
+    @mq.periodic(every=3600)
+    def hourly():
+        return None
+
+    with caplog.at_level(logging.DEBUG, logger="message_queue_sqlite.engine.scheduler"):
+        mq.start()
+        wait_until(lambda: "storage answers again" in caplog.text, what="the scheduler to recover")
+        mq.stop()
+    said = [r for r in caplog.records if r.name.endswith("scheduler") and r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(";")[0] for r in said] == [
+        "periodic tasks: queue.db is unreachable (as in a partition)",
+        "periodic tasks: storage answers again"]
+    assert all(r.exc_info is None for r in said)
+    assert sum("still failing" in r.getMessage() for r in caplog.records) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -523,3 +524,29 @@ def test_more_outcomes_from_elsewhere_than_one_poll_reads_all_reach_their_callba
     with other.running():
         wait_until(lambda: len(got) == 40, what=lambda: f"all 40 callbacks (got {len(got)})")
     assert sorted(got) == [2 * n for n in range(40)]
+
+
+def test_closing_while_storage_does_not_answer_says_so_in_one_line(make_queue, caplog, monkeypatch):
+    """A queue object closed during a partition cannot unregister its node: one warning that
+    says what happens instead, not a traceback."""
+    from message_queue_sqlite.core.errors import QueueStorageError
+
+    mq = make_queue(workers=1)
+
+    @mq.task
+    def job():
+        return 1
+
+    with mq.running():
+        assert mq.send(job).result(timeout=10) == 1
+
+    def unreachable(node):
+        raise QueueStorageError("unregister node on the queue failed: server closed the connection")
+
+    monkeypatch.setattr(mq.engine.shards[0], "unregister_node", unreachable)
+    with caplog.at_level(logging.WARNING, logger="message_queue_sqlite.engine.engine"):
+        mq.close()
+    said = [r for r in caplog.records if "could not unregister" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None
+    assert "server closed the connection" in said[0].getMessage()
+    assert "counts as gone once its liveness expires" in said[0].getMessage()

@@ -27,7 +27,7 @@ from message_queue_sqlite.backends.base import Backend, NewTask, TaskRecord
 from message_queue_sqlite.core import unique as uniq
 from message_queue_sqlite.core.config import Config
 from message_queue_sqlite.core.durations import check_timeout
-from message_queue_sqlite.core.errors import MessageQueueError
+from message_queue_sqlite.core.errors import MessageQueueError, QueueStorageError
 from message_queue_sqlite.core.ids import format_task_id, parse_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.queues import DEFAULT_QUEUE, Lane, check_queue_name, plan_lanes
@@ -694,6 +694,10 @@ class Engine:
             for shard in self.shards:
                 try:
                     failed = shard.unregister_node(self.node)
+                except QueueStorageError as exc:  # unreachable (a partition): one line, no traceback
+                    log.warning("could not unregister from %s (%s); this process counts as gone "
+                                "once its liveness expires", shard.name, exc)
+                    continue
                 except Exception:
                     log.exception("could not unregister from %s", shard.name)
                     continue

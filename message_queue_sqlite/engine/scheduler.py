@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from message_queue_sqlite.backends.base import NewTask, Shard
+from message_queue_sqlite.core.errors import QueueStorageError
 from message_queue_sqlite.core.registry import TaskDefinition
 from message_queue_sqlite.core.schedule import Schedule, plan
 
@@ -84,12 +85,24 @@ class Scheduler:
         self._next_seen = time.monotonic() + SEEN_EVERY_S
 
     def _run(self) -> None:
+        outage = False  # storage is unreachable: said once, in one line, and again when it is back
         while not self._stop.is_set():
             try:
                 wait = self.tick()
-            except Exception:  # noqa: BLE001 - storage down: retry, never give up scheduling
+            except QueueStorageError as exc:  # a partition, a restart, a full disk: retried, never given up
+                if not outage:
+                    log.warning("periodic tasks: %s; retrying every %.0f s until storage answers",
+                                exc, ERROR_BACKOFF_S)
+                else:
+                    log.debug("periodic tasks: still failing: %s", exc)
+                outage, wait = True, ERROR_BACKOFF_S
+            except Exception:  # noqa: BLE001 - a bug of ours: its traceback, then retry
                 log.exception("periodic tasks: scheduling failed; retrying in %.0f s", ERROR_BACKOFF_S)
                 wait = ERROR_BACKOFF_S
+            else:
+                if outage:
+                    log.warning("periodic tasks: storage answers again; scheduling resumed")
+                    outage = False
             self._stop.wait(wait)
 
     def tick(self) -> float:
