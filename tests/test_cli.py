@@ -44,6 +44,14 @@ def boom():
     raise RuntimeError("boom on purpose")
 
 @mq.task
+def read_only_storage():  # the worker's storage turns read-only once this ran: its end is not recorded
+    shard = mq.engine.shards[0]
+    with shard._lock:
+        shard._connection().execute("PRAGMA query_only = 1")
+    open({started!r}, "w").close()
+    return "ran"
+
+@mq.task
 def hang():
     open({started!r}, "w").close()  # it runs (a lease alone may still wait in the worker's buffer)
     release.wait(120)  # only a stop that gives it back ends its worker
@@ -178,6 +186,24 @@ def test_second_signal_gives_tasks_back_and_exits_3(tmp_path):
         assert "second signal" in err and "1 task(s) given back unfinished" in err
         assert "drain timeout" not in err
         assert sender.get(task_id).status == TaskStatus.NOT_STARTED  # ready to run again
+    finally:
+        sender.close()
+
+
+def test_a_stop_whose_results_could_not_be_recorded_exits_3_and_says_so(tmp_path):
+    """Every task finished, but storage refused the completion (here: turned read-only under
+    the worker): the stop cannot record it, so the exit code is not the clean drain's 0."""
+    package = write_app(tmp_path)
+    sender = MessageQueue(str(tmp_path / "jobs_dir"))
+    try:
+        handle = sender.send("read_only_storage")
+        worker = start_worker(tmp_path, f"{package}:mq")
+        wait_until((tmp_path / "hang-started").exists, timeout=30, what="the task to run")
+        out, err = stop(worker)
+        assert worker.returncode == 3, out + err
+        assert "1 task(s) that finished but whose results could not be recorded" in err, err
+        assert "every running task finished" not in out
+        assert sender.get(handle.task_id).status == TaskStatus.RUNNING  # runs again once its lease expires
     finally:
         sender.close()
 

@@ -116,10 +116,11 @@ def _examples(prog: str, lines: Sequence[tuple[str, str]], after: str = "") -> s
 
 WORKER_EXIT_CODES = """\
 exit codes:
-  0  stopped after a clean drain (every running task finished)
+  0  stopped after a clean drain (every running task finished and was recorded)
   2  nothing to serve (no such module, no tasks, a queue object elsewhere) or a bad option
-  3  stopped with tasks given back unfinished (a second signal, or the drain timeout):
-     they run again in another worker or at the next start"""
+  3  stopped with tasks given back unfinished (a second signal, or the drain timeout), or
+     finished but not recorded (storage did not answer): they run again in another
+     worker or at the next start"""
 
 RETRY_EXIT_CODES = """\
 exit codes:
@@ -574,6 +575,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         # what still runs now was given back by the stop (the engine logged it too)
         unfinished = sum(len(worker.executor.unfinished()) for worker in workers)
+        unrecorded = sum(worker.ledger.pending_count for worker in workers)  # (the stop logged why)
         hurried = any(worker.hurried for worker in workers)
         queue.close()
     if unfinished:
@@ -582,6 +584,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker: stopped with {unfinished} task(s) given back unfinished ({why}); they will "
               f"run again in another worker or at the next start (exit code {EXIT_UNFINISHED})",
               file=sys.stderr, flush=True)
+    if unrecorded:
+        print(f"worker: stopped with {unrecorded} task(s) that finished but whose results could not "
+              "be recorded (storage did not answer); they will run again once their leases expire "
+              f"(exit code {EXIT_UNFINISHED})", file=sys.stderr, flush=True)
+    if unfinished or unrecorded:
         return EXIT_UNFINISHED
     print("worker: stopped (every running task finished)", flush=True)
     return 0
