@@ -221,6 +221,42 @@ def _fail_third_enqueue(mq: MessageQueue, before_failing=lambda shards: None) ->
         mq.engine.backend.shards[index] = faulty
 
 
+def test_the_part_of_a_multi_shard_send_that_stays_sent_gets_its_callbacks_and_handles(tmp_path):
+    """The tasks of a PartiallySentError run: their callbacks run in the sender as for any send,
+    and the error holds their handles (it once held ids only, and their callbacks never ran)."""
+    import json
+    import time
+
+    from message_queue_sqlite import TaskStatus
+    from message_queue_sqlite.backends.base import Completion
+
+    claims = []
+
+    def claim_everything(shards) -> None:
+        for shard in shards:
+            claims.extend(shard.complete_and_claim([], "thief", 100, 30.0)[1])
+
+    got: list[dict] = []
+    with MessageQueue(str(tmp_path / "q"), shards=3) as mq:
+        _fail_third_enqueue(mq, claim_everything)
+        with pytest.raises(PartiallySentError) as caught:
+            mq.send_many([("t", {"n": n}) for n in range(9)], callback=got.append)
+        error = caught.value
+        assert claims and sorted(error.handles) == sorted(error.sent)
+        assert all(error.handles[i].task_id == error.sent[i] for i in error.sent)
+        now = time.time()
+        for claim in claims:  # the "thief" worker finishes what it claimed
+            finished = Completion(claim.row_id, claim.attempt, TaskStatus.FINISHED,
+                                  json.dumps(claim.row_id), None, now, now)
+            mq.engine.backend.shards[claim.shard].complete_and_claim([finished], "thief", 0, 30.0)
+        wait_until(lambda: len(got) == len(error.sent),
+                   what=lambda: f"{len(error.sent)} callbacks, got {got}")
+        assert sorted(outcome["task_id"] for outcome in got) == sorted(error.sent.values())
+        assert all(outcome["status"] == TaskStatus.FINISHED for outcome in got)
+        for index, handle in error.handles.items():
+            assert handle.result(timeout=10) == int(error.sent[index].split("-")[1])
+
+
 def _rows(folder: Path, shards: int) -> list[tuple[int, int, str]]:
     found = []
     for index in range(shards):

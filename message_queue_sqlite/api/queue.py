@@ -14,7 +14,7 @@ from message_queue_sqlite.api import browse
 from message_queue_sqlite.backends import open_backend
 from message_queue_sqlite.backends.base import OUTCOME_NAMES, RecoveryReport, ScheduleRecord, TaskRecord
 from message_queue_sqlite.core.config import Config
-from message_queue_sqlite.core.errors import TaskCancelled, TaskFailedError
+from message_queue_sqlite.core.errors import PartiallySentError, TaskCancelled, TaskFailedError
 from message_queue_sqlite.core.ids import format_task_id
 from message_queue_sqlite.core.outcome import TaskOutcome
 from message_queue_sqlite.core.progress import TaskProgress
@@ -416,7 +416,12 @@ class MessageQueue:
             request.unique_states, request.queue, request.timeout = unique_states, queue, timeout
             requests.append(request)
         since = self._engine.outcome_epoch()
-        sent = self._engine.send_many(requests, connection)
+        try:
+            sent = self._engine.send_many(requests, connection)
+        except PartiallySentError as error:  # the part that stays sent gets its handles too
+            error.handles = {index: TaskHandle(task_id, requests[index].task_name, self._engine, since)
+                             for index, task_id in error.sent.items()}
+            raise
         return [self._duplicate_handle(task_id, r.task_name, since) if r.duplicate
                 else TaskHandle(task_id, r.task_name, self._engine, since)
                 for task_id, r in zip(sent, requests, strict=True)]

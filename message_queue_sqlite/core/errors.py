@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MessageQueueError(Exception):
     """Base class of this package's own errors."""
@@ -60,13 +62,16 @@ class PartiallySentError(QueueStorageError):
     The shards are separate SQLite files, so no one transaction spans them; the send takes
     back what it stored, if still waiting, and raises the original error when everything
     was taken back (then nothing was sent). This error is raised only when something stays:
-    ``sent`` maps the request's index to the stored task's id, ``failed`` lists the indexes
-    not stored (resend exactly those), ``cause`` is the original error."""
+    ``sent`` maps the request's index to the stored task's id (``handles``, from
+    ``MessageQueue.send_many``, to its handle; their callbacks run as for any send),
+    ``failed`` lists the indexes not stored (resend exactly those), ``cause`` is the original
+    error."""
 
     def __init__(self, sent: dict[int, str], failed: list[int], cause: BaseException):
         self.sent = sent
         self.failed = failed
         self.cause = cause
+        self.handles: dict[int, Any] = {}  # index -> TaskHandle, set by MessageQueue.send_many
         total = len(sent) + len(failed)
         super().__init__(
             f"send_many stored {len(sent)} of {total} tasks and could not take them back (claimed "

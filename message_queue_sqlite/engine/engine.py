@@ -210,6 +210,7 @@ class Engine:
                                 exc.add_note("the tasks of this send_many stored on other shards were "
                                              "taken back: nothing was sent")
                             raise
+                        self._sent_partially(requests, partial.sent)
                         raise partial from exc
         except BaseException:
             for key in cached:
@@ -298,6 +299,19 @@ class Engine:
         if self.config.immediate:
             self._run_inline(task_ids)
         return task_ids
+
+    def _sent_partially(self, requests: Sequence[SendRequest], sent: dict[int, str]) -> None:
+        """The part of a failed multi-shard send that stays sent (``PartiallySentError``) is sent
+        like any other: its callbacks are registered, the workers rung, ``after_send`` fired."""
+        callbacks = [(task_id, requests[index].callback) for index, task_id in sent.items()
+                     if requests[index].callback is not None]
+        if callbacks:
+            self.dispatcher.expect(callbacks)
+        self.bell.ring()
+        hooks = self.hooks
+        if hooks.after_send:
+            for index, task_id in sent.items():
+                hooks.fire(hooks.after_send, task_id, requests[index])
 
     def _store(self, shard: int, tasks: list[NewTask]) -> tuple[list[int], frozenset[int] | set[int]]:
         """One shard's part of a send: its row ids, and the positions in ``tasks`` that were
