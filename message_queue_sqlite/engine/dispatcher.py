@@ -359,9 +359,9 @@ class OutcomeDispatcher:
         """Outcomes in storage of awaited tasks that no local worker holds. Only ids are read
         first, so tasks this object's workers ran (delivered in memory) cost next to nothing."""
         self._last_poll = time.monotonic()
-        if self._page_full and self._marks:
+        page_full, self._page_full = self._page_full, False  # (cleared first: a failed write below
+        if page_full and self._marks:                       # is retried by a later poll, not at once)
             self.write_marks()  # the last page's delivered rows, out of the way of this one
-        self._page_full = False
         found: list[tuple[TaskOutcome, int, int]] = []
         wanted: dict[int, list[int]] = defaultdict(list)
         with self._mutex:
