@@ -210,7 +210,8 @@ class Engine:
                                 exc.add_note("the tasks of this send_many stored on other shards were "
                                              "taken back: nothing was sent")
                             raise
-                        self._sent_partially(requests, partial.sent)
+                        self._announce([requests[index] for index in partial.sent],
+                                       list(partial.sent.values()))
                         raise partial from exc
         except BaseException:
             for key in cached:
@@ -275,8 +276,8 @@ class Engine:
 
     def _sent(self, requests: Sequence[SendRequest], row_ids: dict[int, tuple[list[int], Any]],
               placed: list[tuple[int, int]]) -> list[str]:
-        """After the rows are stored: the ids in request order, callbacks registered, workers
-        rung, ``after_send`` hooks fired, and in immediate mode the tasks run."""
+        """After the rows are stored: the ids in request order (duplicates marked on their
+        requests), the tasks announced (``_announce``)."""
         if not placed:
             ids, duplicates = row_ids[0]
             task_ids = [format_task_id(0, row_id) for row_id in ids]
@@ -287,6 +288,13 @@ class Engine:
             for request, (shard, pos) in zip(requests, placed, strict=True):
                 if pos in row_ids[shard][1]:
                     request.duplicate = True
+        self._announce(requests, task_ids)
+        return task_ids
+
+    def _announce(self, requests: Sequence[SendRequest], task_ids: Sequence[str]) -> None:
+        """Stored tasks made known: their callbacks registered, the workers rung, the
+        ``after_send`` hooks fired, and in immediate mode the tasks run. For every send, and
+        for the part of a failed multi-shard send that stays sent (``PartiallySentError``)."""
         callbacks = [(task_id, request.callback) for request, task_id in zip(requests, task_ids, strict=True)
                      if request.callback is not None and not request.duplicate]
         if callbacks:
@@ -298,20 +306,6 @@ class Engine:
                 hooks.fire(hooks.after_send, task_id, request)
         if self.config.immediate:
             self._run_inline(task_ids)
-        return task_ids
-
-    def _sent_partially(self, requests: Sequence[SendRequest], sent: dict[int, str]) -> None:
-        """The part of a failed multi-shard send that stays sent (``PartiallySentError``) is sent
-        like any other: its callbacks are registered, the workers rung, ``after_send`` fired."""
-        callbacks = [(task_id, requests[index].callback) for index, task_id in sent.items()
-                     if requests[index].callback is not None]
-        if callbacks:
-            self.dispatcher.expect(callbacks)
-        self.bell.ring()
-        hooks = self.hooks
-        if hooks.after_send:
-            for index, task_id in sent.items():
-                hooks.fire(hooks.after_send, task_id, requests[index])
 
     def _store(self, shard: int, tasks: list[NewTask]) -> tuple[list[int], frozenset[int] | set[int]]:
         """One shard's part of a send: its row ids, and the positions in ``tasks`` that were
