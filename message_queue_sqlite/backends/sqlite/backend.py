@@ -149,6 +149,11 @@ def _is_plain(t: NewTask) -> bool:
             and t.timeout is None and t.headers is None)
 
 
+def _plain_row(t: NewTask) -> tuple:
+    """The values of ``enqueue_plain`` for one task."""
+    return (t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at, t.queue)
+
+
 def _full_row(t: NewTask) -> tuple:
     """The values of ``enqueue`` for one task."""
     return (t.task_name, t.args, t.priority, t.sender, int(t.notify), t.cache_owner, t.max_retries,
@@ -412,15 +417,12 @@ class SQLiteShard(Shard):
         if len(tasks) == 1:  # a send's every call: one statement, its own write transaction
             task = tasks[0]
             if _is_plain(task):
-                row = (task.task_name, task.args, task.priority, task.sender, int(task.notify),
-                       task.created_at, task.queue)
-                return [self._write_one(Q["enqueue_plain"], row, "enqueue").lastrowid]
+                return [self._write_one(Q["enqueue_plain"], _plain_row(task), "enqueue").lastrowid]
             if not task.delay > 0:  # (a delayed one is counted: SCHEDULED, below)
                 return [self._write_one(Q["enqueue"], _full_row(task), "enqueue").lastrowid]
         if all(map(_is_plain, tasks)):
             sql = Q["enqueue_plain"]
-            rows = [(t.task_name, t.args, t.priority, t.sender, int(t.notify), t.created_at, t.queue)
-                    for t in tasks]
+            rows = [_plain_row(t) for t in tasks]
         else:
             sql = Q["enqueue"]
             rows = [_full_row(t) for t in tasks]
