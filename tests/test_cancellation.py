@@ -144,11 +144,16 @@ def test_the_cancel_watcher_wakes_for_changes_of_storage_not_for_every_local_sen
 
     with mq.running():
         wait_until(lambda: looks, what="the cancel watcher's first look")
+        listening = getattr(mq._engine.backend, "listening", None)  # PostgreSQL's change feed
+        if listening is not None:  # starting to listen is a change of storage (a look may follow)
+            wait_until(listening.is_set, what="LISTEN")
+        before = len(looks)
         for n in range(20):  # one at a time: each send rings the bell while the workers idle
             assert mq.send(job, {"n": n}).result(timeout=10) == n
-        assert len(looks) == 1
+        assert len(looks) - before <= 1  # at most the feed's "now listening" look; a look per send is 20
+        seen = len(looks)
         mq._engine.storage_changed()
-        wait_until(lambda: len(looks) == 2, what="a look after storage changed")
+        wait_until(lambda: len(looks) > seen, what="a look after storage changed")
 
 
 def test_cancel_by_name_takes_every_waiting_task_of_that_name(make_queue):
