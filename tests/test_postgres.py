@@ -569,6 +569,31 @@ def test_listen_wakes_on_another_process_write_but_not_on_its_own(pg_url):
         writer.close()
 
 
+def test_closing_the_feed_while_its_thread_is_between_polls_does_not_break_the_pipe(pg_url):
+    """The listener thread closes its wake-up pipe's read end once it sees the stop flag; when
+    it is between polls (connecting, backing off, just after LISTEN) it may see the flag and
+    exit before ``close`` writes the wake-up byte: that write then failed with EPIPE (a CI
+    teardown did). Here the thread is made to exit right as the flag is set."""
+    from message_queue_sqlite.backends.postgres.notify import ChangeListener
+
+    backend = open_pg(pg_url)
+    try:
+        listener = ChangeListener(backend._target, lambda: None)
+        wait_until(listener.listening.is_set, what="LISTEN")
+        thread = listener._thread
+
+        class ExitsAtOnce(threading.Event):
+            def set(self) -> None:
+                super().set()
+                thread.join(10)  # the thread runs to its end before close() goes on
+
+        listener._stop = ExitsAtOnce()
+        listener.close()  # raised BrokenPipeError when the byte was written after the flag
+        assert not thread.is_alive()
+    finally:
+        backend.close()
+
+
 def test_the_feed_reconnects_after_its_connection_is_killed(pg_url, admin):
     watcher, writer = open_pg(pg_url), open_pg(pg_url)
     try:

@@ -118,8 +118,11 @@ class ChangeListener:
     def close(self) -> None:
         if self._stop.is_set():
             return
-        self._stop.set()
+        # The byte first, then the flag: the thread closes the read end once it sees the flag
+        # (it may be between polls, connecting or backing off), and a write after that would
+        # fail with EPIPE. Woken before the flag is set, it polls again, at once, until it is.
         os.write(self._wake_w, b"x")
+        self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         os.close(self._wake_w)
