@@ -7,9 +7,10 @@ Prints, for this package (MessageQueue, callbacks on) and the raw stdlib-sqlite3
 - a drain of ``n`` pre-enqueued no-op tasks with 4 threads, each in a child process of its
   own, alternated ``pairs`` times: tasks per second and CPU microseconds per task (user +
   system of the whole process: every thread, the callbacks included);
-- SQLite alone, one thread, no engine: the statements each system runs per batch of 128
-  (claim, record the results, and for ours mark CALLBACKED), each batch step its own
-  transaction, in microseconds per task.
+- SQLite alone, one thread, no engine: a send's single-row INSERT in autocommit (what
+  per-call enqueue cannot go below), alternated in this process; and the statements each
+  system runs per batch of 128 (claim, record the results, and for ours mark CALLBACKED),
+  each batch step its own transaction, in microseconds per task.
 
 The drain is one process on one core (the GIL), so CPU per task is what bounds its rate;
 the difference between the two lines is what our rows (leases, fencing, delivery flags,
@@ -75,17 +76,61 @@ def timed_transactions(conn):
     return steps, step
 
 
-def sql_ours(n: int) -> dict[str, float]:
+OWNER = "0123456789abcdef"
+
+
+def open_ours():
+    """A shard of ours (our schema, pragmas and functions), its send's INSERT, and a row."""
     sys.path.insert(0, ROOT)
     from message_queue_sqlite.backends.sqlite.backend import Q
     from message_queue_sqlite.backends.sqlite.connection import connect
 
     conn = connect(os.path.join(tempfile.mkdtemp(prefix="mqs-cost-"), "mq-shard-0.db"), "normal")
-    now, owner = time.time(), "0123456789abcdef"
+    return conn, Q["enqueue_plain"], lambda i: ("noop", json.dumps({"i": i}), 0, OWNER, 1, time.time(),
+                                                "default")
+
+
+def open_raw():
+    """The raw loop's file, its INSERT, and a row."""
+    sys.path.insert(0, HERE)
+    import sqlite3
+
+    from adapters import raw
+
+    conn = sqlite3.connect(os.path.join(tempfile.mkdtemp(prefix="mqs-cost-"), "raw.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(raw.SCHEMA)
+    return conn, raw.INSERT, lambda i: ("noop", json.dumps({"i": i}), time.time())
+
+
+def insert_each(opener, n: int) -> float:
+    """A send's SQLite alone: ``n`` single-row INSERTs, each its own (autocommit) transaction,
+    into a fresh file, after 200 to warm up; microseconds per INSERT."""
+    conn, sql, row = opener()
+    for i in range(200):
+        conn.execute(sql, row(i))
+    started = time.perf_counter()
+    for i in range(n):
+        conn.execute(sql, row(i))
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed / n * 1e6
+
+
+def prefilled(opener, n: int):
+    conn, sql, row = opener()
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(Q["enqueue_plain"], [("noop", json.dumps({"i": i}), 0, owner, 1, now, "default")
-                                             for i in range(n)])
+    conn.executemany(sql, [row(i) for i in range(n)])
     conn.execute("COMMIT")
+    return conn
+
+
+def sql_ours(n: int) -> dict[str, float]:
+    from message_queue_sqlite.backends.sqlite.backend import Q
+
+    conn = prefilled(open_ours, n)
+    now, owner = time.time(), OWNER
     steps, step = timed_transactions(conn)
 
     while rows := step("claim", Q["claim_batch"], (owner, 60.0, 128, "default")):
@@ -97,18 +142,9 @@ def sql_ours(n: int) -> dict[str, float]:
 
 
 def sql_raw(n: int) -> dict[str, float]:
-    sys.path.insert(0, HERE)
-    import sqlite3
-
     from adapters import raw
 
-    conn = sqlite3.connect(os.path.join(tempfile.mkdtemp(prefix="mqs-cost-"), "raw.db"), isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(raw.SCHEMA)
-    conn.execute("BEGIN")
-    conn.executemany(raw.INSERT, [("noop", json.dumps({"i": i}), time.time()) for i in range(n)])
-    conn.execute("COMMIT")
+    conn = prefilled(open_raw, n)
     steps, step = timed_transactions(conn)
 
     while rows := step("claim", raw.CLAIM_SQL, (time.time(), 128)):
@@ -133,6 +169,14 @@ def main() -> None:
         print(f"  {system:5s} {rates}   CPU µs per task: {cpus}")
     ratio = statistics.median(r for r, _ in runs["ours"]) / statistics.median(r for r, _ in runs["raw"])
     print(f"  ours / raw, medians: {ratio:.2f}x")
+    inserts: dict[str, list[float]] = {"raw": [], "ours": []}
+    for _ in range(2 * args.pairs + 1):  # short: more alternations, in this process
+        for system, opener in (("raw", open_raw), ("ours", open_ours)):
+            inserts[system].append(insert_each(opener, args.n // 4))
+    medians = {system: statistics.median(found) for system, found in inserts.items()}
+    print(f"SQLite alone, a send's INSERT (autocommit, {args.n // 4:,} each, "
+          f"{2 * args.pairs + 1} alternated): raw {medians['raw']:.1f} µs, ours {medians['ours']:.1f} µs"
+          f" ({medians['ours'] / medians['raw']:.2f}x; ours' row and indexes, its commit included)")
     for system, measure in (("raw", sql_raw), ("ours", sql_ours)):
         steps = measure(args.n)
         parts = ", ".join(f"{name} {value:.2f}" for name, value in steps.items())

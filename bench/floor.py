@@ -13,6 +13,11 @@ Prints (standard library only, nothing of this package):
   the task by the waiting sender, leases and fencing in the rows, and more threads (change
   watcher, callbacks) competing for the interpreter lock.
 
+- the same few microseconds of Python (a loop and a ``json.dumps``), back to back and
+  right after ``gap`` seconds asleep: on a virtual machine the code after a pause runs
+  several times slower (its caches went cold while the CPU idled), so an idle round trip
+  costs in proportion to how much code and data its path touches, not only to its hand-offs.
+
 On a virtual machine where waking a thread costs tens of microseconds, this floor is what
 limits an in-process round trip; compare the engine's p50 with it, not with a laptop's.
 """
@@ -54,6 +59,27 @@ def handoff(n: int, gap: float) -> tuple[float, float]:
         time.sleep(gap)
         idle.append(once())
     return statistics.median(warm) * 1e6, statistics.median(idle) * 1e6
+
+
+def cold_code(n: int, gap: float) -> tuple[float, float]:
+    """Median µs of the same small piece of Python: back to back, and right after a sleep."""
+    def work() -> str:
+        total = 0
+        for i in range(200):
+            total += i
+        return json.dumps({"i": total})
+
+    def once() -> float:
+        start = time.perf_counter()
+        work()
+        return time.perf_counter() - start
+
+    warm = [once() for _ in range(n)]
+    cold = []
+    for _ in range(n):
+        time.sleep(gap)
+        cold.append(once())
+    return statistics.median(warm) * 1e6, statistics.median(cold) * 1e6
 
 
 def minimal_round_trip(n: int, gap: float) -> tuple[float, float]:
@@ -113,9 +139,12 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.01, help="seconds between idle round trips")
     args = parser.parse_args()
     warm, idle = handoff(args.n, args.gap)
+    hot, cold = cold_code(args.n, args.gap)
     p50, p99 = minimal_round_trip(args.n, args.gap)
     print(f"thread ping-pong round trip (two hand-offs): {warm:.0f} µs back to back, "
           f"{idle:.0f} µs after {args.gap * 1e3:.0f} ms idle")
+    print(f"the same Python (a loop, a json.dumps): {hot:.1f} µs back to back, {cold:.1f} µs "
+          f"right after {args.gap * 1e3:.0f} ms asleep ({cold / hot:.1f}x)")
     print(f"minimal in-process SQLite round trip ({args.n}, {args.gap * 1e3:.0f} ms apart): "
           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
