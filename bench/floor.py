@@ -53,6 +53,12 @@ def handoff(n: int, gap: float) -> tuple[float, float]:
         pong.clear()
         return time.perf_counter() - start
 
+    return back_to_back_and_after_pauses(once, n, gap)
+
+
+def back_to_back_and_after_pauses(once, n: int, gap: float) -> tuple[float, float]:
+    """Median µs of ``once()`` (which returns its own seconds): n calls back to back, then n
+    each right after ``gap`` seconds asleep."""
     warm = [once() for _ in range(n)]
     idle = []
     for _ in range(n):
@@ -74,12 +80,7 @@ def cold_code(n: int, gap: float) -> tuple[float, float]:
         work()
         return time.perf_counter() - start
 
-    warm = [once() for _ in range(n)]
-    cold = []
-    for _ in range(n):
-        time.sleep(gap)
-        cold.append(once())
-    return statistics.median(warm) * 1e6, statistics.median(cold) * 1e6
+    return back_to_back_and_after_pauses(once, n, gap)
 
 
 def minimal_round_trip(n: int, gap: float) -> tuple[float, float]:
