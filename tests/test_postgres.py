@@ -572,8 +572,8 @@ def test_listen_wakes_on_another_process_write_but_not_on_its_own(pg_url):
 def test_closing_the_feed_while_its_thread_is_between_polls_does_not_break_the_pipe(pg_url):
     """The listener thread closes its wake-up pipe's read end once it sees the stop flag; when
     it is between polls (connecting, backing off, just after LISTEN) it may see the flag and
-    exit before ``close`` writes the wake-up byte: that write then failed with EPIPE (a CI
-    teardown did). Here the thread is made to exit right as the flag is set."""
+    exit before ``close`` writes the wake-up byte: that write then failed with EPIPE (a test's
+    teardown did, once). Here the thread is made to exit right as the flag is set."""
     from message_queue_sqlite.backends.postgres.notify import ChangeListener
 
     backend = open_pg(pg_url)
