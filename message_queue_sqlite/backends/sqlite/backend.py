@@ -160,6 +160,12 @@ def _full_row(t: NewTask) -> tuple:
             t.retry, t.delay, t.created_at, t.queue, t.timeout, t.headers)
 
 
+def _run_statement(conn: sqlite3.Connection, sql: str, params: Sequence[object], fetch: bool) -> Any:
+    """One statement: its cursor, or with ``fetch`` its rows."""
+    cursor = conn.execute(sql, params)
+    return cursor.fetchall() if fetch else cursor
+
+
 class SQLiteShard(Shard):
     """A writer connection for every write, and a reader connection so that lookups,
     probes and counts never wait behind a write transaction (WAL readers never block).
@@ -369,22 +375,17 @@ class SQLiteShard(Shard):
         """A single write statement in autocommit: SQLite takes the write lock when the
         statement starts (as BEGIN IMMEDIATE would) and commits when it ends. Returns the
         cursor, or with ``fetch`` its rows (read under the lock: the statement ends there)."""
-
-        def run() -> Any:
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if fetch else cursor
-
         with self._lock:
             conn = self._begin_write()
             succeeded = False
             try:
                 try:
-                    cursor = conn.execute(sql, params)  # (run, inline: a send's every call)
-                    result = cursor.fetchall() if fetch else cursor
+                    result = _run_statement(conn, sql, params, fetch)
                 except sqlite3.OperationalError as exc:
                     if not is_locked_error(exc):
                         raise
-                    result = retry_locked(run, f"{what} on {self.name}")
+                    result = retry_locked(lambda: _run_statement(conn, sql, params, fetch),
+                                          f"{what} on {self.name}")
                 succeeded = True
             except sqlite3.Error as exc:
                 raise self._storage_error(what, exc) from exc
